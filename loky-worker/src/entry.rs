@@ -1,0 +1,130 @@
+//! How a re-executed binary becomes a worker before the user's `main` runs.
+//!
+//! A worker is the user's own binary started again with [`ENV_SERVER`] set.
+//! On Linux a constructor in `.init_array` notices that variable. Since
+//! `inventory` registers tasks from constructors too, in link order, some
+//! registrations may not have happened yet when ours runs. So the hook runs
+//! every constructor that follows its own entry first, then the worker loop,
+//! then exits: the user's `main` (or the test harness, or a bench's `main`)
+//! never runs in a worker. This is why workers work under `cargo test`, in
+//! examples, benches and doctests, with no special `main` and no dummy test.
+//!
+//! [`main_entry`] is the portable fallback that `#[loky::main]` calls first
+//! thing in `main`, where no constructor took over.
+
+use crate::protocol::{ENV_PARENT, ENV_SECRET, ENV_SERVER, EXIT_HANDSHAKE_FAILED};
+use crate::{main_loop, panic};
+
+/// Becomes a worker if this process was started as one; returns otherwise.
+///
+/// `#[loky::main]` calls this first thing in `main`.
+pub fn main_entry() {
+    if let Some(exit_code) = become_worker() {
+        std::process::exit(exit_code);
+    }
+}
+
+/// Runs the worker loop if this process is a worker and returns its exit
+/// code, or `None` if it is not a worker.
+fn become_worker() -> Option<i32> {
+    let server = std::env::var(ENV_SERVER).ok()?;
+    let secret = std::env::var(ENV_SECRET).ok();
+    let parent = std::env::var(ENV_PARENT).ok();
+    // SAFETY: called before the worker starts any thread, from the
+    // constructor (where only the main thread exists) or first thing in
+    // `main`. Removing the variables keeps a pool created inside a task
+    // from mistaking its own children's environment for ours.
+    unsafe {
+        std::env::remove_var(ENV_SERVER);
+        std::env::remove_var(ENV_SECRET);
+        std::env::remove_var(ENV_PARENT);
+    }
+    let Some(secret) = secret.and_then(|s| u64::from_str_radix(&s, 16).ok()) else {
+        eprintln!("loky worker: {ENV_SECRET} is missing or malformed");
+        return Some(EXIT_HANDSHAKE_FAILED);
+    };
+    prepare_process(parent.and_then(|p| p.parse().ok()));
+    panic::install_hook();
+    Some(main_loop::run(server, secret))
+}
+
+/// Arms the parent-death signal and restores the signal dispositions that
+/// Rust's runtime sets up before `main`, which a worker never reaches.
+fn prepare_process(parent: Option<libc::pid_t>) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_PDEATHSIG only sets a process attribute.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // The parent may have died before the signal was armed.
+        // SAFETY: getppid has no preconditions.
+        if parent.is_some_and(|parent| unsafe { libc::getppid() } != parent) {
+            std::process::exit(0);
+        }
+    }
+    let _ = parent;
+    // SAFETY: ignoring SIGPIPE is what Rust's runtime does before `main`:
+    // writing to a closed pipe or socket then fails with EPIPE instead of
+    // killing the worker.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+#[cfg(target_os = "linux")]
+mod init_array {
+    //! The constructor that turns a re-executed binary into a worker.
+
+    use std::os::raw::{c_char, c_int};
+
+    type InitFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char);
+
+    unsafe extern "C" {
+        // Defined by every ELF linker (GNU ld, gold, lld, mold) around the
+        // executable's `.init_array`.
+        static __init_array_start: [InitFn; 0];
+        static __init_array_end: [InitFn; 0];
+    }
+
+    #[used]
+    #[unsafe(link_section = ".init_array")]
+    static WORKER_HOOK: InitFn = hook;
+
+    /// glibc calls `.init_array` entries with `argc`, `argv` and `envp`.
+    unsafe extern "C" fn hook(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) {
+        if std::env::var_os(crate::protocol::ENV_SERVER).is_none() {
+            return;
+        }
+        // SAFETY: we forward glibc's own arguments, in glibc's order, to
+        // the constructors glibc would have called next; since the worker
+        // exits below, glibc never calls them a second time.
+        unsafe { run_later_constructors(argc, argv, envp) };
+        super::main_entry();
+    }
+
+    /// Runs the `.init_array` entries that follow this hook's own entry.
+    ///
+    /// # Safety
+    /// Must be called from [`hook`], with the arguments glibc passed it.
+    unsafe fn run_later_constructors(
+        argc: c_int,
+        argv: *const *const c_char,
+        envp: *const *const c_char,
+    ) {
+        let start = (&raw const __init_array_start).cast::<InitFn>();
+        let end = (&raw const __init_array_end).cast::<InitFn>();
+        let len = (end as usize - start as usize) / size_of::<InitFn>();
+        // SAFETY: the linker defines these two symbols as the bounds of the
+        // `.init_array` section, an array of function pointers.
+        let all = unsafe { std::slice::from_raw_parts(start, len) };
+        let me = hook as *const () as usize;
+        let Some(position) = all.iter().position(|f| *f as *const () as usize == me) else {
+            return;
+        };
+        for constructor in &all[position + 1..] {
+            let address = *constructor as *const () as usize;
+            // Some toolchains pad the array with 0 or -1 sentinels.
+            if address != 0 && address != usize::MAX {
+                // SAFETY: an `.init_array` entry, called as glibc would.
+                unsafe { constructor(argc, argv, envp) };
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Panics as values: capture a panic's message, location and backtrace so
+//! that it can cross the process boundary as a [`RemotePanic`].
+
+use crate::protocol::RemotePanic;
+use std::any::Any;
+use std::backtrace::{Backtrace, BacktraceStatus};
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<RemotePanic>> = const { RefCell::new(None) };
+}
+
+/// Installs the worker's panic hook: it records the panic for
+/// [`catch`] instead of printing it, since the parent reports it.
+pub fn install_hook() {
+    panic::set_hook(Box::new(|info| {
+        let backtrace = Backtrace::capture();
+        let captured = RemotePanic {
+            message: payload_message(info.payload()),
+            location: info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+            backtrace: (backtrace.status() == BacktraceStatus::Captured)
+                .then(|| backtrace.to_string()),
+        };
+        LAST_PANIC.with(|last| *last.borrow_mut() = Some(captured));
+    }));
+}
+
+/// Runs `f`, turning a panic into a [`RemotePanic`].
+pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemotePanic> {
+    LAST_PANIC.with(|last| last.borrow_mut().take());
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        LAST_PANIC
+            .with(|last| last.borrow_mut().take())
+            .unwrap_or_else(|| RemotePanic {
+                message: payload_message(&*payload),
+                location: None,
+                backtrace: None,
+            })
+    })
+}
+
+/// The message of a panic payload: the `&str` or `String` given to `panic!`.
+pub fn payload_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}

@@ -1,0 +1,284 @@
+//! The wire protocol: every message that crosses the process boundary.
+//!
+//! Architecture Invariant: this file is the only place that defines what
+//! travels between the parent and a worker. The first message on a new link
+//! is always [`Bootstrap::Hello`], whose layout never changes: a parent and a
+//! worker of different protocol versions can always read each other's
+//! version and fail with a clear error instead of a decoding error.
+//!
+//! Sequence on one link:
+//!
+//! ```text
+//! parent                                   worker (re-executed binary)
+//!   | IpcOneShotServer::new() -> name         |
+//!   | spawn with LOKY_WORKER_SERVER=name ---> |
+//!   |                                         | connect(name)
+//!   | <------ Bootstrap::Hello{version, ...}  | (carries both channels)
+//!   | ToWorker::Call ------------------------> |
+//!   | <------------------- FromWorker::Done   |
+//!   | ToWorker::Shutdown --------------------> | exits with code 0
+//! ```
+//!
+//! A worker runs calls strictly one at a time in the order received, so the
+//! parent knows which call was running when a worker died: the oldest one
+//! without a `Done`.
+
+use ipc_channel::ipc::{IpcReceiver, IpcSender, IpcSharedMemory};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Version of this protocol. Bump it whenever any message below changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Environment variable naming the parent's one-shot server. Its presence
+/// makes a process a worker.
+pub const ENV_SERVER: &str = "LOKY_WORKER_SERVER";
+/// Environment variable carrying the per-executor secret, in hex.
+pub const ENV_SECRET: &str = "LOKY_WORKER_SECRET";
+/// Environment variable carrying the parent's pid, to detect a parent that
+/// died before the worker could arm its death signal.
+pub const ENV_PARENT: &str = "LOKY_WORKER_PARENT";
+
+/// Exit code of a worker that could not complete its handshake.
+pub const EXIT_HANDSHAKE_FAILED: i32 = 70;
+/// Exit code of a worker that received a message it could not decode.
+pub const EXIT_PROTOCOL_ERROR: i32 = 71;
+
+/// Payloads at least this large travel through shared memory instead of the
+/// socket. Measured with `benches/executor.rs` (echo of growing sizes): below
+/// this size one copy through the socket is cheaper than creating, mapping
+/// and passing a memfd.
+pub const SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
+
+/// The first and only message on the bootstrap connection, worker to parent.
+#[derive(Serialize, Deserialize)]
+pub enum Bootstrap {
+    /// The worker introduces itself. Never reordered, never changed.
+    Hello(Hello),
+    /// Sent by the parent to its own server to stop waiting for a worker
+    /// that died or timed out before it connected.
+    Abort,
+}
+
+/// A worker's introduction: who it is and the two channels of the link.
+#[derive(Serialize, Deserialize)]
+pub struct Hello {
+    /// The worker's [`PROTOCOL_VERSION`]. First field, forever.
+    pub version: u32,
+    /// The secret the parent passed in [`ENV_SECRET`].
+    pub secret: u64,
+    /// The worker's process id.
+    pub pid: u32,
+    /// Where the parent sends calls.
+    pub calls: IpcSender<ToWorker>,
+    /// Where the parent receives outcomes. It closes when the worker dies.
+    pub results: IpcReceiver<FromWorker>,
+}
+
+/// Parent to worker.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ToWorker {
+    /// Run a task.
+    Call(Call),
+    /// Finish and exit with code 0.
+    Shutdown,
+}
+
+/// One call of a registered task.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Call {
+    /// The parent's id for this call, echoed in [`FromWorker::Done`].
+    pub id: u64,
+    /// The task's registered id.
+    pub task: String,
+    /// One call, or a chunk of calls of the same task.
+    pub kind: CallKind,
+    /// The postcard-encoded argument (for a chunk: a `Vec<ByteBuf>` of them).
+    pub args: Payload,
+}
+
+/// Whether a call carries one argument or a chunk of them.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// One call: the outcome is the encoded result.
+    Single,
+    /// A chunk: the arguments are a `Vec<ByteBuf>` and the outcome is a
+    /// `Vec<ChunkItem>`, one per argument, in order.
+    Chunk,
+}
+
+/// Worker to parent.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum FromWorker {
+    /// A call finished, one way or another.
+    Done {
+        /// The call's id.
+        id: u64,
+        /// What happened.
+        outcome: Outcome,
+    },
+}
+
+/// What became of one call.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Outcome {
+    /// The task returned; its postcard-encoded result (for a chunk, the
+    /// encoded `Vec<ChunkItem>`).
+    Returned(Payload),
+    /// The call failed inside the worker, which lives on.
+    Failed(Failure),
+}
+
+/// The outcome of one element of a chunk.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ChunkItem {
+    /// The postcard-encoded result.
+    Returned(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The element failed.
+    Failed(Failure),
+}
+
+/// A failure that the worker survived.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The task panicked.
+    Panicked(RemotePanic),
+    /// Encoding or decoding failed (or panicked) in the worker.
+    Serde {
+        /// Where.
+        stage: Stage,
+        /// The serde error's message.
+        message: String,
+    },
+    /// The worker has no task registered under that id.
+    UnknownTask,
+    /// The worker has several tasks registered under that id.
+    DuplicateTask {
+        /// Where each was defined.
+        locations: Vec<String>,
+    },
+}
+
+/// Where a serialization failed: which data, on which side.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Encoding the arguments, in the parent.
+    EncodeArgs,
+    /// Decoding the arguments, in the worker.
+    DecodeArgs,
+    /// Encoding the result, in the worker.
+    EncodeResult,
+    /// Decoding the result, in the parent.
+    DecodeResult,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::EncodeArgs => "encoding the arguments in the parent",
+            Stage::DecodeArgs => "decoding the arguments in the worker",
+            Stage::EncodeResult => "encoding the result in the worker",
+            Stage::DecodeResult => "decoding the result in the parent",
+        })
+    }
+}
+
+/// A panic that happened in another process, as a value.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RemotePanic {
+    /// The panic message.
+    pub message: String,
+    /// `file:line:column` of the panic, when known.
+    pub location: Option<String>,
+    /// The worker's backtrace, captured when `RUST_BACKTRACE` is set.
+    pub backtrace: Option<String>,
+}
+
+impl fmt::Display for RemotePanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "'{}'", self.message)?;
+        if let Some(location) = &self.location {
+            write!(f, " at {location}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Encoded bytes, carried inline or, when large, in shared memory.
+#[derive(Serialize, Deserialize, Clone)]
+pub enum Payload {
+    /// Bytes carried in the message itself.
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Bytes carried in a shared memory region passed along the message.
+    Shared(IpcSharedMemory),
+}
+
+impl Payload {
+    /// Wraps encoded bytes, moving them to shared memory past
+    /// [`SHARED_MEMORY_THRESHOLD`].
+    pub fn pack(bytes: Vec<u8>) -> Payload {
+        if bytes.len() >= SHARED_MEMORY_THRESHOLD {
+            Payload::Shared(IpcSharedMemory::from_bytes(&bytes))
+        } else {
+            Payload::Inline(bytes)
+        }
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Inline(bytes) => bytes,
+            Payload::Shared(shared) => shared,
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Inline(bytes) => write!(f, "Inline({} bytes)", bytes.len()),
+            Payload::Shared(shared) => write!(f, "Shared({} bytes)", shared.len()),
+        }
+    }
+}
+
+/// Encodes a value with the protocol's serializer, postcard.
+///
+/// postcard drops the message of a custom serde error (`Error::custom`). On
+/// such a failure the value is encoded once more through `erased-serde`,
+/// whose error keeps the message, so that the caller learns what the user's
+/// `Serialize` said. Success costs nothing extra.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    postcard::to_allocvec(value).map_err(|error| match error {
+        postcard::Error::SerdeSerCustom => {
+            let mut serializer = postcard::Serializer {
+                output: postcard::ser_flavors::AllocVec::new(),
+            };
+            let mut erased = <dyn erased_serde::Serializer>::erase(&mut serializer);
+            match erased_serde::Serialize::erased_serialize(value, &mut erased) {
+                Err(error) => error.to_string(),
+                Ok(()) => error.to_string(),
+            }
+        }
+        other => other.to_string(),
+    })
+}
+
+/// Decodes a value encoded by [`encode`]. Trailing bytes are an error.
+///
+/// Like [`encode`], a custom error is decoded once more to recover its message.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!("{} unexpected trailing bytes", rest.len())),
+        Err(postcard::Error::SerdeDeCustom) => {
+            let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+            let mut erased = <dyn erased_serde::Deserializer>::erase(&mut deserializer);
+            match erased_serde::deserialize::<T>(&mut erased) {
+                Err(error) => Err(error.to_string()),
+                Ok(_) => Err(postcard::Error::SerdeDeCustom.to_string()),
+            }
+        }
+        Err(error) => Err(error.to_string()),
+    }
+}

@@ -1,0 +1,282 @@
+//! The public error type: every way a task, a worker or the executor can fail.
+
+use loky_worker::protocol::{Failure, RemotePanic, Stage};
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a task's future failed, or why the executor refused work.
+///
+/// Each variant carries what a user needs to act: which task, which worker
+/// process, which exit code or signal, which serialization stage.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task panicked in the worker. The worker survived.
+    #[error("task `{task}` panicked in worker {pid}: {panic}")]
+    Panicked {
+        /// The task's id.
+        task: &'static str,
+        /// The worker's process id.
+        pid: u32,
+        /// The panic's message, location and (with `RUST_BACKTRACE`) backtrace.
+        panic: RemotePanic,
+    },
+    /// The worker process died while running the task: it exited, aborted,
+    /// crashed or was killed.
+    #[error("worker {pid} running task `{task}` {reason}")]
+    WorkerDied {
+        /// The task's id.
+        task: &'static str,
+        /// The worker's process id.
+        pid: u32,
+        /// How the process ended.
+        reason: ExitReason,
+    },
+    /// Encoding or decoding the arguments or the result failed (or panicked).
+    #[error("task `{task}`: serialization failed {stage}: {message}")]
+    Serialization {
+        /// The task's id.
+        task: &'static str,
+        /// Which data, on which side.
+        stage: Stage,
+        /// The serde error's message.
+        message: String,
+    },
+    /// The worker has no task registered under this id (its binary differs
+    /// from the parent's, or the task was not made with `#[loky::task]`).
+    #[error("task `{task}` is not registered{}", in_pid(*.pid))]
+    UnknownTask {
+        /// The task's id.
+        task: &'static str,
+        /// The worker that did not know it, if a worker was asked.
+        pid: Option<u32>,
+    },
+    /// Several tasks are registered under this id; none is run.
+    #[error("task id `{task}` is registered more than once (at {}); give each a distinct \
+             `#[loky::task(id = \"...\")]`", .locations.join(", "))]
+    DuplicateTask {
+        /// The task's id.
+        task: &'static str,
+        /// Where each registration is.
+        locations: Vec<String>,
+    },
+    /// Waiting for a result took longer than allowed. The task itself goes on.
+    #[error("timed out after {waited:?} waiting for a result")]
+    Timeout {
+        /// How long was waited.
+        waited: Duration,
+    },
+    /// The task was cancelled before it started.
+    #[error("task `{task}` was cancelled")]
+    Cancelled {
+        /// The task's id.
+        task: &'static str,
+    },
+    /// The executor was shut down before the task could finish.
+    #[error("the executor has been shut down")]
+    ShutDown,
+    /// The executor cannot run tasks any more.
+    #[error("the executor is broken: {reason}")]
+    Broken {
+        /// Why.
+        reason: String,
+    },
+    /// No worker could be started to run the task.
+    #[error("could not start a worker: {0}")]
+    Spawn(#[from] SpawnError),
+    /// The executor's configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The input iterator given to `map` panicked.
+    #[error("the input iterator of `map` panicked: {message}")]
+    InputPanicked {
+        /// The panic message.
+        message: String,
+    },
+}
+
+fn in_pid(pid: Option<u32>) -> String {
+    pid.map(|pid| format!(" in worker {pid}"))
+        .unwrap_or_default()
+}
+
+impl Error {
+    /// The error for a failure that a worker reported and survived.
+    pub(crate) fn from_failure(task: &'static str, pid: Option<u32>, failure: Failure) -> Error {
+        match failure {
+            Failure::Panicked(panic) => Error::Panicked {
+                task,
+                pid: pid.unwrap_or(0),
+                panic,
+            },
+            Failure::Serde { stage, message } => Error::Serialization {
+                task,
+                stage,
+                message,
+            },
+            Failure::UnknownTask => Error::UnknownTask { task, pid },
+            Failure::DuplicateTask { locations } => Error::DuplicateTask { task, locations },
+        }
+    }
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The operating system refused to start the process.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The worker process ended before it completed its handshake.
+    #[error("worker {pid} {reason} before completing its handshake")]
+    ExitedEarly {
+        /// The worker's process id.
+        pid: u32,
+        /// How it ended.
+        reason: ExitReason,
+    },
+    /// The worker did not complete its handshake in time; it was killed.
+    #[error("worker {pid} did not complete its handshake within {timeout:?}")]
+    HandshakeTimeout {
+        /// The worker's process id.
+        pid: u32,
+        /// The configured limit.
+        timeout: Duration,
+    },
+    /// The worker speaks another protocol version.
+    #[error("worker {pid} speaks protocol version {theirs}, this process {ours}")]
+    ProtocolMismatch {
+        /// The worker's process id.
+        pid: u32,
+        /// Our version.
+        ours: u32,
+        /// The worker's version.
+        theirs: u32,
+    },
+    /// The handshake failed otherwise: a wrong secret, a process that is not
+    /// the one we started, a message that could not be read.
+    #[error("worker {pid}: bad handshake: {message}")]
+    Handshake {
+        /// The worker's process id.
+        pid: u32,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl SpawnError {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> SpawnError {
+        SpawnError::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// It exited with this code (`std::process::exit`, or returning).
+    Code(i32),
+    /// A signal killed it.
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+impl ExitReason {
+    /// Reads a reaped process's status.
+    pub(crate) fn from_status(status: std::process::ExitStatus) -> ExitReason {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitReason::Code(code),
+            (None, Some(signal)) => ExitReason::Signal {
+                signal,
+                core_dumped: status.core_dumped(),
+            },
+            (None, None) => ExitReason::Code(status.into_raw()),
+        }
+    }
+
+    /// The signal's name, such as `SIGSEGV`, for a death by signal.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        match self {
+            ExitReason::Signal { signal, .. } => signal_info(*signal).map(|(name, _)| name),
+            ExitReason::Code(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitReason::Code(code) => write!(f, "exited with code {code}"),
+            ExitReason::Signal {
+                signal,
+                core_dumped,
+            } => {
+                match signal_info(signal) {
+                    Some((name, meaning)) => write!(f, "was killed by signal {name} ({meaning})")?,
+                    None => write!(f, "was killed by signal {signal}")?,
+                }
+                if core_dumped {
+                    f.write_str(", core dumped")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The name and meaning of a signal number.
+fn signal_info(signal: i32) -> Option<(&'static str, &'static str)> {
+    Some(match signal {
+        libc::SIGHUP => ("SIGHUP", "hangup"),
+        libc::SIGINT => ("SIGINT", "interrupt"),
+        libc::SIGQUIT => ("SIGQUIT", "quit"),
+        libc::SIGILL => ("SIGILL", "illegal instruction"),
+        libc::SIGTRAP => ("SIGTRAP", "trace trap"),
+        libc::SIGABRT => ("SIGABRT", "aborted"),
+        libc::SIGBUS => ("SIGBUS", "bus error"),
+        libc::SIGFPE => ("SIGFPE", "arithmetic exception"),
+        libc::SIGKILL => ("SIGKILL", "killed"),
+        libc::SIGUSR1 => ("SIGUSR1", "user signal 1"),
+        libc::SIGSEGV => ("SIGSEGV", "segmentation fault"),
+        libc::SIGUSR2 => ("SIGUSR2", "user signal 2"),
+        libc::SIGPIPE => ("SIGPIPE", "broken pipe"),
+        libc::SIGALRM => ("SIGALRM", "alarm clock"),
+        libc::SIGTERM => ("SIGTERM", "terminated"),
+        libc::SIGXCPU => ("SIGXCPU", "CPU time limit exceeded"),
+        libc::SIGXFSZ => ("SIGXFSZ", "file size limit exceeded"),
+        libc::SIGSYS => ("SIGSYS", "bad system call"),
+        _ => return None,
+    })
+}
+
+/// A refused submission: the reason, and the arguments handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct SubmitError<A> {
+    /// The arguments that were not submitted.
+    pub args: A,
+    /// Why: the executor is shut down or broken.
+    pub reason: Error,
+}
+
+impl<A> From<SubmitError<A>> for Error {
+    fn from(error: SubmitError<A>) -> Error {
+        error.reason
+    }
+}

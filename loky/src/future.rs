@@ -1,0 +1,383 @@
+//! The future of one task: its state machine, its result, its callbacks.
+//!
+//! States: `Pending` (queued in the parent) -> `Running` (sent to a worker)
+//! -> `Finished`; or `Pending` -> `Cancelled`. A `Running` future whose
+//! worker died before starting it goes back to `Pending`.
+//!
+//! Architecture Invariant: a future finishes exactly once; every callback
+//! runs exactly once, after the outcome is known and outside any lock.
+//! While callbacks run, the outcome is lent to them: `result` waits until
+//! they are done, so it can still move the value out.
+
+use crate::error::Error;
+use crossbeam_channel::Sender;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// The pending result of a task run by an executor.
+///
+/// Like `concurrent.futures.Future`: query it with [`done`](Self::done),
+/// [`running`](Self::running) and [`cancelled`](Self::cancelled), get the
+/// outcome with [`result`](Self::result), react to it with
+/// [`add_done_callback`](Self::add_done_callback), or `.await` it in any
+/// async runtime.
+#[must_use = "a future does nothing by itself; the task runs anyway, but its result is lost"]
+pub struct Future<R> {
+    state: Arc<State<R>>,
+}
+
+type Callback<R> = Box<dyn FnOnce(&Result<R, Error>) + Send>;
+
+pub(crate) struct State<R> {
+    task: &'static str,
+    inner: Mutex<Inner<R>>,
+    changed: Condvar,
+}
+
+struct Inner<R> {
+    phase: Phase,
+    /// The outcome, once finished, until it is moved out or lent out.
+    outcome: Option<Result<R, Error>>,
+    /// Callbacks currently hold the outcome.
+    lent: bool,
+    /// The outcome was moved out by `poll`.
+    taken: bool,
+    callbacks: Vec<Callback<R>>,
+    watchers: Vec<Watcher>,
+    waker: Option<Waker>,
+}
+
+/// Someone waiting on several futures at once: see [`crate::wait`].
+pub(crate) struct Watcher {
+    pub(crate) key: u64,
+    pub(crate) index: usize,
+    pub(crate) notify: Sender<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Pending,
+    Running,
+    Finished,
+    Cancelled,
+}
+
+impl<R> Future<R> {
+    /// A new pending future, and the state its executor completes.
+    pub(crate) fn new(task: &'static str) -> (Future<R>, Arc<State<R>>) {
+        let state = Arc::new(State {
+            task,
+            inner: Mutex::new(Inner {
+                phase: Phase::Pending,
+                outcome: None,
+                lent: false,
+                taken: false,
+                callbacks: Vec::new(),
+                watchers: Vec::new(),
+                waker: None,
+            }),
+            changed: Condvar::new(),
+        });
+        (
+            Future {
+                state: Arc::clone(&state),
+            },
+            state,
+        )
+    }
+
+    /// A future that has already failed.
+    pub(crate) fn failed(task: &'static str, error: Error) -> Future<R> {
+        let (future, state) = Future::new(task);
+        state.finish(Err(error));
+        future
+    }
+
+    /// The id of the task this future belongs to.
+    pub fn task(&self) -> &'static str {
+        self.state.task
+    }
+
+    /// Whether the task finished (with a result or an error) or was cancelled.
+    pub fn done(&self) -> bool {
+        matches!(self.state.lock().phase, Phase::Finished | Phase::Cancelled)
+    }
+
+    /// Whether the task was sent to a worker and has not finished yet.
+    pub fn running(&self) -> bool {
+        self.state.lock().phase == Phase::Running
+    }
+
+    /// Whether the task was cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.state.lock().phase == Phase::Cancelled
+    }
+
+    /// Whether the task finished with an error (including cancellation).
+    pub(crate) fn failed_now(&self) -> bool {
+        let inner = self.state.lock();
+        match inner.phase {
+            Phase::Cancelled => true,
+            Phase::Finished => inner.outcome.as_ref().is_some_and(Result::is_err),
+            Phase::Pending | Phase::Running => false,
+        }
+    }
+
+    /// Cancels the task if it has not been sent to a worker yet, and returns
+    /// whether the future is now cancelled. A running or finished task is
+    /// not affected.
+    pub fn cancel(&self) -> bool {
+        self.state.cancel()
+    }
+
+    /// Blocks until the task is done, and returns its outcome.
+    pub fn result(self) -> Result<R, Error> {
+        self.take(None)
+            .unwrap_or_else(|| unreachable!("waited without a deadline"))
+    }
+
+    /// Blocks until the task is done or `timeout` passes. On timeout the
+    /// future is dropped (the task goes on) and [`Error::Timeout`] returned;
+    /// use [`wait_timeout`](Self::wait_timeout) to keep the future.
+    pub fn result_timeout(self, timeout: Duration) -> Result<R, Error> {
+        self.take(Some(Instant::now() + timeout))
+            .unwrap_or(Err(Error::Timeout { waited: timeout }))
+    }
+
+    /// Blocks until the task is done or `timeout` passes; returns whether it
+    /// is done.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.state.lock();
+        while !matches!(inner.phase, Phase::Finished | Phase::Cancelled) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            inner = self.state.wait(inner, Some(deadline - now));
+        }
+        true
+    }
+
+    /// Runs `callback` with the outcome once the task is done: at once, in
+    /// this thread, if it already is; otherwise in the thread that completes
+    /// the future. It runs exactly once. A panic in it is caught and
+    /// reported, and harms neither the future nor the executor. Callbacks
+    /// must not block on other futures of the same executor.
+    pub fn add_done_callback(&self, callback: impl FnOnce(&Result<R, Error>) + Send + 'static) {
+        let mut inner = self.state.lock();
+        let finished = matches!(inner.phase, Phase::Finished | Phase::Cancelled);
+        if !finished || inner.lent {
+            inner.callbacks.push(Box::new(callback));
+            return;
+        }
+        assert!(
+            !inner.taken,
+            "add_done_callback on a future whose result was already taken"
+        );
+        let outcome = inner
+            .outcome
+            .take()
+            .expect("a finished future has an outcome");
+        inner.lent = true;
+        drop(inner);
+        self.state.run_callbacks(vec![Box::new(callback)], outcome);
+    }
+
+    /// Waits for the outcome, up to `deadline`, and moves it out.
+    fn take(&self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
+        let mut inner = self.state.lock();
+        loop {
+            if !inner.lent {
+                if let Some(outcome) = inner.outcome.take() {
+                    inner.taken = true;
+                    return Some(outcome);
+                }
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    Some(deadline - now)
+                }
+            };
+            inner = self.state.wait(inner, timeout);
+        }
+    }
+
+    /// Registers `watcher`, or notifies it at once if the task is done.
+    pub(crate) fn watch(&self, watcher: Watcher) {
+        let mut inner = self.state.lock();
+        if matches!(inner.phase, Phase::Finished | Phase::Cancelled) && !inner.lent {
+            let _ = watcher.notify.send(watcher.index);
+        } else {
+            inner.watchers.push(watcher);
+        }
+    }
+
+    /// Removes the watchers registered under `key`.
+    pub(crate) fn unwatch(&self, key: u64) {
+        self.state.lock().watchers.retain(|w| w.key != key);
+    }
+}
+
+impl<R> State<R> {
+    fn lock(&self) -> MutexGuard<'_, Inner<R>> {
+        // A panic never happens while the lock is held (callbacks run
+        // outside it), so a poisoned lock still holds consistent data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, Inner<R>>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Inner<R>> {
+        match timeout {
+            None => self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()),
+            Some(timeout) => {
+                self.changed
+                    .wait_timeout(guard, timeout)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        }
+    }
+
+    /// The task's id.
+    pub(crate) fn task(&self) -> &'static str {
+        self.task
+    }
+
+    /// Pending -> Running. False if the future was cancelled (or finished),
+    /// in which case the task must not run.
+    pub(crate) fn set_running(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.phase == Phase::Pending {
+            inner.phase = Phase::Running;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Running -> Pending, for a task that its worker never started.
+    pub(crate) fn set_pending(&self) {
+        let mut inner = self.lock();
+        if inner.phase == Phase::Running {
+            inner.phase = Phase::Pending;
+        }
+    }
+
+    /// Pending -> Cancelled; true if the future is cancelled now.
+    pub(crate) fn cancel(&self) -> bool {
+        let mut inner = self.lock();
+        match inner.phase {
+            Phase::Cancelled => true,
+            Phase::Running | Phase::Finished => false,
+            Phase::Pending => {
+                inner.phase = Phase::Cancelled;
+                let task = self.task;
+                self.complete(inner, Err(Error::Cancelled { task }));
+                true
+            }
+        }
+    }
+
+    /// Finishes the future with `outcome`, unless it is done already.
+    /// Returns whether this call finished it.
+    pub(crate) fn finish(&self, outcome: Result<R, Error>) -> bool {
+        let mut inner = self.lock();
+        if matches!(inner.phase, Phase::Finished | Phase::Cancelled) {
+            return false;
+        }
+        inner.phase = Phase::Finished;
+        self.complete(inner, outcome);
+        true
+    }
+
+    /// Stores the outcome after running the callbacks, then wakes everyone.
+    fn complete(&self, mut inner: MutexGuard<'_, Inner<R>>, outcome: Result<R, Error>) {
+        let callbacks = std::mem::take(&mut inner.callbacks);
+        if callbacks.is_empty() {
+            inner.outcome = Some(outcome);
+            self.publish(inner);
+        } else {
+            inner.lent = true;
+            drop(inner);
+            self.run_callbacks(callbacks, outcome);
+        }
+    }
+
+    /// Runs callbacks, and any added meanwhile, then stores the outcome.
+    fn run_callbacks(&self, mut callbacks: Vec<Callback<R>>, outcome: Result<R, Error>) {
+        loop {
+            for callback in callbacks.drain(..) {
+                let task = self.task;
+                if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| callback(&outcome))) {
+                    let message = loky_worker::panic::payload_message(&*payload);
+                    tracing::error!(task, message, "a done-callback panicked");
+                }
+            }
+            let mut inner = self.lock();
+            if inner.callbacks.is_empty() {
+                inner.outcome = Some(outcome);
+                inner.lent = false;
+                self.publish(inner);
+                return;
+            }
+            callbacks = std::mem::take(&mut inner.callbacks);
+        }
+    }
+
+    /// Wakes waiters, watchers and the async waker of a finished future.
+    fn publish(&self, mut inner: MutexGuard<'_, Inner<R>>) {
+        let watchers = std::mem::take(&mut inner.watchers);
+        let waker = inner.waker.take();
+        drop(inner);
+        self.changed.notify_all();
+        for watcher in watchers {
+            let _ = watcher.notify.send(watcher.index);
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<R> std::future::Future for Future<R> {
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = self.state.lock();
+        if !inner.lent {
+            if let Some(outcome) = inner.outcome.take() {
+                inner.taken = true;
+                return Poll::Ready(outcome);
+            }
+            assert!(!inner.taken, "a loky::Future polled after it completed");
+        }
+        match &mut inner.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl<R> fmt::Debug for Future<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = self.state.lock().phase;
+        f.debug_struct("Future")
+            .field("task", &self.state.task)
+            .field("phase", &phase)
+            .finish()
+    }
+}

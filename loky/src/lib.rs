@@ -1,0 +1,114 @@
+//! # loky: a robust, reusable process-pool executor
+//!
+//! Run functions in worker processes when threads are not enough: code that
+//! may crash, leak, hang or must be killed, libraries that are not
+//! thread-safe, hard memory isolation. Modelled on Python's `loky` and
+//! `concurrent.futures.ProcessPoolExecutor`.
+//!
+//! ```
+//! #[loky::task]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! # fn main() -> Result<(), loky::Error> {
+//! let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+//! assert_eq!(executor.submit(square, 7)?.result()?, 49);
+//! let squares: Vec<u64> = executor.map(square, 0..5).collect::<Result<_, _>>()?;
+//! assert_eq!(squares, [0, 1, 4, 9, 16]);
+//! assert_eq!(square.call(3), 9); // in this process
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - `#[loky::task]` registers a function under a stable id (its module path
+//!   and name) so that workers can find it.
+//! - Workers are this very binary, started again; they never run `main`
+//!   (see `#[loky::main]`), and work under `cargo test`, in examples,
+//!   benches and doctests.
+//! - A worker that dies (panic-free exit, abort, segfault, SIGKILL) fails
+//!   the task it ran with [`Error::WorkerDied`], naming the pid, the exit
+//!   code or signal and the task; it is replaced, and the tasks it had not
+//!   started run elsewhere.
+
+mod config;
+mod cpu;
+mod error;
+mod executor;
+mod future;
+mod job;
+mod manager;
+mod map;
+mod process;
+mod reusable;
+mod task;
+mod wait;
+
+pub use config::Config;
+pub use cpu::cpu_count;
+pub use error::{Error, ExitReason, SpawnError, SubmitError};
+pub use executor::{Executor, Shutdown};
+pub use future::Future;
+pub use loky_worker::protocol::{RemotePanic, Stage};
+pub use map::Map;
+pub use reusable::get_reusable_executor;
+pub use task::Task;
+pub use wait::{AsCompleted, ReturnWhen, WaitResult, as_completed, wait};
+
+/// Registers a free function as a task that workers can run.
+///
+/// ```
+/// #[loky::task]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+/// assert_eq!(add.call((2, 3)), 5);
+/// ```
+///
+/// The function becomes a unit struct of the same name that implements
+/// [`Task`]: `add.call((2, 3))` runs it here, `add.spawn((2, 3))` on the
+/// reusable executor, `executor.submit(add, (2, 3))` on an executor. Its id
+/// is `module_path!()::add`; `#[loky::task(id = "...")]` sets another.
+/// Arguments and the result must be serde types, taken by value.
+pub use loky_macros::task;
+
+/// Wraps `fn main` so that a worker process never runs it.
+///
+/// On Linux workers take over before `main` anyway; the attribute makes
+/// that explicit and portable.
+///
+/// ```
+/// #[loky::main]
+/// fn main() {
+///     // Only the parent process gets here.
+/// }
+/// ```
+pub use loky_macros::main;
+
+#[doc(hidden)]
+pub mod __private {
+    //! What `#[loky::task]` and `#[loky::main]` expand to. Not public API.
+
+    use crate::{Future, Task};
+    use loky_worker::protocol::Failure;
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    pub use inventory;
+    pub use loky_worker::entry::main_entry;
+    pub use loky_worker::registry::TaskEntry;
+
+    /// Runs one call of `T` on encoded arguments, in a worker.
+    pub fn invoke<T: Task>(args: &[u8]) -> Result<Vec<u8>, Failure> {
+        loky_worker::invoke::run(|args| T::default().call(args), args)
+    }
+
+    /// `task.spawn(args)`.
+    pub fn spawn<T: Task>(task: T, args: T::Args) -> Future<T::Output> {
+        crate::reusable::spawn(task, args)
+    }
+
+    /// Fails to compile, at the argument's span, for a type that cannot be
+    /// sent to a worker.
+    pub fn require_message<T: Serialize + DeserializeOwned + Send + 'static>() {}
+}

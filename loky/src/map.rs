@@ -1,0 +1,200 @@
+//! `Executor::map`: lazy, ordered, chunked, with a bounded number of chunks
+//! in flight, so that an endless input works.
+
+use crate::error::Error;
+use crate::executor::{self, Executor};
+use crate::future::Future;
+use crate::job;
+use crate::task::Task;
+use loky_worker::protocol::CallKind;
+use serde_bytes::ByteBuf;
+use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+/// The ordered results of [`Executor::map`]: one `Result` per input.
+///
+/// Inputs are pulled lazily, as results are consumed, and sent in chunks:
+/// at most [`max_in_flight`](Self::max_in_flight) chunks are submitted and
+/// not yet consumed. A failing element yields its error and the others go
+/// on. If the input iterator panics, the results before it are yielded,
+/// then [`Error::InputPanicked`], then the iteration ends.
+pub struct Map<T: Task, I> {
+    executor: Executor,
+    input: I,
+    chunksize: Option<usize>,
+    max_in_flight: usize,
+    adaptive: usize,
+    pending: VecDeque<Chunk<T::Output>>,
+    current: std::vec::IntoIter<Result<T::Output, Error>>,
+    input_done: bool,
+    input_error: Option<Error>,
+}
+
+/// One submitted chunk.
+struct Chunk<R> {
+    /// The results of the elements that could be encoded.
+    future: Result<Future<Vec<Result<R, Error>>>, Error>,
+    /// Elements that failed before being sent: (position, error).
+    early: Vec<(usize, Error)>,
+    len: usize,
+    submitted: Instant,
+}
+
+/// The largest automatic chunk.
+const MAX_AUTO_CHUNK: usize = 1024;
+/// An automatic chunk grows while chunks take less than this.
+const CHUNK_TARGET: Duration = Duration::from_millis(20);
+
+impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
+    pub(crate) fn new(executor: Executor, _task: T, input: I) -> Self {
+        let workers = executor.config().get_max_workers();
+        Map {
+            executor,
+            input,
+            chunksize: None,
+            max_in_flight: (2 * workers).max(2),
+            adaptive: 1,
+            pending: VecDeque::new(),
+            current: Vec::new().into_iter(),
+            input_done: false,
+            input_error: None,
+        }
+    }
+
+    /// Sends inputs `chunksize` at a time; 0 (the default) chooses
+    /// automatically: from the input's length when it is known, otherwise
+    /// growing from 1 while chunks finish quickly.
+    pub fn chunksize(mut self, chunksize: usize) -> Self {
+        self.chunksize = (chunksize > 0).then_some(chunksize);
+        self
+    }
+
+    /// How many chunks may be submitted and not yet consumed; default twice
+    /// the number of workers. At least 1.
+    pub fn max_in_flight(mut self, chunks: usize) -> Self {
+        self.max_in_flight = chunks.max(1);
+        self
+    }
+
+    fn next_chunk_size(&self) -> usize {
+        if let Some(size) = self.chunksize {
+            return size;
+        }
+        match self.input.size_hint() {
+            (_, Some(remaining)) => {
+                let workers = self.executor.config().get_max_workers();
+                remaining.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)
+            }
+            (_, None) => self.adaptive,
+        }
+    }
+
+    /// Pulls inputs and submits chunks until the window is full.
+    fn fill(&mut self) {
+        while !self.input_done && self.pending.len() < self.max_in_flight {
+            let size = self.next_chunk_size();
+            let mut encoded = Vec::with_capacity(size);
+            let mut early = Vec::new();
+            let mut len = 0;
+            while len < size {
+                match panic::catch_unwind(AssertUnwindSafe(|| self.input.next())) {
+                    Ok(Some(args)) => {
+                        match job::encode_args(T::ID, &args) {
+                            Ok(bytes) => encoded.push(ByteBuf::from(bytes)),
+                            Err(error) => early.push((len, error)),
+                        }
+                        len += 1;
+                    }
+                    Ok(None) => {
+                        self.input_done = true;
+                        break;
+                    }
+                    Err(payload) => {
+                        self.input_done = true;
+                        self.input_error = Some(Error::InputPanicked {
+                            message: loky_worker::panic::payload_message(&*payload),
+                        });
+                        break;
+                    }
+                }
+            }
+            if len == 0 {
+                break;
+            }
+            let future = if encoded.is_empty() {
+                // Every element failed before it could be sent.
+                let (future, state) = Future::new(T::ID);
+                state.finish(Ok(Vec::new()));
+                Ok(future)
+            } else {
+                let bytes =
+                    executor::registered(T::ID).and_then(|()| job::encode_args(T::ID, &encoded));
+                self.executor.submit_encoded(
+                    T::ID,
+                    CallKind::Chunk,
+                    bytes,
+                    job::decode_chunk::<T::Output>,
+                )
+            };
+            self.pending.push_back(Chunk {
+                future,
+                early,
+                len,
+                submitted: Instant::now(),
+            });
+        }
+    }
+
+    /// Waits for the oldest chunk and returns its results in input order.
+    fn collect(&mut self, chunk: Chunk<T::Output>) -> Vec<Result<T::Output, Error>> {
+        let sent = chunk.len - chunk.early.len();
+        let results = match chunk.future.and_then(Future::result) {
+            Ok(results) if results.len() == sent => results,
+            Ok(results) => {
+                let reason = format!("a chunk of {sent} came back with {} results", results.len());
+                (0..sent)
+                    .map(|_| {
+                        Err(Error::Broken {
+                            reason: reason.clone(),
+                        })
+                    })
+                    .collect()
+            }
+            Err(error) => (0..sent).map(|_| Err(error.clone())).collect(),
+        };
+        if chunk.submitted.elapsed() < CHUNK_TARGET {
+            self.adaptive = (self.adaptive * 2).min(MAX_AUTO_CHUNK);
+        } else {
+            self.adaptive = (self.adaptive / 2).max(1);
+        }
+        if chunk.early.is_empty() {
+            return results;
+        }
+        let mut early = chunk.early.into_iter().peekable();
+        let mut sent = results.into_iter();
+        (0..chunk.len)
+            .map(|position| match early.next_if(|(p, _)| *p == position) {
+                Some((_, error)) => Err(error),
+                None => sent.next().expect("one result per sent element"),
+            })
+            .collect()
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Map<T, I> {
+    type Item = Result<T::Output, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.current.next() {
+                return Some(item);
+            }
+            self.fill();
+            match self.pending.pop_front() {
+                Some(chunk) => self.current = self.collect(chunk).into_iter(),
+                None => return self.input_error.take().map(Err),
+            }
+        }
+    }
+}

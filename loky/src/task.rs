@@ -1,0 +1,30 @@
+//! The [`Task`] trait that `#[loky::task]` implements.
+
+use crate::future::Future;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A function registered with `#[loky::task]`, runnable in a worker process.
+///
+/// The attribute turns `fn square(x: u64) -> u64` into a unit struct
+/// `square` that implements this trait: `square.call(3)` runs it here,
+/// `square.spawn(3)` on the default reusable executor, and
+/// `executor.submit(square, 3)` and `executor.map(square, 0..10)` on an
+/// executor. One argument is passed as is, several as a tuple, none as `()`.
+pub trait Task: Copy + Default + Send + Sync + 'static {
+    /// The arguments: the one argument's type, a tuple of several, or `()`.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// The return type.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The stable id under which workers find the task: by default the
+    /// module path and the function's name, such as `my_crate::square`.
+    const ID: &'static str;
+
+    /// Runs the task in this process.
+    fn call(self, args: Self::Args) -> Self::Output;
+
+    /// Runs the task on the default reusable executor.
+    fn spawn(self, args: Self::Args) -> Future<Self::Output> {
+        crate::reusable::spawn(self, args)
+    }
+}

@@ -1,0 +1,142 @@
+//! Waiting on several futures: [`wait`] and [`as_completed`], as in
+//! `concurrent.futures`.
+
+use crate::error::Error;
+use crate::future::{Future, Watcher};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// When [`wait`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnWhen {
+    /// As soon as any future is done.
+    FirstCompleted,
+    /// As soon as any future fails (or when all are done).
+    FirstException,
+    /// When all futures are done.
+    AllCompleted,
+}
+
+/// What [`wait`] found: indices into the slice it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitResult {
+    /// The futures that are done, in index order.
+    pub done: Vec<usize>,
+    /// The others, in index order.
+    pub not_done: Vec<usize>,
+}
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// Registers one watcher on every future; each sends its index once done.
+fn watch_all<R>(futures: &[Future<R>]) -> (u64, Receiver<usize>) {
+    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    let (notify, done) = crossbeam_channel::unbounded();
+    for (index, future) in futures.iter().enumerate() {
+        future.watch(Watcher {
+            key,
+            index,
+            notify: notify.clone(),
+        });
+    }
+    (key, done)
+}
+
+/// Blocks until `return_when` is met or `timeout` passes, and says which
+/// futures are done.
+pub fn wait<R>(
+    futures: &[Future<R>],
+    timeout: Option<Duration>,
+    return_when: ReturnWhen,
+) -> WaitResult {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let (key, notifications) = watch_all(futures);
+    let mut done = vec![false; futures.len()];
+    let mut count = 0;
+    let mut failed = false;
+    loop {
+        let satisfied = match return_when {
+            ReturnWhen::FirstCompleted => count > 0 || futures.is_empty(),
+            ReturnWhen::FirstException => failed || count == futures.len(),
+            ReturnWhen::AllCompleted => count == futures.len(),
+        };
+        if satisfied {
+            break;
+        }
+        let index = match deadline {
+            None => notifications
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
+            Some(deadline) => notifications.recv_deadline(deadline),
+        };
+        let Ok(index) = index else { break };
+        if !done[index] {
+            done[index] = true;
+            count += 1;
+            failed |= futures[index].failed_now();
+        }
+    }
+    for future in futures {
+        future.unwatch(key);
+    }
+    let (done, not_done) = (0..futures.len()).partition(|&i| done[i]);
+    WaitResult { done, not_done }
+}
+
+/// Yields the futures as they finish, in completion order. If `timeout`
+/// passes first, yields one [`Error::Timeout`] and stops.
+pub fn as_completed<R>(futures: Vec<Future<R>>, timeout: Option<Duration>) -> AsCompleted<R> {
+    let (key, notifications) = watch_all(&futures);
+    AsCompleted {
+        remaining: futures.len(),
+        futures: futures.into_iter().map(Some).collect(),
+        key,
+        notifications,
+        started: Instant::now(),
+        timeout,
+    }
+}
+
+/// The iterator returned by [`as_completed`].
+pub struct AsCompleted<R> {
+    futures: Vec<Option<Future<R>>>,
+    remaining: usize,
+    key: u64,
+    notifications: Receiver<usize>,
+    started: Instant,
+    timeout: Option<Duration>,
+}
+
+impl<R> Iterator for AsCompleted<R> {
+    type Item = Result<Future<R>, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.remaining > 0 {
+            let index = match self.timeout {
+                None => self.notifications.recv().ok(),
+                Some(timeout) => match self.notifications.recv_deadline(self.started + timeout) {
+                    Ok(index) => Some(index),
+                    Err(_) => {
+                        self.remaining = 0;
+                        return Some(Err(Error::Timeout { waited: timeout }));
+                    }
+                },
+            };
+            let future = self.futures.get_mut(index?).and_then(Option::take);
+            if let Some(future) = future {
+                self.remaining -= 1;
+                return Some(Ok(future));
+            }
+        }
+        None
+    }
+}
+
+impl<R> Drop for AsCompleted<R> {
+    fn drop(&mut self) {
+        for future in self.futures.iter().flatten() {
+            future.unwatch(self.key);
+        }
+    }
+}
