@@ -318,11 +318,23 @@ impl Manager {
     /// Sends queued jobs to workers with room, and starts workers as needed.
     fn dispatch(&mut self) {
         let capacity = 1 + self.config.get_prefetch();
+        let starting = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Starting { .. }))
+            .count();
         while !self.queue.is_empty() {
+            // An idle worker first; a busy one's prefetch slots only for
+            // jobs that the workers still starting will not take.
+            let limit = if self.queue.len() > starting {
+                capacity
+            } else {
+                1
+            };
             let target = self
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.retiring && w.inflight.len() < capacity)
+                .filter(|(_, w)| !w.retiring && w.inflight.len() < limit)
                 .filter(|(_, w)| matches!(w.state, WorkerState::Ready(_)))
                 .min_by_key(|(_, w)| w.inflight.len())
                 .map(|(&id, _)| id);

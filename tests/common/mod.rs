@@ -1,0 +1,47 @@
+//! Helpers shared by the integration tests: bounded waits and process probes.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+/// The longest any test waits for one result: a hang fails fast.
+pub(crate) const BOUND: Duration = Duration::from_secs(30);
+
+/// An executor with `workers` workers.
+pub(crate) fn executor(workers: usize) -> loky::Executor {
+    loky::Executor::new(loky::Config::new().max_workers(workers)).expect("valid config")
+}
+
+/// The state letter of a process in /proc (`Z` for a zombie), or `None` if
+/// it does not exist.
+pub(crate) fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.chars().next()
+}
+
+/// Waits until `pid` no longer exists (neither alive nor a zombie).
+pub(crate) fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if process_state(pid).is_none() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Polls `condition` until it holds or `limit` passes.
+pub(crate) fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

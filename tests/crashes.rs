@@ -1,0 +1,409 @@
+//! Crashes become specific errors, the pool heals, nothing is lost.
+//!
+//! Partly a port of Python loky's `test_reusable_executor.py::TestExecutorDeadLock`
+//! (a worker that exits, aborts or segfaults while running a task), extended
+//! with Rust's own ways to die and with the serde stages of
+//! `test_crashes`.
+
+mod common;
+
+use common::{BOUND, executor, process_state, wait_gone};
+use loky::{Error, ExitReason, Stage};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::time::{Duration, Instant};
+
+#[loky::task]
+fn echo(x: u64) -> u64 {
+    x
+}
+
+#[loky::task]
+fn worker_pid() -> u32 {
+    std::process::id()
+}
+
+#[loky::task]
+fn sleep_then_echo(ms: u64, x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    x
+}
+
+#[loky::task]
+fn exit_with(code: i32) {
+    std::process::exit(code);
+}
+
+#[loky::task]
+fn abort() {
+    std::process::abort();
+}
+
+#[loky::task]
+fn segfault() {
+    // A real invalid write, not raise(SIGSEGV), which a handler may catch.
+    // SAFETY: not safe at all: this is the crash under test.
+    unsafe { std::ptr::null_mut::<u64>().write_volatile(42) };
+}
+
+#[loky::task]
+fn kill_self() {
+    // SAFETY: sends a signal to this process.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(10));
+}
+
+#[loky::task]
+fn panics(message: String) -> u64 {
+    panic!("{message}");
+}
+
+/// Fails to serialize, with a message.
+#[derive(Debug)]
+struct Unserializable;
+
+impl Serialize for Unserializable {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "Unserializable refuses to be encoded",
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Unserializable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = u8::deserialize(d)?;
+        Ok(Unserializable)
+    }
+}
+
+/// Serializes fine, fails to deserialize, with a message.
+#[derive(Debug)]
+struct Undeserializable;
+
+impl Serialize for Undeserializable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(7)
+    }
+}
+
+impl<'de> Deserialize<'de> for Undeserializable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = u8::deserialize(d)?;
+        Err(serde::de::Error::custom(
+            "Undeserializable refuses to be decoded",
+        ))
+    }
+}
+
+#[loky::task]
+fn takes_unserializable(_value: Unserializable) {}
+
+#[loky::task]
+fn takes_undeserializable(_value: Undeserializable) {}
+
+#[loky::task]
+fn returns_unserializable() -> Unserializable {
+    Unserializable
+}
+
+#[loky::task]
+fn returns_undeserializable() -> Undeserializable {
+    Undeserializable
+}
+
+/// Asserts that a dead worker's error names the task, the pid and `reason`,
+/// that it came fast, and that the worker was reaped.
+fn assert_died(result: Result<(), Error>, task: &str, reason: ExitReason, took: Duration) -> u32 {
+    let Err(Error::WorkerDied {
+        task: got_task,
+        pid,
+        reason: got_reason,
+    }) = result
+    else {
+        panic!("expected WorkerDied, got {result:?}");
+    };
+    assert_eq!(got_task, task);
+    assert_eq!(got_reason, reason);
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?} to report the death"
+    );
+    assert!(
+        wait_gone(pid, BOUND),
+        "worker {pid} left a zombie or lives on"
+    );
+    pid
+}
+
+fn died_of(
+    executor: &loky::Executor,
+    run: impl FnOnce(&loky::Executor) -> loky::Future<()>,
+) -> (Result<(), Error>, Duration) {
+    // Warm a worker up first, so that the time measured is the crash's.
+    assert_eq!(
+        executor
+            .submit(echo, 1)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        1
+    );
+    let started = Instant::now();
+    let result = run(executor).result_timeout(BOUND);
+    (result, started.elapsed())
+}
+
+#[test]
+fn exit_code_is_reported_and_the_pool_heals() {
+    let executor = executor(2);
+    let (result, took) = died_of(&executor, |e| e.submit(exit_with, 3).unwrap());
+    assert_died(result, "crashes::exit_with", ExitReason::Code(3), took);
+    assert_eq!(
+        executor
+            .submit(echo, 5)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        5
+    );
+}
+
+#[test]
+fn abort_is_reported_as_sigabrt() {
+    let executor = executor(2);
+    let (result, took) = died_of(&executor, |e| e.submit(abort, ()).unwrap());
+    let reason = ExitReason::Signal {
+        signal: libc::SIGABRT,
+        core_dumped: false,
+    };
+    // Some systems dump core on SIGABRT: accept both.
+    let result = result.map_err(|e| match e {
+        Error::WorkerDied {
+            task,
+            pid,
+            reason: ExitReason::Signal { signal, .. },
+        } => Error::WorkerDied {
+            task,
+            pid,
+            reason: ExitReason::Signal {
+                signal,
+                core_dumped: false,
+            },
+        },
+        other => other,
+    });
+    assert_died(result, "crashes::abort", reason, took);
+    assert_eq!(
+        executor
+            .submit(echo, 6)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        6
+    );
+}
+
+#[test]
+fn segfault_is_reported_with_a_readable_message() {
+    let executor = executor(2);
+    let (result, took) = died_of(&executor, |e| e.submit(segfault, ()).unwrap());
+    let message = result.as_ref().unwrap_err().to_string();
+    let Err(Error::WorkerDied { pid, reason, .. }) = &result else {
+        panic!("expected WorkerDied, got {result:?}");
+    };
+    assert_eq!(reason.signal_name(), Some("SIGSEGV"));
+    assert!(
+        message.starts_with(&format!(
+            "worker {pid} running task `crashes::segfault` was killed by signal SIGSEGV (segmentation fault)"
+        )),
+        "{message}"
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        executor
+            .submit(echo, 7)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        7
+    );
+}
+
+#[test]
+fn sigkill_is_reported() {
+    let executor = executor(2);
+    let (result, took) = died_of(&executor, |e| e.submit(kill_self, ()).unwrap());
+    let reason = ExitReason::Signal {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    };
+    assert_died(result, "crashes::kill_self", reason, took);
+    assert_eq!(
+        executor
+            .submit(echo, 8)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        8
+    );
+}
+
+#[test]
+fn a_panic_is_a_value_and_the_worker_survives() {
+    let executor = executor(1);
+    let before = executor
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND)
+        .unwrap();
+    let result = executor
+        .submit(panics, "boom 42".to_owned())
+        .unwrap()
+        .result_timeout(BOUND);
+    let Err(Error::Panicked { task, pid, panic }) = result else {
+        panic!("expected Panicked, got {result:?}");
+    };
+    assert_eq!(task, "crashes::panics");
+    assert_eq!(pid, before);
+    assert_eq!(panic.message, "boom 42");
+    let location = panic.location.expect("a location");
+    assert!(location.starts_with("tests/crashes.rs:"), "{location}");
+    let after = executor
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND)
+        .unwrap();
+    assert_eq!(after, before, "a panic must not cost the worker");
+}
+
+#[test]
+fn other_tasks_are_not_affected_by_a_crash() {
+    let executor = executor(2);
+    let slow: Vec<_> = (0..4)
+        .map(|i| executor.submit(sleep_then_echo, (50, i)).unwrap())
+        .collect();
+    let crash = executor.submit(abort, ()).unwrap();
+    assert!(matches!(
+        crash.result_timeout(BOUND),
+        Err(Error::WorkerDied { .. })
+    ));
+    for (i, future) in slow.into_iter().enumerate() {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), i as u64);
+    }
+}
+
+#[test]
+fn tasks_queued_behind_a_crash_run_on_another_worker() {
+    // One worker holding four tasks: the crash runs first, the three
+    // behind it were never started and must run on its replacement.
+    let executor = loky::Executor::new(loky::Config::new().max_workers(1).prefetch(3)).unwrap();
+    let first_pid = executor
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND)
+        .unwrap();
+    let crash = executor.submit(exit_with, 9).unwrap();
+    let queued: Vec<_> = (0..3).map(|i| executor.submit(echo, i).unwrap()).collect();
+    let pid_after = executor.submit(worker_pid, ()).unwrap();
+    let Err(Error::WorkerDied {
+        pid: dead, reason, ..
+    }) = crash.result_timeout(BOUND)
+    else {
+        panic!("expected WorkerDied");
+    };
+    assert_eq!((dead, reason), (first_pid, ExitReason::Code(9)));
+    for (i, future) in queued.into_iter().enumerate() {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), i as u64);
+    }
+    assert_ne!(pid_after.result_timeout(BOUND).unwrap(), first_pid);
+}
+
+#[test]
+fn repeated_crashes_never_exceed_max_workers_nor_leave_zombies() {
+    let executor = executor(2);
+    let mut dead = Vec::new();
+    for _ in 0..6 {
+        match executor.submit(exit_with, 1).unwrap().result_timeout(BOUND) {
+            Err(Error::WorkerDied { pid, .. }) => dead.push(pid),
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+        assert!(executor.worker_pids().len() <= 2);
+    }
+    assert_eq!(
+        executor
+            .submit(echo, 3)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        3
+    );
+    for pid in dead {
+        assert!(
+            wait_gone(pid, BOUND),
+            "worker {pid}: {:?}",
+            process_state(pid)
+        );
+    }
+}
+
+fn serde_error(result: Result<impl std::fmt::Debug, Error>) -> (Stage, String) {
+    match result {
+        Err(Error::Serialization { stage, message, .. }) => (stage, message),
+        other => panic!("expected a serialization error, got {other:?}"),
+    }
+}
+
+#[test]
+fn serde_failures_name_their_stage_and_message() {
+    let executor = executor(1);
+    let worker = executor
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND)
+        .unwrap();
+
+    let encode_args = executor
+        .submit(takes_unserializable, Unserializable)
+        .unwrap();
+    assert_eq!(
+        serde_error(encode_args.result_timeout(BOUND)),
+        (
+            Stage::EncodeArgs,
+            "Unserializable refuses to be encoded".to_owned()
+        )
+    );
+    let decode_args = executor
+        .submit(takes_undeserializable, Undeserializable)
+        .unwrap();
+    assert_eq!(
+        serde_error(decode_args.result_timeout(BOUND)),
+        (
+            Stage::DecodeArgs,
+            "Undeserializable refuses to be decoded".to_owned()
+        )
+    );
+    let encode_result = executor.submit(returns_unserializable, ()).unwrap();
+    assert_eq!(
+        serde_error(encode_result.result_timeout(BOUND)),
+        (
+            Stage::EncodeResult,
+            "Unserializable refuses to be encoded".to_owned()
+        )
+    );
+    let decode_result = executor.submit(returns_undeserializable, ()).unwrap();
+    let error = decode_result.result_timeout(BOUND).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "task `crashes::returns_undeserializable`: serialization failed decoding the result in \
+         the parent: Undeserializable refuses to be decoded"
+    );
+    // None of that cost the worker its life.
+    assert_eq!(
+        executor
+            .submit(worker_pid, ())
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        worker
+    );
+}

@@ -1,0 +1,515 @@
+//! The future and executor API across real workers: results, timeouts,
+//! cancellation, callbacks, `.await`, `wait`, `as_completed`, `map`,
+//! shutdown. Scenarios follow CPython's `test_concurrent_futures` and
+//! Python loky's `test_reusable_executor.py` where they apply.
+
+mod common;
+
+use common::{BOUND, eventually, executor, wait_gone};
+use loky::{Error, ReturnWhen, Shutdown};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+#[loky::task]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[loky::task]
+fn answer() -> u32 {
+    42
+}
+
+#[loky::task]
+fn double(x: u64) -> u64 {
+    2 * x
+}
+
+#[loky::task]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[loky::task]
+fn checked_div(a: i32, b: i32) -> Result<i32, String> {
+    if b == 0 {
+        Err("division by zero".to_owned())
+    } else {
+        Ok(a / b)
+    }
+}
+
+#[loky::task]
+fn fail_on(x: u64, bad: u64) -> u64 {
+    assert_ne!(x, bad, "bad input");
+    x
+}
+
+#[loky::task]
+fn echo_bytes(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
+#[loky::task]
+fn worker_id() -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn zero_one_and_many_arguments() {
+    let executor = executor(2);
+    assert_eq!(
+        executor
+            .submit(answer, ())
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        42
+    );
+    assert_eq!(
+        executor
+            .submit(double, 21)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        42
+    );
+    assert_eq!(
+        executor
+            .submit(add, (40, 2))
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        42
+    );
+    assert_eq!(add.call((1, 2)), 3);
+    assert_eq!(answer.call(()), 42);
+    assert_ne!(
+        executor
+            .submit(worker_id, ())
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        std::process::id()
+    );
+}
+
+#[test]
+fn a_task_error_is_the_users_own() {
+    let executor = executor(1);
+    let ok = executor
+        .submit(checked_div, (7, 2))
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(ok.unwrap(), Ok(3));
+    let err = executor
+        .submit(checked_div, (7, 0))
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(err.unwrap(), Err("division by zero".to_owned()));
+}
+
+#[test]
+fn spawn_uses_the_reusable_executor() {
+    assert_eq!(double.spawn(4).result_timeout(BOUND).unwrap(), 8);
+    let executor = loky::get_reusable_executor(loky::Config::default()).unwrap();
+    let again = loky::get_reusable_executor(loky::Config::default()).unwrap();
+    assert_eq!(
+        executor
+            .submit(double, 5)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        again
+            .submit(double, 5)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap()
+    );
+}
+
+#[test]
+fn large_payloads_travel_both_ways() {
+    let executor = executor(1);
+    for size in [0, 1, 64 * 1024 - 1, 64 * 1024, 3 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let back = executor
+            .submit(echo_bytes, data.clone())
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap();
+        assert_eq!(back, data, "size {size}");
+    }
+}
+
+#[test]
+fn max_workers_zero_is_a_clear_error() {
+    let error = loky::Executor::new(loky::Config::new().max_workers(0))
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::Config(_)));
+    assert_eq!(
+        error.to_string(),
+        "invalid configuration: max_workers must be at least 1 (it is 0)"
+    );
+}
+
+#[test]
+fn result_timeout_and_states() {
+    let executor = executor(1);
+    let running = executor.submit(sleep_ms, 300).unwrap();
+    let queued = executor.submit(sleep_ms, 1).unwrap();
+    let queued_too = executor.submit(sleep_ms, 2).unwrap();
+    assert!(eventually(BOUND, || running.running()));
+    assert!(!running.done());
+    assert!(!running.wait_timeout(Duration::from_millis(10)));
+    // With one worker and prefetch 1, the third task waits in the parent.
+    assert!(!queued_too.running() && !queued_too.done());
+    let started = Instant::now();
+    let timeout = executor
+        .submit(sleep_ms, 5)
+        .unwrap()
+        .result_timeout(Duration::from_millis(20));
+    assert!(matches!(timeout, Err(Error::Timeout { .. })));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(running.result_timeout(BOUND).unwrap(), 300);
+    assert_eq!(queued.result_timeout(BOUND).unwrap(), 1);
+    assert!(queued_too.wait_timeout(BOUND));
+    assert!(queued_too.done() && !queued_too.running() && !queued_too.cancelled());
+}
+
+#[test]
+fn cancel_only_works_on_pending_tasks() {
+    let executor = loky::Executor::new(loky::Config::new().max_workers(1).prefetch(0)).unwrap();
+    let running = executor.submit(sleep_ms, 200).unwrap();
+    let pending = executor.submit(sleep_ms, 10).unwrap();
+    assert!(eventually(BOUND, || running.running()));
+    assert!(!running.cancel(), "a running task cannot be cancelled");
+    assert!(pending.cancel());
+    assert!(pending.cancel(), "cancelling twice still says cancelled");
+    assert!(pending.cancelled() && pending.done());
+    assert!(matches!(
+        pending.result_timeout(BOUND),
+        Err(Error::Cancelled {
+            task: "futures::sleep_ms"
+        })
+    ));
+    assert_eq!(running.result_timeout(BOUND).unwrap(), 200);
+    // The pool goes on after a cancellation.
+    assert_eq!(
+        executor
+            .submit(double, 1)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        2
+    );
+}
+
+#[test]
+fn done_callbacks_run_exactly_once() {
+    let executor = executor(2);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let future = executor.submit(sleep_ms, 50).unwrap();
+    for _ in 0..3 {
+        let calls = Arc::clone(&calls);
+        let seen = Arc::clone(&seen);
+        future.add_done_callback(move |outcome| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            seen.lock().unwrap().push(*outcome.as_ref().unwrap());
+        });
+    }
+    // A panicking callback is caught; the others and the result survive.
+    future.add_done_callback(|_| panic!("callback panic (expected by the test)"));
+    assert!(future.wait_timeout(BOUND));
+    assert!(eventually(BOUND, || calls.load(Ordering::SeqCst) == 3));
+    // Added after completion: runs at once, in this thread.
+    let here = std::thread::current().id();
+    let ran_here = Arc::new(Mutex::new(None));
+    let ran_here2 = Arc::clone(&ran_here);
+    future
+        .add_done_callback(move |_| *ran_here2.lock().unwrap() = Some(std::thread::current().id()));
+    assert_eq!(*ran_here.lock().unwrap(), Some(here));
+    assert_eq!(future.result_timeout(BOUND).unwrap(), 50);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(*seen.lock().unwrap(), vec![50, 50, 50]);
+    assert_eq!(
+        executor
+            .submit(double, 2)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        4
+    );
+}
+
+#[test]
+fn callbacks_can_submit_more_work() {
+    let executor = executor(2);
+    let (tx, rx) = crossbeam_like_channel();
+    let inner = executor.clone();
+    executor
+        .submit(double, 1)
+        .unwrap()
+        .add_done_callback(move |outcome| {
+            let next = inner.submit(double, *outcome.as_ref().unwrap()).unwrap();
+            next.add_done_callback(move |outcome| tx.send(*outcome.as_ref().unwrap()).unwrap());
+        });
+    assert_eq!(rx.recv_timeout(BOUND).unwrap(), 4);
+}
+
+fn crossbeam_like_channel() -> (std::sync::mpsc::Sender<u64>, std::sync::mpsc::Receiver<u64>) {
+    std::sync::mpsc::channel()
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// A minimal `block_on`, bounded in time.
+fn block_on<F: std::future::Future>(future: F, limit: Duration) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return Some(output);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
+#[test]
+fn futures_can_be_awaited() {
+    let executor = executor(2);
+    let a = executor.submit(sleep_ms, 30).unwrap();
+    let b = executor.submit(add, (1, 2)).unwrap();
+    let sum = block_on(
+        async move { a.await.unwrap() as i64 + b.await.unwrap() },
+        BOUND,
+    );
+    assert_eq!(sum, Some(33));
+}
+
+#[test]
+fn wait_first_completed_first_exception_all_completed() {
+    let executor = executor(2);
+    let futures: Vec<_> = [400, 5]
+        .iter()
+        .map(|&ms| executor.submit(sleep_ms, ms).unwrap())
+        .collect();
+    let first = loky::wait(&futures, Some(BOUND), ReturnWhen::FirstCompleted);
+    assert_eq!(first.done, vec![1]);
+    assert_eq!(first.not_done, vec![0]);
+    let all = loky::wait(&futures, Some(BOUND), ReturnWhen::AllCompleted);
+    assert_eq!(all.done, vec![0, 1]);
+
+    let mixed: Vec<_> = [(1, 99), (2, 2), (3, 99)]
+        .iter()
+        .map(|&args| executor.submit(fail_on, args).unwrap())
+        .collect();
+    let exception = loky::wait(&mixed, Some(BOUND), ReturnWhen::FirstException);
+    assert!(exception.done.contains(&1), "{exception:?}");
+
+    let slow = vec![executor.submit(sleep_ms, 500).unwrap()];
+    let started = Instant::now();
+    let timed_out = loky::wait(
+        &slow,
+        Some(Duration::from_millis(30)),
+        ReturnWhen::AllCompleted,
+    );
+    assert_eq!(timed_out.not_done, vec![0]);
+    assert!(started.elapsed() < Duration::from_millis(400));
+}
+
+#[test]
+fn as_completed_yields_in_completion_order_and_times_out() {
+    let executor = executor(2);
+    let futures: Vec<_> = [300, 10]
+        .iter()
+        .map(|&ms| executor.submit(sleep_ms, ms).unwrap())
+        .collect();
+    let order: Vec<u64> = loky::as_completed(futures, Some(BOUND))
+        .map(|f| f.unwrap().result_timeout(BOUND).unwrap())
+        .collect();
+    assert_eq!(order, vec![10, 300]);
+
+    let slow = vec![executor.submit(sleep_ms, 2000).unwrap()];
+    let mut iter = loky::as_completed(slow, Some(Duration::from_millis(30)));
+    assert!(matches!(iter.next(), Some(Err(Error::Timeout { .. }))));
+    assert!(iter.next().is_none());
+}
+
+#[test]
+fn map_is_ordered_for_every_chunksize() {
+    let executor = executor(2);
+    let expected: Vec<u64> = (0..1000).map(|x| 2 * x).collect();
+    for chunksize in [0, 1, 7, 1000, 5000] {
+        let got: Vec<u64> = executor
+            .map(double, 0..1000)
+            .chunksize(chunksize)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, expected, "chunksize {chunksize}");
+    }
+}
+
+#[test]
+fn map_failures_are_per_element() {
+    let executor = executor(2);
+    let results: Vec<_> = executor
+        .map(fail_on, (0..20).map(|x| (x, 13)))
+        .chunksize(4)
+        .collect();
+    for (x, result) in results.iter().enumerate() {
+        match result {
+            Ok(value) => assert_eq!(*value, x as u64),
+            Err(Error::Panicked { panic, .. }) => {
+                assert_eq!(x, 13);
+                assert!(panic.message.contains("bad input"));
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+}
+
+#[test]
+fn map_is_lazy_with_a_bounded_window_over_an_endless_input() {
+    let executor = executor(2);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&pulled);
+    let inputs = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut map = executor.map(double, inputs).chunksize(5).max_in_flight(3);
+    let first: Vec<u64> = map.by_ref().take(10).map(Result::unwrap).collect();
+    assert_eq!(first, (0..10).map(|x| 2 * x).collect::<Vec<_>>());
+    // 10 consumed; at most 3 chunks of 5 beyond the current one were pulled.
+    let pulled = pulled.load(Ordering::SeqCst);
+    assert!(pulled <= 10 + 3 * 5, "pulled {pulled} inputs");
+}
+
+#[test]
+fn map_reports_a_panicking_input_iterator() {
+    let executor = executor(2);
+    let inputs = (0u64..10).map(|x| {
+        if x == 6 {
+            panic!("input exhausted badly")
+        } else {
+            x
+        }
+    });
+    let results: Vec<_> = executor.map(double, inputs).chunksize(2).collect();
+    assert_eq!(results.len(), 7);
+    for (x, result) in results[..6].iter().enumerate() {
+        assert_eq!(*result.as_ref().unwrap(), 2 * x as u64);
+    }
+    match &results[6] {
+        Err(Error::InputPanicked { message }) => assert_eq!(message, "input exhausted badly"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn submit_after_shutdown_hands_the_arguments_back() {
+    let executor = executor(1);
+    assert_eq!(
+        executor
+            .submit(double, 1)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        2
+    );
+    executor.shutdown(Shutdown::default());
+    assert!(executor.is_shutdown() && executor.is_stopped());
+    let refused = executor.submit(add, (3, 4)).unwrap_err();
+    assert_eq!(refused.args, (3, 4));
+    assert!(matches!(refused.reason, Error::ShutDown));
+    let results: Vec<_> = executor.map(double, 0..3).collect();
+    assert!(results.iter().all(|r| matches!(r, Err(Error::ShutDown))));
+}
+
+#[test]
+fn shutdown_waits_for_submitted_work() {
+    let executor = executor(2);
+    let futures: Vec<_> = (0..6)
+        .map(|_| executor.submit(sleep_ms, 20).unwrap())
+        .collect();
+    executor.shutdown(Shutdown::default());
+    assert!(executor.is_stopped());
+    for future in futures {
+        assert!(future.done());
+        assert_eq!(future.result_timeout(BOUND).unwrap(), 20);
+    }
+}
+
+#[test]
+fn shutdown_can_cancel_pending_futures() {
+    let executor = loky::Executor::new(loky::Config::new().max_workers(1).prefetch(0)).unwrap();
+    let running = executor.submit(sleep_ms, 100).unwrap();
+    let pending: Vec<_> = (0..5)
+        .map(|_| executor.submit(sleep_ms, 100).unwrap())
+        .collect();
+    assert!(eventually(BOUND, || running.running()));
+    executor.shutdown(Shutdown {
+        cancel_futures: true,
+        ..Shutdown::default()
+    });
+    assert_eq!(running.result_timeout(BOUND).unwrap(), 100);
+    for future in pending {
+        assert!(future.cancelled());
+    }
+}
+
+#[test]
+fn shutdown_can_kill_the_workers() {
+    let executor = loky::Executor::new(loky::Config::new().max_workers(2).prefetch(0)).unwrap();
+    let running: Vec<_> = (0..2)
+        .map(|_| executor.submit(sleep_ms, 20_000).unwrap())
+        .collect();
+    let pending = executor.submit(sleep_ms, 1).unwrap();
+    assert!(eventually(BOUND, || running.iter().all(|f| f.running())));
+    let pids = executor.worker_pids();
+    assert_eq!(pids.len(), 2);
+    let started = Instant::now();
+    executor.shutdown(Shutdown {
+        kill_workers: true,
+        ..Shutdown::default()
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for future in running {
+        assert!(matches!(future.result_timeout(BOUND), Err(Error::ShutDown)));
+    }
+    let pending = pending.result_timeout(BOUND);
+    assert!(matches!(pending, Err(Error::ShutDown)), "{pending:?}");
+    for pid in pids {
+        assert!(wait_gone(pid, BOUND), "worker {pid} survived");
+    }
+}
+
+#[test]
+fn dropping_the_executor_finishes_the_work_then_stops_the_workers() {
+    let executor = executor(2);
+    let future = executor.submit(sleep_ms, 50).unwrap();
+    let pids = executor.worker_pids();
+    drop(executor);
+    assert_eq!(future.result_timeout(BOUND).unwrap(), 50);
+    for pid in pids {
+        assert!(wait_gone(pid, BOUND), "worker {pid} survived the executor");
+    }
+}
