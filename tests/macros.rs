@@ -1,0 +1,8 @@
+//! Misuse of `#[loky::task]` and `#[loky::main]` is a compile error with a
+//! span and a message that says what to do: one trybuild case per misuse.
+
+#[test]
+fn misuse_is_a_spanned_compile_error() {
+    let cases = trybuild::TestCases::new();
+    cases.compile_fail("tests/ui/*.rs");
+}

@@ -1,0 +1,125 @@
+//! Task ids: stable, unique, and errors at the boundary for an id that is
+//! unknown or registered twice.
+
+mod common;
+
+use common::{BOUND, executor};
+use loky::{Error, Task};
+use serde::{Deserialize, Serialize};
+
+mod first {
+    /// One of two tasks that claim the same id on purpose.
+    #[loky::task(id = "registry::shared-id")]
+    pub fn clash() -> u8 {
+        1
+    }
+}
+
+mod second {
+    /// The other one.
+    #[loky::task(id = "registry::shared-id")]
+    pub fn clash() -> u8 {
+        2
+    }
+}
+
+#[loky::task]
+fn plain(x: u8) -> u8 {
+    x
+}
+
+#[loky::task(id = "custom/id")]
+fn custom(x: u8) -> u8 {
+    x + 1
+}
+
+/// A `Task` made by hand, without `#[loky::task]`: nothing registers it.
+#[derive(Clone, Copy, Default)]
+struct Unregistered;
+
+#[derive(Serialize, Deserialize)]
+struct Nothing;
+
+impl Task for Unregistered {
+    type Args = ();
+    type Output = u8;
+    const ID: &'static str = "registry::nowhere";
+
+    fn call(self, (): ()) -> u8 {
+        0
+    }
+}
+
+#[test]
+fn ids_are_module_path_and_name_unless_given() {
+    assert_eq!(<plain as Task>::ID, "registry::plain");
+    assert_eq!(<first::clash as Task>::ID, "registry::shared-id");
+    assert_eq!(<custom as Task>::ID, "custom/id");
+    let executor = executor(1);
+    assert_eq!(
+        executor
+            .submit(custom, 1)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        2
+    );
+}
+
+#[test]
+fn a_duplicate_id_is_never_resolved_to_either_task() {
+    let executor = executor(1);
+    let result = executor
+        .submit(first::clash, ())
+        .unwrap()
+        .result_timeout(BOUND);
+    let Err(Error::DuplicateTask { task, locations }) = result else {
+        panic!("expected DuplicateTask, got {result:?}");
+    };
+    assert_eq!(task, "registry::shared-id");
+    assert_eq!(locations.len(), 2);
+    assert!(
+        locations
+            .iter()
+            .all(|l| l.starts_with("tests/registry.rs:")),
+        "{locations:?}"
+    );
+    let message = executor
+        .submit(second::clash, ())
+        .unwrap()
+        .result_timeout(BOUND)
+        .unwrap_err();
+    assert!(
+        message
+            .to_string()
+            .starts_with("task id `registry::shared-id` is registered more than once")
+    );
+    // Both still run in this process, where no lookup is needed.
+    assert_eq!((first::clash.call(()), second::clash.call(())), (1, 2));
+    // Other tasks are unaffected.
+    assert_eq!(
+        executor
+            .submit(plain, 9)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        9
+    );
+}
+
+#[test]
+fn an_unknown_id_is_a_clear_error() {
+    let executor = executor(1);
+    let result = executor
+        .submit(Unregistered, ())
+        .unwrap()
+        .result_timeout(BOUND);
+    assert!(matches!(
+        result,
+        Err(Error::UnknownTask {
+            task: "registry::nowhere",
+            pid: None
+        })
+    ));
+    let _ = Nothing;
+}

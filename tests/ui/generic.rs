@@ -1,0 +1,6 @@
+#[loky::task]
+fn identity<T: serde::Serialize>(value: T) -> T {
+    value
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[loky::main]
+fn start() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[loky::task]
+struct Square;
+
+fn main() {}

@@ -1,0 +1,8 @@
+struct Opaque;
+
+#[loky::task]
+fn produce() -> Opaque {
+    Opaque
+}
+
+fn main() {}

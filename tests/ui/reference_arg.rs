@@ -1,0 +1,6 @@
+#[loky::task]
+fn length(text: &str) -> usize {
+    text.len()
+}
+
+fn main() {}
