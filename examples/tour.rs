@@ -42,19 +42,38 @@ fn show(label: &str, started: Instant, result: Result<impl std::fmt::Debug, Erro
 fn main() -> Result<(), Error> {
     let executor = Executor::new(Config::new().max_workers(2))?;
     // Innocent tasks run beside the crashes and are not affected.
-    let innocent: Vec<_> = (0..6).map(|x| executor.submit(slow_square, x)).collect::<Result<_, _>>()?;
+    let innocent: Vec<_> = (0..6)
+        .map(|x| executor.submit(slow_square, x))
+        .collect::<Result<_, _>>()?;
 
     let started = Instant::now();
     show("segfault", started, executor.submit(segfault, 1)?.result());
     let started = Instant::now();
-    show("process::exit(3)", started, executor.submit(exits, 3)?.result());
+    show(
+        "process::exit(3)",
+        started,
+        executor.submit(exits, 3)?.result(),
+    );
     let started = Instant::now();
-    show("panic", started, executor.submit(panics, "out of cheese".to_owned())?.result());
+    show(
+        "panic",
+        started,
+        executor
+            .submit(panics, "out of cheese".to_owned())?
+            .result(),
+    );
 
-    let squares: Vec<u64> = innocent.into_iter().map(|f| f.result()).collect::<Result<_, _>>()?;
+    let squares: Vec<u64> = innocent
+        .into_iter()
+        .map(|f| f.result())
+        .collect::<Result<_, _>>()?;
     println!("{:<28} ok: {squares:?}", "innocent tasks beside them");
     let started = Instant::now();
-    show("the same pool, afterwards", started, executor.submit(slow_square, 12)?.result());
+    show(
+        "the same pool, afterwards",
+        started,
+        executor.submit(slow_square, 12)?.result(),
+    );
     executor.shutdown(Shutdown::default());
     Ok(())
 }

@@ -4,8 +4,9 @@
 
 use crate::invoke;
 use crate::protocol::{
-    self, Bootstrap, Call, CallKind, ChunkItem, EXIT_HANDSHAKE_FAILED, EXIT_PROTOCOL_ERROR,
-    Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Payload, Stage, ToWorker,
+    self, Bootstrap, Call, CallKind, ChunkItem, ENV_FAULT, EXIT_HANDSHAKE_FAILED,
+    EXIT_PROTOCOL_ERROR, Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Payload, Stage,
+    ToWorker,
 };
 use crate::registry;
 use ipc_channel::IpcError;
@@ -47,6 +48,18 @@ pub fn run(server: String, secret: u64) -> i32 {
 type Link = (ipc::IpcReceiver<ToWorker>, IpcSender<FromWorker>);
 
 fn handshake(server: String, secret: u64) -> Result<Link, String> {
+    let mut version = PROTOCOL_VERSION;
+    if let Ok(fault) = std::env::var(ENV_FAULT) {
+        if let Some(code) = fault.strip_prefix("exit:") {
+            std::process::exit(code.parse().unwrap_or(1));
+        } else if fault == "hang" {
+            loop {
+                std::thread::park();
+            }
+        } else if let Some(other) = fault.strip_prefix("version:") {
+            version = other.parse().unwrap_or(0);
+        }
+    }
     let bootstrap = IpcSender::<Bootstrap>::connect(server).map_err(|e| e.to_string())?;
     let (calls_tx, calls_rx) = ipc::channel().map_err(|e| e.to_string())?;
     let (results_tx, results_rx) = ipc::channel().map_err(|e| e.to_string())?;
@@ -54,7 +67,7 @@ fn handshake(server: String, secret: u64) -> Result<Link, String> {
     // them, so the parent's receiver closes exactly when this process dies.
     bootstrap
         .send(Bootstrap::Hello(Hello {
-            version: PROTOCOL_VERSION,
+            version,
             secret,
             pid: std::process::id(),
             calls: calls_tx,

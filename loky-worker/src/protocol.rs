@@ -41,13 +41,19 @@ pub const ENV_PARENT: &str = "LOKY_WORKER_PARENT";
 
 /// Exit code of a worker that could not complete its handshake.
 pub const EXIT_HANDSHAKE_FAILED: i32 = 70;
+/// Environment variable that makes a worker misbehave before its handshake,
+/// for tests of the parent's defences: `exit:N` exits with code N, `hang`
+/// never connects, `version:N` introduces itself with protocol version N.
+#[doc(hidden)]
+pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
+
 /// Exit code of a worker that received a message it could not decode.
 pub const EXIT_PROTOCOL_ERROR: i32 = 71;
 
 /// Payloads at least this large travel through shared memory instead of the
-/// socket. Measured with `benches/executor.rs` (echo of growing sizes): below
-/// this size one copy through the socket is cheaper than creating, mapping
-/// and passing a memfd.
+/// socket: below it, one copy through the socket is cheap, and a memfd costs
+/// a create, a map and an fd passed. A first guess, not yet measured: see
+/// issue notes.
 pub const SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
 
 /// The first and only message on the bootstrap connection, worker to parent.
