@@ -134,7 +134,7 @@ fn spawn_uses_the_reusable_executor() {
 #[test]
 fn large_payloads_travel_both_ways() {
     let executor = executor(1);
-    for size in [0, 1, 64 * 1024 - 1, 64 * 1024, 3 << 20] {
+    for size in [0, 1, 64 * 1024 - 1, 64 * 1024, 3 << 20, 33 << 20] {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         let back = executor
             .submit(echo_bytes, data.clone())

@@ -89,7 +89,7 @@ fn execute(call: Call) -> Outcome {
         CallKind::Chunk => run_chunk(|one| entry.invoke(one), args),
     };
     match encoded {
-        Ok(bytes) => Outcome::Returned(Payload::pack(bytes)),
+        Ok(bytes) => Outcome::Returned(Payload::pack_result(bytes)),
         Err(failure) => Outcome::Failed(failure),
     }
 }

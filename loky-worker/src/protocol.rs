@@ -50,11 +50,33 @@ pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
 /// Exit code of a worker that received a message it could not decode.
 pub const EXIT_PROTOCOL_ERROR: i32 = 71;
 
-/// Payloads at least this large travel through shared memory instead of the
-/// socket: below it, one copy through the socket is cheap, and a memfd costs
-/// a create, a map and an fd passed. A first guess, not yet measured: see
-/// issue notes.
-pub const SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
+/// Arguments at least this large travel through shared memory instead of
+/// the socket. An inline message larger than the socket's buffer (about
+/// 208 KiB here) blocks its sender until the receiver reads it: the manager
+/// sending a large inline call to a busy worker would stall. So arguments
+/// stay well below that.
+pub const ARGS_SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
+
+/// Results at least this large travel through shared memory. Measured with
+/// `examples/threshold.rs` (echo round trip, medians, 2026-11-22): inline
+/// wins up to 16 MiB (65 ms inline against 84 ms shared), shared memory at
+/// 64 MiB (355 ms against 507 ms); a result is always read promptly by its
+/// link thread, so blocking is no concern on this side.
+pub const RESULT_SHARED_MEMORY_THRESHOLD: usize = 32 << 20;
+
+/// Environment variable overriding both thresholds (in bytes), for
+/// measurements. Workers inherit it.
+#[doc(hidden)]
+pub const ENV_SHARED_MEMORY_THRESHOLD: &str = "LOKY_SHARED_MEMORY_THRESHOLD";
+
+fn threshold_override() -> Option<usize> {
+    static THRESHOLD: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *THRESHOLD.get_or_init(|| {
+        std::env::var(ENV_SHARED_MEMORY_THRESHOLD)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
+}
 
 /// The first and only message on the bootstrap connection, worker to parent.
 #[derive(Serialize, Deserialize)]
@@ -220,10 +242,20 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// Wraps encoded bytes, moving them to shared memory past
-    /// [`SHARED_MEMORY_THRESHOLD`].
-    pub fn pack(bytes: Vec<u8>) -> Payload {
-        if bytes.len() >= SHARED_MEMORY_THRESHOLD {
+    /// Wraps encoded arguments, in shared memory from
+    /// [`ARGS_SHARED_MEMORY_THRESHOLD`] on.
+    pub fn pack_args(bytes: Vec<u8>) -> Payload {
+        Payload::pack(bytes, ARGS_SHARED_MEMORY_THRESHOLD)
+    }
+
+    /// Wraps an encoded result, in shared memory from
+    /// [`RESULT_SHARED_MEMORY_THRESHOLD`] on.
+    pub fn pack_result(bytes: Vec<u8>) -> Payload {
+        Payload::pack(bytes, RESULT_SHARED_MEMORY_THRESHOLD)
+    }
+
+    fn pack(bytes: Vec<u8>, threshold: usize) -> Payload {
+        if bytes.len() >= threshold_override().unwrap_or(threshold) {
             Payload::Shared(IpcSharedMemory::from_bytes(&bytes))
         } else {
             Payload::Inline(bytes)

@@ -197,7 +197,7 @@ impl Executor {
         encoded: Result<Vec<u8>, Error>,
         decode: Decode<R>,
     ) -> Result<Future<R>, Error> {
-        let args = encoded.map(Payload::pack);
+        let args = encoded.map(Payload::pack_args);
         let gate = self
             .inner
             .gate

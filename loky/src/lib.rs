@@ -31,6 +31,9 @@
 //!   code or signal and the task; it is replaced, and the tasks it had not
 //!   started run elsewhere.
 
+// Lets `#[loky::task]` expand inside this crate's own unit tests.
+extern crate self as loky;
+
 mod config;
 mod cpu;
 mod error;

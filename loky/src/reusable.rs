@@ -57,3 +57,24 @@ pub(crate) fn spawn<T: Task>(task: T, args: T::Args) -> Future<T::Output> {
     }
     Future::failed(T::ID, Error::ShutDown)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Unit tests run worker processes too: the test binary is re-executed.
+
+    use std::time::Duration;
+
+    #[loky::task]
+    fn triple(x: u32) -> u32 {
+        3 * x
+    }
+
+    #[test]
+    fn spawn_runs_in_a_worker_of_the_unit_test_binary() {
+        let future = triple.spawn(5);
+        assert_eq!(future.result_timeout(Duration::from_secs(30)).unwrap(), 15);
+        let same = super::get_reusable_executor(crate::Config::default()).unwrap();
+        let again = super::get_reusable_executor(crate::Config::default()).unwrap();
+        assert_eq!(same.worker_pids(), again.worker_pids());
+    }
+}
