@@ -102,3 +102,15 @@ fn a_remote_backtrace_comes_with_rust_backtrace() {
     };
     assert!(panic.backtrace.is_none());
 }
+
+#[test]
+fn an_os_refusal_to_start_a_worker_is_a_spawn_error_with_the_os_message() {
+    // A NUL byte in the environment makes the spawn itself fail.
+    let executor =
+        Executor::new(Config::new().max_workers(1).env("LOKY_TEST_BAD", "a\0b")).unwrap();
+    let result = executor.submit(seven, ()).unwrap().result_timeout(BOUND);
+    let Err(Error::Spawn(error @ SpawnError::Io { .. })) = result else {
+        panic!("expected SpawnError::Io, got {result:?}");
+    };
+    assert!(error.to_string().starts_with("could not start"), "{error}");
+}
