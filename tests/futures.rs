@@ -250,7 +250,7 @@ fn done_callbacks_run_exactly_once() {
 #[test]
 fn callbacks_can_submit_more_work() {
     let executor = executor(2);
-    let (tx, rx) = crossbeam_like_channel();
+    let (tx, rx) = std::sync::mpsc::channel();
     let inner = executor.clone();
     executor
         .submit(double, 1)
@@ -260,10 +260,6 @@ fn callbacks_can_submit_more_work() {
             next.add_done_callback(move |outcome| tx.send(*outcome.as_ref().unwrap()).unwrap());
         });
     assert_eq!(rx.recv_timeout(BOUND).unwrap(), 4);
-}
-
-fn crossbeam_like_channel() -> (std::sync::mpsc::Sender<u64>, std::sync::mpsc::Receiver<u64>) {
-    std::sync::mpsc::channel()
 }
 
 struct ThreadWaker(std::thread::Thread);

@@ -5,7 +5,6 @@ mod common;
 
 use common::{BOUND, executor};
 use loky::{Error, Task};
-use serde::{Deserialize, Serialize};
 
 mod first {
     /// One of two tasks that claim the same id on purpose.
@@ -36,9 +35,6 @@ fn custom(x: u8) -> u8 {
 /// A `Task` made by hand, without `#[loky::task]`: nothing registers it.
 #[derive(Clone, Copy, Default)]
 struct Unregistered;
-
-#[derive(Serialize, Deserialize)]
-struct Nothing;
 
 impl Task for Unregistered {
     type Args = ();
@@ -121,5 +117,4 @@ fn an_unknown_id_is_a_clear_error() {
             pid: None
         })
     ));
-    let _ = Nothing;
 }
