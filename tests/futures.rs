@@ -182,12 +182,11 @@ fn result_timeout_and_states() {
 }
 
 #[test]
-fn cancel_only_works_on_pending_tasks() {
+fn cancel_works_on_pending_tasks_but_not_finished_ones() {
     let executor = loky::Executor::new(loky::Config::new().max_workers(1).prefetch(0)).unwrap();
     let running = executor.submit(sleep_ms, 200).unwrap();
     let pending = executor.submit(sleep_ms, 10).unwrap();
     assert!(eventually(BOUND, || running.running()));
-    assert!(!running.cancel(), "a running task cannot be cancelled");
     assert!(pending.cancel());
     assert!(pending.cancel(), "cancelling twice still says cancelled");
     assert!(pending.cancelled() && pending.done());
@@ -197,6 +196,9 @@ fn cancel_only_works_on_pending_tasks() {
             task: "futures::sleep_ms"
         })
     ));
+    assert!(running.wait_timeout(BOUND));
+    assert!(!running.cancel(), "a finished task cannot be cancelled");
+    assert!(!running.cancelled());
     assert_eq!(running.result_timeout(BOUND).unwrap(), 200);
     // The pool goes on after a cancellation.
     assert_eq!(

@@ -53,8 +53,17 @@ fn become_worker() -> Option<i32> {
 fn prepare_process(parent: Option<libc::pid_t>) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: prctl with PR_SET_PDEATHSIG only sets a process attribute.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // When the parent dies, the kernel sends SIGHUP; its handler kills
+        // this worker's whole process group, so the processes a task
+        // started die with it instead of living on as orphans.
+        let handler: extern "C" fn(libc::c_int) = kill_own_group;
+        // SAFETY: the handler only calls kill(2), which is
+        // async-signal-safe; prctl with PR_SET_PDEATHSIG only sets a
+        // process attribute.
+        unsafe {
+            libc::signal(libc::SIGHUP, handler as libc::sighandler_t);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP);
+        }
         // The parent may have died before the signal was armed.
         // SAFETY: getppid has no preconditions.
         if parent.is_some_and(|parent| unsafe { libc::getppid() } != parent) {
@@ -66,6 +75,14 @@ fn prepare_process(parent: Option<libc::pid_t>) {
     // writing to a closed pipe or socket then fails with EPIPE instead of
     // killing the worker.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// The parent-death signal's handler: SIGKILL to this worker's process
+/// group, itself included (a worker leads its own group).
+#[cfg(target_os = "linux")]
+extern "C" fn kill_own_group(_signal: libc::c_int) {
+    // SAFETY: kill is async-signal-safe and has no memory preconditions.
+    unsafe { libc::kill(0, libc::SIGKILL) };
 }
 
 #[cfg(target_os = "linux")]

@@ -68,7 +68,19 @@ pub enum Error {
         /// How long was waited.
         waited: Duration,
     },
-    /// The task was cancelled before it started.
+    /// The task ran longer than the timeout it was submitted with; its
+    /// worker (with every process it started) was killed and replaced.
+    #[error("task `{task}` ran longer than its timeout of {timeout:?}: worker {pid} was killed")]
+    TimedOut {
+        /// The task's id.
+        task: &'static str,
+        /// The worker that was killed.
+        pid: u32,
+        /// The task's timeout.
+        timeout: Duration,
+    },
+    /// The task was cancelled: before it started, or while it ran (then its
+    /// worker was killed).
     #[error("task `{task}` was cancelled")]
     Cancelled {
         /// The task's id.

@@ -13,6 +13,7 @@ use loky_worker::registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::ThreadId;
+use std::time::Duration;
 
 /// A pool of worker processes that run [`Task`]s.
 ///
@@ -133,9 +134,37 @@ impl Executor {
         task: T,
         args: T::Args,
     ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
+        self.submit_inner(task, args, None)
+    }
+
+    /// Like [`submit`](Self::submit), with a limit on how long the task may
+    /// run once a worker starts it. At expiry the worker is killed (with
+    /// every process it started) and replaced, and the future fails with
+    /// [`Error::TimedOut`]. Tasks the worker had not started run elsewhere.
+    pub fn submit_timeout<T: Task>(
+        &self,
+        task: T,
+        args: T::Args,
+        timeout: Duration,
+    ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
+        self.submit_inner(task, args, Some(timeout))
+    }
+
+    fn submit_inner<T: Task>(
+        &self,
+        task: T,
+        args: T::Args,
+        timeout: Option<Duration>,
+    ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
         let _ = task;
         let encoded = registered(T::ID).and_then(|()| job::encode_args(T::ID, &args));
-        match self.submit_encoded(T::ID, CallKind::Single, encoded, job::decode_single) {
+        match self.submit_encoded(
+            T::ID,
+            CallKind::Single,
+            encoded,
+            timeout,
+            job::decode_single,
+        ) {
             Ok(future) => Ok(future),
             Err(reason) => Err(SubmitError { args, reason }),
         }
@@ -158,6 +187,33 @@ impl Executor {
     /// since the callback runs on the thread that would have to finish.
     pub fn shutdown(&self, how: Shutdown) {
         self.inner.shutdown(how);
+    }
+
+    /// Sends SIGTERM to every worker's process group and shuts down without
+    /// waiting, as Python 3.14's `terminate_workers`: pending tasks are
+    /// cancelled, running ones fail with [`Error::ShutDown`]. A worker still
+    /// alive a second later is killed.
+    pub fn terminate_workers(&self) {
+        self.inner.shutdown_with(
+            false,
+            ShutdownRequest {
+                cancel_futures: true,
+                kill: Some(libc::SIGTERM),
+            },
+        );
+    }
+
+    /// Kills every worker's process group with SIGKILL and shuts down
+    /// without waiting, as Python 3.14's `kill_workers`: pending tasks are
+    /// cancelled, running ones fail with [`Error::ShutDown`].
+    pub fn kill_workers(&self) {
+        self.inner.shutdown_with(
+            false,
+            ShutdownRequest {
+                cancel_futures: true,
+                kill: Some(libc::SIGKILL),
+            },
+        );
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
@@ -195,6 +251,7 @@ impl Executor {
         task: &'static str,
         kind: CallKind,
         encoded: Result<Vec<u8>, Error>,
+        timeout: Option<Duration>,
         decode: Decode<R>,
     ) -> Result<Future<R>, Error> {
         let args = encoded.map(Payload::pack_args);
@@ -211,10 +268,17 @@ impl Executor {
             Err(error) => return Ok(Future::failed(task, error)),
         };
         let (future, state) = Future::new(task);
+        let id = self.inner.next_job.fetch_add(1, Ordering::Relaxed);
+        let events = gate.events.clone();
+        state.on_cancel_running(Box::new(move || {
+            // If the manager is gone, so is the worker.
+            let _ = events.send(Event::Cancel(id));
+        }));
         let job = Job {
-            id: self.inner.next_job.fetch_add(1, Ordering::Relaxed),
+            id,
             kind,
             args,
+            timeout,
             completion: Arc::new(Typed { state, decode }),
         };
         if let Err(crossbeam_channel::SendError(Event::Submit(job))) =
@@ -235,15 +299,20 @@ impl Inner {
     }
 
     fn shutdown(&self, how: Shutdown) {
+        let request = ShutdownRequest {
+            cancel_futures: how.cancel_futures,
+            kill: how.kill_workers.then_some(libc::SIGKILL),
+        };
+        self.shutdown_with(how.wait, request);
+    }
+
+    fn shutdown_with(&self, wait: bool, request: ShutdownRequest) {
         {
             let mut gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
             gate.open = false;
-            let _ = gate.events.send(Event::Shutdown(ShutdownRequest {
-                cancel_futures: how.cancel_futures,
-                kill_workers: how.kill_workers,
-            }));
+            let _ = gate.events.send(Event::Shutdown(request));
         }
-        if how.wait && std::thread::current().id() != self.manager_thread {
+        if wait && std::thread::current().id() != self.manager_thread {
             let mut done = self
                 .stopped
                 .done

@@ -14,7 +14,7 @@ use crossbeam_channel::Sender;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,9 @@ pub(crate) struct State<R> {
     task: &'static str,
     inner: Mutex<Inner<R>>,
     changed: Condvar,
+    /// Tells the executor that a running task was cancelled, so that it
+    /// kills the worker. Unset for futures no executor runs.
+    on_cancel_running: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 struct Inner<R> {
@@ -81,6 +84,7 @@ impl<R> Future<R> {
                 waker: None,
             }),
             changed: Condvar::new(),
+            on_cancel_running: OnceLock::new(),
         });
         (
             Future {
@@ -127,9 +131,13 @@ impl<R> Future<R> {
         }
     }
 
-    /// Cancels the task if it has not been sent to a worker yet, and returns
-    /// whether the future is now cancelled. A running or finished task is
-    /// not affected.
+    /// Cancels the task and returns whether the future is now cancelled
+    /// (false once it finished).
+    ///
+    /// A task that has not started never runs. A running task's worker is
+    /// killed, with every process it started, and replaced; the tasks it
+    /// had not started run elsewhere. (Python's `Future.cancel` cannot stop
+    /// a running task; pebble's can, and so can this one.)
     pub fn cancel(&self) -> bool {
         self.state.cancel()
     }
@@ -276,19 +284,36 @@ impl<R> State<R> {
         }
     }
 
-    /// Pending -> Cancelled; true if the future is cancelled now.
+    /// Sets what cancelling this future while it runs does.
+    pub(crate) fn on_cancel_running(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_cancel_running.set(hook);
+    }
+
+    /// Pending or Running -> Cancelled; true if the future is cancelled now.
+    /// A running future is cancelled only if an executor can stop it.
     pub(crate) fn cancel(&self) -> bool {
         let mut inner = self.lock();
-        match inner.phase {
-            Phase::Cancelled => true,
-            Phase::Running | Phase::Finished => false,
-            Phase::Pending => {
-                inner.phase = Phase::Cancelled;
-                let task = self.task;
-                self.complete(inner, Err(Error::Cancelled { task }));
-                true
+        let running = match inner.phase {
+            Phase::Cancelled => return true,
+            Phase::Finished => return false,
+            Phase::Running if self.on_cancel_running.get().is_none() => return false,
+            Phase::Running => true,
+            Phase::Pending => false,
+        };
+        inner.phase = Phase::Cancelled;
+        let task = self.task;
+        self.complete(inner, Err(Error::Cancelled { task }));
+        if running {
+            if let Some(hook) = self.on_cancel_running.get() {
+                hook();
             }
         }
+        true
+    }
+
+    /// Whether the future was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.lock().phase == Phase::Cancelled
     }
 
     /// Finishes the future with `outcome`, unless it is done already.

@@ -7,12 +7,15 @@ use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{self, CallKind, ChunkItem, Outcome, Payload, Stage};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One call (or chunk of calls) waiting for or running in a worker.
 pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) kind: CallKind,
     pub(crate) args: Payload,
+    /// How long it may run before its worker is killed.
+    pub(crate) timeout: Option<Duration>,
     pub(crate) completion: Arc<dyn Completion>,
 }
 
@@ -31,6 +34,8 @@ pub(crate) trait Completion: Send + Sync {
     fn set_pending(&self);
     /// Cancels a pending job.
     fn cancel(&self) -> bool;
+    /// Whether the future was cancelled (perhaps while it ran).
+    fn cancelled(&self) -> bool;
     /// Fails the job.
     fn fail(&self, error: Error);
     /// Completes the job with a worker's outcome.
@@ -61,6 +66,10 @@ impl<R: Send + 'static> Completion for Typed<R> {
 
     fn cancel(&self) -> bool {
         self.state.cancel()
+    }
+
+    fn cancelled(&self) -> bool {
+        self.state.is_cancelled()
     }
 
     fn fail(&self, error: Error) {

@@ -23,6 +23,7 @@ pub struct Map<T: Task, I> {
     executor: Executor,
     input: I,
     chunksize: Option<usize>,
+    timeout: Option<Duration>,
     max_in_flight: usize,
     adaptive: usize,
     pending: VecDeque<Chunk<T::Output>>,
@@ -53,6 +54,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
             executor,
             input,
             chunksize: None,
+            timeout: None,
             max_in_flight: (2 * workers).max(2),
             adaptive: 1,
             pending: VecDeque::new(),
@@ -70,6 +72,16 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
         self
     }
 
+    /// Limits how long each call may run in its worker, as
+    /// [`Executor::submit_timeout`] does: at expiry the worker is killed and
+    /// replaced, and the element fails with [`Error::TimedOut`]. The limit
+    /// applies to each chunk (as in pebble), so with a timeout and no
+    /// explicit [`chunksize`](Self::chunksize), elements are sent one by one.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// How many chunks may be submitted and not yet consumed; default twice
     /// the number of workers. At least 1.
     pub fn max_in_flight(mut self, chunks: usize) -> Self {
@@ -80,6 +92,9 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     fn next_chunk_size(&self) -> usize {
         if let Some(size) = self.chunksize {
             return size;
+        }
+        if self.timeout.is_some() {
+            return 1;
         }
         match self.input.size_hint() {
             (_, Some(remaining)) => {
@@ -134,6 +149,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
                     T::ID,
                     CallKind::Chunk,
                     bytes,
+                    self.timeout,
                     job::decode_chunk::<T::Output>,
                 )
             };

@@ -21,13 +21,37 @@ pub(crate) enum Event {
     Worker(u64, WorkerEvent),
     /// Asks for the pids of the live workers.
     Pids(Sender<Vec<u32>>),
+    /// The future of this job was cancelled while it was running (or sent
+    /// to a worker): kill the worker if it runs it.
+    Cancel(u64),
 }
 
 /// How to shut down.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ShutdownRequest {
     pub(crate) cancel_futures: bool,
-    pub(crate) kill_workers: bool,
+    /// Signal the workers' process groups with this (SIGTERM or SIGKILL);
+    /// running and queued jobs fail.
+    pub(crate) kill: Option<i32>,
+}
+
+impl ShutdownRequest {
+    /// The stronger of two requests.
+    fn merge(self, other: ShutdownRequest) -> ShutdownRequest {
+        let kill = match (self.kill, other.kill) {
+            (Some(libc::SIGKILL), _) | (_, Some(libc::SIGKILL)) => Some(libc::SIGKILL),
+            (Some(signal), _) | (None, Some(signal)) => Some(signal),
+            (None, None) => None,
+        };
+        ShutdownRequest {
+            cancel_futures: self.cancel_futures || other.cancel_futures,
+            kill,
+        }
+    }
+
+    fn kills(&self) -> bool {
+        self.kill.is_some()
+    }
 }
 
 /// How long a worker whose channel closed may take to exit before it is
@@ -80,8 +104,16 @@ struct Worker {
     /// Jobs sent to this worker, in the order it runs them: the first one
     /// is running, the others wait in its channel.
     inflight: VecDeque<Job>,
+    /// When the first job in `inflight` started running.
+    head_since: Instant,
     /// Asked to exit: its exit is not a crash.
     retiring: bool,
+    /// Killed on purpose because of its running job (timed out or
+    /// cancelled), which is already settled: the jobs left in `inflight`
+    /// never ran.
+    doomed: bool,
+    /// Sent a gentle signal: kill it if it lives on past this instant.
+    escalate_at: Option<Instant>,
 }
 
 enum WorkerState {
@@ -132,7 +164,15 @@ impl Manager {
                     since,
                     killed: false,
                 } => earliest(since + CLOSED_GRACE),
-                WorkerState::Closed { killed: true, .. } | WorkerState::Ready(_) => {}
+                WorkerState::Closed { killed: true, .. } => {}
+                WorkerState::Ready(_) => {
+                    if let Some(timeout) = worker.inflight.front().and_then(|job| job.timeout) {
+                        earliest(worker.head_since + timeout);
+                    }
+                }
+            }
+            if let Some(at) = worker.escalate_at {
+                earliest(at);
             }
         }
         next.map(|at| at.saturating_duration_since(now))
@@ -141,9 +181,7 @@ impl Manager {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Submit(job) => match self.shutdown {
-                Some(ShutdownRequest {
-                    kill_workers: true, ..
-                }) => job.completion.fail(Error::ShutDown),
+                Some(request) if request.kills() => job.completion.fail(Error::ShutDown),
                 _ => self.queue.push_back(job),
             },
             Event::Shutdown(request) => self.shut_down(request),
@@ -151,33 +189,59 @@ impl Manager {
             Event::Pids(reply) => {
                 let _ = reply.send(self.workers.values().map(|w| w.process.pid).collect());
             }
+            Event::Cancel(job) => self.cancel_running(job),
+        }
+    }
+
+    /// Kills the worker that runs `job`, whose future was just cancelled.
+    /// If the job waits behind another in the worker's channel, the worker
+    /// is killed when it reaches it (see `advance`).
+    fn cancel_running(&mut self, job: u64) {
+        let running = self
+            .workers
+            .values_mut()
+            .find(|w| w.inflight.front().is_some_and(|head| head.id == job));
+        if let Some(worker) = running {
+            worker.doom(None);
         }
     }
 
     fn shut_down(&mut self, request: ShutdownRequest) {
-        let merged = self.shutdown.unwrap_or_default();
-        let merged = ShutdownRequest {
-            cancel_futures: merged.cancel_futures || request.cancel_futures,
-            kill_workers: merged.kill_workers || request.kill_workers,
-        };
+        let merged = self.shutdown.unwrap_or_default().merge(request);
         self.shutdown = Some(merged);
         if merged.cancel_futures {
             for job in self.queue.drain(..) {
                 job.completion.cancel();
             }
         }
-        if merged.kill_workers {
+        if let Some(signal) = merged.kill {
             for job in self.queue.drain(..) {
                 job.completion.fail(Error::ShutDown);
             }
+            let now = Instant::now();
             for worker in self.workers.values_mut() {
                 worker.retiring = true;
-                for job in worker.inflight.drain(..) {
+                let mut inflight = worker.inflight.drain(..);
+                let running = if worker.doomed { None } else { inflight.next() };
+                if let Some(job) = running {
                     job.completion.fail(Error::ShutDown);
                 }
-                worker.process.kill();
+                // Never started: cancelled if asked, like queued ones.
+                for job in inflight {
+                    job.completion.set_pending();
+                    if !merged.cancel_futures || !job.completion.cancel() {
+                        job.completion.fail(Error::ShutDown);
+                    }
+                }
                 if let WorkerState::Starting { .. } = worker.state {
+                    // No user code runs yet: nothing to be gentle with.
+                    worker.process.kill();
                     worker.process.abort_handshake();
+                } else {
+                    worker.process.signal(signal);
+                    if signal != libc::SIGKILL && worker.escalate_at.is_none() {
+                        worker.escalate_at = Some(now + CLOSED_GRACE);
+                    }
                 }
             }
         }
@@ -208,6 +272,9 @@ impl Manager {
                 let position = worker.inflight.iter().position(|job| job.id == job_id);
                 if let Some(job) = position.and_then(|p| worker.inflight.remove(p)) {
                     job.completion.finish_remote(worker.process.pid, outcome);
+                    if position == Some(0) {
+                        worker.advance(Instant::now());
+                    }
                 }
             }
             WorkerEvent::Closed => {
@@ -227,6 +294,9 @@ impl Manager {
     /// requeues the ones it had not started.
     fn reap(&mut self, worker: &mut Worker) {
         let pid = worker.process.pid;
+        // The worker is dead but not reaped, so its process group is still
+        // ours: kill what its tasks started and left behind.
+        worker.process.kill();
         let reason = match worker.process.child.wait() {
             Ok(status) => ExitReason::from_status(status),
             Err(error) => {
@@ -235,13 +305,14 @@ impl Manager {
             }
         };
         let mut inflight = std::mem::take(&mut worker.inflight).into_iter();
-        if let Some(running) = inflight.next() {
+        let running = if worker.doomed { None } else { inflight.next() };
+        if let Some(running) = running {
             let task = running.task();
             tracing::warn!(pid, task, %reason, "worker died while running a task");
             running
                 .completion
                 .fail(Error::WorkerDied { task, pid, reason });
-        } else if !worker.retiring {
+        } else if !worker.retiring && !worker.doomed {
             tracing::warn!(pid, %reason, "idle worker died");
         }
         for job in inflight.rev() {
@@ -300,7 +371,21 @@ impl Manager {
                         *killed = true;
                     }
                 }
-                WorkerState::Ready(_) => {}
+                WorkerState::Ready(_) => {
+                    let expired = worker.inflight.front().and_then(|job| {
+                        let timeout = job.timeout?;
+                        (now >= worker.head_since + timeout).then_some((job.task(), timeout))
+                    });
+                    if let (false, Some((task, timeout))) = (worker.doomed, expired) {
+                        let pid = worker.process.pid;
+                        tracing::warn!(pid, task, ?timeout, "task timed out: killing its worker");
+                        worker.doom(Some(Error::TimedOut { task, pid, timeout }));
+                    }
+                }
+            }
+            if worker.escalate_at.is_some_and(|at| now >= at) {
+                worker.process.kill();
+                worker.escalate_at = None;
             }
         }
         for (id, error) in failed {
@@ -334,7 +419,7 @@ impl Manager {
             let target = self
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.retiring && w.inflight.len() < limit)
+                .filter(|(_, w)| !w.retiring && !w.doomed && w.inflight.len() < limit)
                 .filter(|(_, w)| matches!(w.state, WorkerState::Ready(_)))
                 .min_by_key(|(_, w)| w.inflight.len())
                 .map(|(&id, _)| id);
@@ -355,7 +440,12 @@ impl Manager {
                 args: job.args.clone(),
             });
             match calls.send(call) {
-                Ok(()) => worker.inflight.push_back(job),
+                Ok(()) => {
+                    if worker.inflight.is_empty() {
+                        worker.head_since = Instant::now();
+                    }
+                    worker.inflight.push_back(job);
+                }
                 Err(error) => {
                     // Not delivered: the worker is gone. Its link thread
                     // reports the exit; this job runs elsewhere.
@@ -378,20 +468,14 @@ impl Manager {
     fn spawn_as_needed(&mut self) {
         if self.queue.is_empty()
             || self.spawn_backoff_until.is_some_and(|t| Instant::now() < t)
-            || matches!(
-                self.shutdown,
-                Some(ShutdownRequest {
-                    kill_workers: true,
-                    ..
-                })
-            )
+            || self.shutdown.is_some_and(|request| request.kills())
         {
             return;
         }
         let alive = self
             .workers
             .values()
-            .filter(|w| !w.retiring && !matches!(w.state, WorkerState::Closed { .. }))
+            .filter(|w| !w.retiring && !w.doomed && !matches!(w.state, WorkerState::Closed { .. }))
             .count();
         let starting = self
             .workers
@@ -412,7 +496,10 @@ impl Manager {
                             process,
                             state: WorkerState::Starting { deadline },
                             inflight: VecDeque::new(),
+                            head_since: Instant::now(),
                             retiring: false,
+                            doomed: false,
+                            escalate_at: None,
                         },
                     );
                 }
@@ -463,5 +550,36 @@ impl Manager {
 
     fn finished(&self) -> bool {
         self.shutdown.is_some() && self.queue.is_empty() && self.workers.is_empty()
+    }
+}
+
+impl Worker {
+    /// The running job finished: the next one in `inflight` starts now. If
+    /// its future was cancelled meanwhile, the worker is killed at once.
+    fn advance(&mut self, now: Instant) {
+        self.head_since = now;
+        if self
+            .inflight
+            .front()
+            .is_some_and(|job| job.completion.cancelled())
+        {
+            self.doom(None);
+        }
+    }
+
+    /// Kills this worker because of its running job, which fails with
+    /// `error` (or was cancelled already). The jobs behind it never ran:
+    /// when the worker is reaped they go back to the queue.
+    fn doom(&mut self, error: Option<Error>) {
+        if self.doomed {
+            return;
+        }
+        if let Some(job) = self.inflight.pop_front() {
+            if let Some(error) = error {
+                job.completion.fail(error);
+            }
+        }
+        self.doomed = true;
+        self.process.kill();
     }
 }

@@ -83,10 +83,16 @@ pub(crate) fn spawn(
 impl Process {
     /// Kills the worker's whole process group.
     pub(crate) fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    /// Sends `signal` to the worker's whole process group: the worker and
+    /// every process it started that did not leave the group.
+    pub(crate) fn signal(&self, signal: i32) {
         let group = -(self.pid as libc::pid_t);
         // SAFETY: kill has no memory-safety preconditions. The process is
         // not reaped yet (see the invariant above), so the group is ours.
-        unsafe { libc::kill(group, libc::SIGKILL) };
+        unsafe { libc::kill(group, signal) };
     }
 
     /// Stops the link thread's wait for a handshake that will not come.
