@@ -26,21 +26,33 @@ fn worker_pid() -> u32 {
 /// worker's to `path`, then sleeps `ms`.
 #[loky::task]
 fn spawn_sleeper_then_sleep(path: PathBuf, ms: u64) {
+    let child = start_sleeper(&path);
+    std::thread::sleep(Duration::from_millis(ms));
+    // Only reached when the task outlives its `sleep`, which it should not.
+    let mut child = child;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Like `spawn_sleeper_then_sleep`, then exits with code 3.
+#[loky::task]
+fn spawn_sleeper_then_exit(path: PathBuf) {
+    let child = start_sleeper(&path);
+    // Exits with the child still running: the pool must not leave it.
+    std::mem::forget(child);
+    std::process::exit(3);
+}
+
+/// Starts `sleep 1000` and writes the worker's pid and its pid to `path`.
+fn start_sleeper(path: &Path) -> std::process::Child {
     let child = std::process::Command::new("sleep")
         .arg("1000")
         .spawn()
         .expect("sleep starts");
     let pids = format!("{} {}", std::process::id(), child.id());
     std::fs::write(path.with_extension("tmp"), pids).unwrap();
-    std::fs::rename(path.with_extension("tmp"), &path).unwrap();
-    std::thread::sleep(Duration::from_millis(ms));
-}
-
-/// Like `spawn_sleeper_then_sleep`, then exits with code 3.
-#[loky::task]
-fn spawn_sleeper_then_exit(path: PathBuf) {
-    spawn_sleeper_then_sleep.call((path, 0));
-    std::process::exit(3);
+    std::fs::rename(path.with_extension("tmp"), path).unwrap();
+    child
 }
 
 /// Ignores SIGTERM, then sleeps.
