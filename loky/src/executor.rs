@@ -84,6 +84,7 @@ impl Executor {
     /// `max_workers(0)`.
     pub fn new(config: Config) -> Result<Executor, Error> {
         config.validate()?;
+        crate::process::prepare_ipc()?;
         let (events_tx, events) = crossbeam_channel::unbounded();
         let stopped = Arc::new(Stopped::default());
         let manager_config = config.clone();

@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ipc_channel::ipc::IpcSender;
 use loky_worker::protocol::{Call, FromWorker, ToWorker};
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 /// Everything the manager reacts to.
@@ -81,6 +82,7 @@ pub(crate) fn run(config: Config, events: Receiver<Event>, events_tx: Sender<Eve
         next_worker: 0,
         shutdown: None,
         spawn_backoff_until: None,
+        broken: None,
     }
     .run();
 }
@@ -96,6 +98,8 @@ struct Manager {
     next_worker: u64,
     shutdown: Option<ShutdownRequest>,
     spawn_backoff_until: Option<Instant>,
+    /// Set after a panic in this thread: every job fails with it.
+    broken: Option<Error>,
 }
 
 struct Worker {
@@ -128,6 +132,20 @@ enum WorkerState {
 impl Manager {
     fn run(mut self) {
         loop {
+            match panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(payload) => {
+                    let message = loky_worker::panic::payload_message(&*payload);
+                    self.break_down(format!("its manager thread panicked: {message}"));
+                }
+            }
+        }
+    }
+
+    /// Waits for events and handles them; false once the manager is done.
+    fn step(&mut self) -> bool {
+        {
             let event = match self.next_wakeup() {
                 Some(timeout) => self.events.recv_timeout(timeout),
                 None => self
@@ -139,17 +157,37 @@ impl Manager {
                 Ok(event) => self.handle(event),
                 Err(RecvTimeoutError::Timeout) => {}
                 // Unreachable: this thread holds a sender itself.
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => return false,
             }
             while let Ok(event) = self.events.try_recv() {
                 self.handle(event);
             }
             self.check_timers(Instant::now());
             self.dispatch();
-            if self.finished() {
-                return;
-            }
+            !self.finished()
         }
+    }
+
+    /// After a bug (a panic in this thread), stops for good without losing
+    /// anything: every job fails with `Error::Broken`, every worker is
+    /// killed and reaped, and later submissions fail the same way.
+    fn break_down(&mut self, reason: String) {
+        tracing::error!(reason, "executor broken");
+        let error = Error::Broken { reason };
+        for job in self.queue.drain(..) {
+            job.completion.fail(error.clone());
+        }
+        for (_, mut worker) in std::mem::take(&mut self.workers) {
+            for job in worker.inflight.drain(..) {
+                job.completion.fail(error.clone());
+            }
+            worker.process.kill();
+            if let WorkerState::Starting { .. } = worker.state {
+                worker.process.abort_handshake();
+            }
+            let _ = worker.process.child.wait();
+        }
+        self.broken = Some(error);
     }
 
     /// How long the loop may sleep without missing a timer.
@@ -180,8 +218,9 @@ impl Manager {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Submit(job) => match self.shutdown {
-                Some(request) if request.kills() => job.completion.fail(Error::ShutDown),
+            Event::Submit(job) => match (&self.broken, self.shutdown) {
+                (Some(error), _) => job.completion.fail(error.clone()),
+                (None, Some(request)) if request.kills() => job.completion.fail(Error::ShutDown),
                 _ => self.queue.push_back(job),
             },
             Event::Shutdown(request) => self.shut_down(request),
@@ -467,6 +506,7 @@ impl Manager {
     /// take them, up to `max_workers`.
     fn spawn_as_needed(&mut self) {
         if self.queue.is_empty()
+            || self.broken.is_some()
             || self.spawn_backoff_until.is_some_and(|t| Instant::now() < t)
             || self.shutdown.is_some_and(|request| request.kills())
         {

@@ -8,6 +8,8 @@ use crossbeam_channel::Sender;
 use ipc_channel::IpcError;
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 use loky_worker::protocol::{Bootstrap, FromWorker, PROTOCOL_VERSION, ToWorker};
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
 
 /// What a link thread tells the manager about its worker.
 pub(crate) enum WorkerEvent {
@@ -27,6 +29,37 @@ pub(super) fn run(
     secret: u64,
     server: IpcOneShotServer<Bootstrap>,
     events: Sender<Event>,
+) {
+    let connected = Cell::new(false);
+    let served = panic::catch_unwind(AssertUnwindSafe(|| {
+        serve(worker, pid, secret, server, &events, &connected);
+    }));
+    let Err(payload) = served else { return };
+    // ipc-channel panics on some OS errors. The manager must still hear
+    // how this worker ends, or it would wait for it forever.
+    let message = loky_worker::panic::payload_message(&*payload);
+    tracing::error!(pid, message, "link thread panicked");
+    let send = |event| events.send(Event::Worker(worker, event)).is_ok();
+    if connected.get() {
+        // The manager kills the worker if it does not exit by itself.
+        send(WorkerEvent::Closed);
+        super::wait_exit_no_reap(pid);
+        send(WorkerEvent::Exited);
+    } else {
+        send(WorkerEvent::Ready(Err(SpawnError::Handshake {
+            pid,
+            message: format!("the link thread panicked: {message}"),
+        })));
+    }
+}
+
+fn serve(
+    worker: u64,
+    pid: u32,
+    secret: u64,
+    server: IpcOneShotServer<Bootstrap>,
+    events: &Sender<Event>,
+    connected: &Cell<bool>,
 ) {
     let send = |event| events.send(Event::Worker(worker, event)).is_ok();
     let hello = match server.accept() {
@@ -73,6 +106,7 @@ pub(super) fn run(
     if !send(WorkerEvent::Ready(Ok(hello.calls))) {
         return;
     }
+    connected.set(true);
     loop {
         match hello.results.recv() {
             Ok(message) => {

@@ -37,6 +37,33 @@ fn worker_program() -> std::path::PathBuf {
     }
 }
 
+/// Initializes, once per process, what ipc-channel computes lazily and
+/// would panic on (forever after, as its `LazyLock` is then poisoned) if it
+/// first ran when file descriptors are exhausted: the socket buffer size,
+/// which the first send measures with a fresh socket.
+pub(crate) fn prepare_ipc() -> Result<(), SpawnError> {
+    static PREPARED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if PREPARED.get().is_some() {
+        return Ok(());
+    }
+    let attempt = || -> Result<(), String> {
+        let (tx, rx) = ipc_channel::ipc::channel::<u8>().map_err(|e| e.to_string())?;
+        match std::panic::catch_unwind(|| tx.send(0)) {
+            Ok(Ok(())) => rx.recv().map(drop).map_err(|e| e.to_string()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(payload) => Err(loky_worker::panic::payload_message(&*payload)),
+        }
+    };
+    attempt().map_err(|message| {
+        SpawnError::io(
+            "could not set up inter-process channels",
+            std::io::Error::other(message),
+        )
+    })?;
+    let _ = PREPARED.set(());
+    Ok(())
+}
+
 /// Starts a worker and its link thread, which reports the handshake and
 /// everything after it as `Event::Worker(worker, ..)`.
 pub(crate) fn spawn(

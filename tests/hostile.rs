@@ -1,0 +1,322 @@
+//! Hostile conditions that need a process of their own: the parent killed
+//! with SIGKILL, file descriptors or processes running out while workers
+//! start.
+//!
+//! `harness = false`: `main` runs each scenario in a fresh copy of this
+//! binary (`LOKY_TEST_ROLE` says which) and checks it from outside, with a
+//! bound on every wait. Workers are copies of this binary too.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "LOKY_TEST_ROLE";
+const PIDS_FILE: &str = "LOKY_TEST_PIDS_FILE";
+/// The longest any scenario may take.
+const BOUND: Duration = Duration::from_secs(60);
+
+#[loky::task]
+fn worker_pid() -> u32 {
+    std::process::id()
+}
+
+#[loky::task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+/// Starts `sleep 1000`, returns the worker's pid and its child's, and
+/// sleeps far longer than any test.
+#[loky::task]
+fn start_sleeper_then_block(path: PathBuf) {
+    let child = Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .expect("sleep starts");
+    append_line(&path, &format!("{} {}", std::process::id(), child.id()));
+    std::thread::sleep(Duration::from_secs(1000));
+    drop(child);
+}
+
+fn append_line(path: &Path, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(file, "{line}").unwrap();
+}
+
+fn main() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("parent") => parent_role(),
+        Ok("fds") => fd_role(),
+        Ok("nproc") => nproc_role(),
+        Ok(other) => panic!("unknown role {other}"),
+        Err(_) => run_all(),
+    }
+}
+
+fn run_all() {
+    let scenarios: [(&str, fn() -> Result<(), String>); 3] = [
+        (
+            "workers_and_their_children_die_with_a_killed_parent",
+            parent_death,
+        ),
+        (
+            "running_out_of_file_descriptors_is_an_error_not_a_hang",
+            || run_role("fds"),
+        ),
+        ("running_out_of_processes_is_an_error_not_a_hang", || {
+            run_role("nproc")
+        }),
+    ];
+    let mut failed = 0;
+    for (name, scenario) in scenarios {
+        let started = Instant::now();
+        match scenario() {
+            Ok(()) => println!("test {name} ... ok ({:?})", started.elapsed()),
+            Err(message) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {message}");
+            }
+        }
+    }
+    println!(
+        "hostile: {} passed, {failed} failed",
+        scenarios.len() - failed
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+fn helper(role: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.env(ROLE, role);
+    command
+}
+
+/// Waits for `child` with a bound; kills it past the bound.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Result<ExitStatus, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("helper still running after {limit:?}: killed"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run_role(role: &str) -> Result<(), String> {
+    let mut child = helper(role).spawn().map_err(|e| e.to_string())?;
+    let status = wait_bounded(&mut child, BOUND)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the {role} helper failed: {status}"))
+    }
+}
+
+/// Running: alive and not a zombie.
+fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat[stat.rfind(')').unwrap() + 2..].chars().next();
+    state != Some('Z')
+}
+
+fn parent_death() -> Result<(), String> {
+    let path = std::env::temp_dir().join(format!("loky-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut parent = helper("parent")
+        .env(PIDS_FILE, &path)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // Two busy workers with a `sleep` child each, and one idle worker.
+    let deadline = Instant::now() + BOUND;
+    let pids: Vec<u32> = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 3 {
+            break text
+                .split_whitespace()
+                .map(|pid| pid.parse().unwrap())
+                .collect();
+        }
+        if Instant::now() >= deadline || parent.try_wait().map_err(|e| e.to_string())?.is_some() {
+            let _ = parent.kill();
+            let _ = parent.wait();
+            return Err("the parent never reported its workers".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = std::fs::remove_file(&path);
+    if pids.len() != 5 || !pids.iter().all(|&pid| running(pid)) {
+        let _ = parent.kill();
+        return Err(format!("expected 5 live processes, got {pids:?}"));
+    }
+    parent.kill().map_err(|e| e.to_string())?;
+    let killed = Instant::now();
+    parent.wait().map_err(|e| e.to_string())?;
+    while pids.iter().any(|&pid| running(pid)) {
+        if killed.elapsed() > Duration::from_secs(1) {
+            let alive: Vec<_> = pids.iter().filter(|&&pid| running(pid)).collect();
+            for &&pid in &alive {
+                // SAFETY: cleaning up after a failed test.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            return Err(format!(
+                "still running 1 s after the parent died: {alive:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The parent that gets killed: two workers blocked in tasks that started
+/// `sleep` children, a third one idle.
+fn parent_role() {
+    let path = PathBuf::from(std::env::var_os(PIDS_FILE).unwrap());
+    let busy = loky::Executor::new(loky::Config::new().max_workers(2).prefetch(0)).unwrap();
+    let _blocked: Vec<_> = (0..2)
+        .map(|_| busy.submit(start_sleeper_then_block, path.clone()).unwrap())
+        .collect();
+    let idle = loky::Executor::new(loky::Config::new().max_workers(1)).unwrap();
+    let idle_pid = idle
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND)
+        .unwrap();
+    append_line(&path, &idle_pid.to_string());
+    std::thread::sleep(BOUND);
+    std::process::exit(2);
+}
+
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
+}
+
+fn set_limit(resource: libc::__rlimit_resource_t, soft: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit write and read only `limit`.
+    unsafe {
+        assert_eq!(libc::getrlimit(resource, &mut limit), 0);
+        limit.rlim_cur = soft.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(resource, &limit), 0);
+    }
+}
+
+/// Every outcome that is not a hang and not a wrong answer is fine while
+/// resources are short: a result, or a clear spawn error. Returns whether
+/// it was an error.
+fn check_short_outcome(what: &str, result: Result<u64, loky::Error>) -> bool {
+    match result {
+        Ok(5) => {
+            println!("  {what}: ran anyway");
+            false
+        }
+        Err(loky::Error::Spawn(error)) => {
+            println!("  {what}: {error}");
+            true
+        }
+        other => panic!("{what}: expected 5 or a spawn error, got {other:?}"),
+    }
+}
+
+fn fd_role() {
+    let mut original = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: writes only `original`.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut original) };
+    let baseline = open_fds();
+    let mut refused = 0;
+    for slack in 0..12 {
+        let executor = loky::Executor::new(loky::Config::new().max_workers(1)).unwrap();
+        set_limit(libc::RLIMIT_NOFILE, open_fds() + slack);
+        let result = executor
+            .submit(add, (2, 3))
+            .map_err(loky::Error::from)
+            .and_then(|future| future.result_timeout(Duration::from_secs(20)));
+        set_limit(libc::RLIMIT_NOFILE, original.rlim_cur);
+        refused += usize::from(check_short_outcome(
+            &format!("{slack} spare descriptors"),
+            result,
+        ));
+        // With descriptors back, the same executor heals.
+        let again = executor.submit(add, (2, 3)).unwrap();
+        assert_eq!(again.result_timeout(Duration::from_secs(20)).unwrap(), 5);
+        executor.shutdown(loky::Shutdown::default());
+    }
+    assert!(refused > 0, "no limit was tight enough to refuse a worker");
+    let leaked = open_fds().saturating_sub(baseline);
+    assert_eq!(leaked, 0, "{leaked} file descriptors leaked");
+}
+
+fn threads_of(uid: u32) -> u64 {
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+        };
+        if field("Uid:").and_then(|u| u.parse::<u32>().ok()) == Some(uid) {
+            count += field("Threads:").and_then(|t| t.parse().ok()).unwrap_or(1);
+        }
+    }
+    count
+}
+
+fn nproc_role() {
+    // RLIMIT_NPROC does not bind root: become an unprivileged user first.
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        const NOBODY: u32 = 65534;
+        // SAFETY: setgid/setuid change this process's credentials; glibc
+        // applies them to every thread.
+        let dropped = unsafe { libc::setgid(NOBODY) == 0 && libc::setuid(NOBODY) == 0 };
+        assert!(dropped, "could not drop root to test RLIMIT_NPROC");
+    }
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let mut refused = 0;
+    // How the kernel counts this user's processes is its own business:
+    // sweep absolute limits from none at all to a few above our threads.
+    for limit in 0..threads_of(uid) + 4 {
+        let executor = match loky::Executor::new(loky::Config::new().max_workers(1)) {
+            Ok(executor) => executor,
+            Err(error) => panic!("could not build an executor: {error}"),
+        };
+        set_limit(libc::RLIMIT_NPROC, limit);
+        let result = executor
+            .submit(add, (2, 3))
+            .map_err(loky::Error::from)
+            .and_then(|future| future.result_timeout(Duration::from_secs(20)));
+        set_limit(libc::RLIMIT_NPROC, u64::MAX);
+        refused += usize::from(check_short_outcome(
+            &format!("at most {limit} processes"),
+            result,
+        ));
+        let again = executor.submit(add, (2, 3)).unwrap();
+        assert_eq!(again.result_timeout(Duration::from_secs(20)).unwrap(), 5);
+        executor.shutdown(loky::Shutdown::default());
+    }
+    assert!(refused > 0, "no limit was tight enough to refuse a worker");
+}
