@@ -58,8 +58,10 @@ fn main() {
     }
 }
 
+type Scenario = fn() -> Result<(), String>;
+
 fn run_all() {
-    let scenarios: [(&str, fn() -> Result<(), String>); 3] = [
+    let scenarios: [(&str, Scenario); 3] = [
         (
             "workers_and_their_children_die_with_a_killed_parent",
             parent_death,
