@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod triggers;
+
 use std::time::{Duration, Instant};
 
 /// The longest any test waits for one result: a hang fails fast.
@@ -44,4 +46,28 @@ pub(crate) fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The number of file descriptors this process has open.
+pub(crate) fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+/// The pids of this process's children (alive or zombies).
+pub(crate) fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{me}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            children.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    children
 }
