@@ -118,3 +118,32 @@ fn an_unknown_id_is_a_clear_error() {
         })
     ));
 }
+
+#[test]
+fn an_id_the_worker_does_not_know_is_a_clear_error_naming_the_worker() {
+    // A worker built from other sources: it lacks `registry::plain`.
+    let config = loky::Config::new()
+        .max_workers(1)
+        .env("LOKY_WORKER_FAULT", "forget:registry::plain");
+    let executor = loky::Executor::new(config).unwrap();
+    let result = executor.submit(plain, 1).unwrap().result_timeout(BOUND);
+    let Err(Error::UnknownTask {
+        task,
+        pid: Some(pid),
+    }) = result
+    else {
+        panic!("expected UnknownTask from the worker, got {result:?}");
+    };
+    assert_eq!(task, "registry::plain");
+    assert_eq!(
+        Error::UnknownTask {
+            task,
+            pid: Some(pid)
+        }
+        .to_string(),
+        format!("task `registry::plain` is not registered in worker {pid}")
+    );
+    // The worker is fine: other tasks run.
+    let custom_result = executor.submit(custom, 2).unwrap().result_timeout(BOUND);
+    assert!(custom_result.is_ok());
+}

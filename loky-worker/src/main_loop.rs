@@ -79,6 +79,9 @@ fn handshake(server: String, secret: u64) -> Result<Link, String> {
 
 /// Runs one call (or chunk) and says what became of it.
 fn execute(call: Call) -> Outcome {
+    if forgotten(&call.task) {
+        return Outcome::Failed(Failure::UnknownTask);
+    }
     let entry = match registry::lookup(&call.task).entry() {
         Ok(entry) => entry,
         Err(failure) => return Outcome::Failed(failure),
@@ -92,6 +95,18 @@ fn execute(call: Call) -> Outcome {
         Ok(bytes) => Outcome::Returned(Payload::pack_result(bytes)),
         Err(failure) => Outcome::Failed(failure),
     }
+}
+
+/// Whether the `forget:ID` fault hides this task id.
+fn forgotten(task: &str) -> bool {
+    static FORGOTTEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FORGOTTEN
+        .get_or_init(|| {
+            let fault = std::env::var(ENV_FAULT).ok()?;
+            fault.strip_prefix("forget:").map(str::to_owned)
+        })
+        .as_deref()
+        == Some(task)
 }
 
 /// Runs every element of a chunk; one element's failure is its own.

@@ -43,7 +43,9 @@ pub const ENV_PARENT: &str = "LOKY_WORKER_PARENT";
 pub const EXIT_HANDSHAKE_FAILED: i32 = 70;
 /// Environment variable that makes a worker misbehave before its handshake,
 /// for tests of the parent's defences: `exit:N` exits with code N, `hang`
-/// never connects, `version:N` introduces itself with protocol version N.
+/// never connects, `version:N` introduces itself with protocol version N,
+/// `forget:ID` acts as if no task were registered under ID (as a worker
+/// built from other sources would).
 #[doc(hidden)]
 pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
 
