@@ -13,7 +13,7 @@
 mod common;
 
 use common::triggers::{EXIT_CODE, OnDecode, OnEncode, Trigger};
-use common::{BOUND, executor, process_state};
+use common::{BOUND, executor, process_state, wait_gone};
 use loky::{Error, ExitReason, Stage};
 use std::time::{Duration, Instant};
 
@@ -162,6 +162,7 @@ fn check(case: Case, result: Result<(), Error>) {
                 code => code,
             };
             assert!(expected.contains(&reason), "{case:?}: {reason}");
+            assert!(wait_gone(pid, BOUND), "{case:?}: worker {pid} left a zombie");
         }
         (_, other) => panic!("{case:?}: unexpected outcome {other:?}"),
     }
