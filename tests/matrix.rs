@@ -162,7 +162,10 @@ fn check(case: Case, result: Result<(), Error>) {
                 code => code,
             };
             assert!(expected.contains(&reason), "{case:?}: {reason}");
-            assert!(wait_gone(pid, BOUND), "{case:?}: worker {pid} left a zombie");
+            assert!(
+                wait_gone(pid, BOUND),
+                "{case:?}: worker {pid} left a zombie"
+            );
         }
         (_, other) => panic!("{case:?}: unexpected outcome {other:?}"),
     }

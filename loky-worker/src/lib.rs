@@ -10,6 +10,7 @@
 pub mod entry;
 pub mod invoke;
 pub mod main_loop;
+mod memory;
 pub mod panic;
 pub mod protocol;
 pub mod registry;

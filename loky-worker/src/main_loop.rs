@@ -3,6 +3,7 @@
 //! or until the parent goes away.
 
 use crate::invoke;
+use crate::memory::MemoryWatch;
 use crate::protocol::{
     self, Bootstrap, Call, CallKind, ChunkItem, ENV_FAULT, EXIT_HANDSHAKE_FAILED,
     EXIT_PROTOCOL_ERROR, Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Payload, Stage,
@@ -26,6 +27,8 @@ pub fn run(server: String, secret: u64) -> i32 {
             return EXIT_HANDSHAKE_FAILED;
         }
     };
+    let mut memory = MemoryWatch::from_env();
+    let mut retiring = false;
     loop {
         match calls.recv() {
             Ok(ToWorker::Call(call)) => {
@@ -34,6 +37,12 @@ pub fn run(server: String, secret: u64) -> i32 {
                 if results.send(FromWorker::Done { id, outcome }).is_err() {
                     // The parent is gone: nobody is left to serve.
                     return 0;
+                }
+                if !retiring {
+                    if let Some(reason) = memory.after_task() {
+                        // Keep serving until the parent says stop.
+                        retiring = results.send(FromWorker::Retire(reason)).is_ok();
+                    }
                 }
             }
             Ok(ToWorker::Shutdown) | Err(IpcError::Disconnected) => return 0,

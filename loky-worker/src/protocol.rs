@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
@@ -38,6 +38,13 @@ pub const ENV_SECRET: &str = "LOKY_WORKER_SECRET";
 /// Environment variable carrying the parent's pid, to detect a parent that
 /// died before the worker could arm its death signal.
 pub const ENV_PARENT: &str = "LOKY_WORKER_PARENT";
+
+/// Environment variable carrying a worker's memory limits in bytes:
+/// `LEAK,CAP`, each `0` for none.
+pub const ENV_MEMORY: &str = "LOKY_WORKER_MEMORY";
+/// Environment variable carrying how deep in nested executors a process
+/// is: unset in the user's process, 1 in its workers, 2 in theirs...
+pub const ENV_DEPTH: &str = "LOKY_DEPTH";
 
 /// Exit code of a worker that could not complete its handshake.
 pub const EXIT_HANDSHAKE_FAILED: i32 = 70;
@@ -146,6 +153,28 @@ pub enum FromWorker {
         id: u64,
         /// What happened.
         outcome: Outcome,
+    },
+    /// The worker wants to be replaced. It keeps serving the calls already
+    /// sent until the parent answers with [`ToWorker::Shutdown`], so no
+    /// call is lost.
+    Retire(RetireReason),
+}
+
+/// Why a worker asks to be replaced.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireReason {
+    /// Its resident memory grew past the leak threshold over its reference,
+    /// even after handing freed memory back to the OS.
+    MemoryLeak {
+        /// Resident memory now, in bytes.
+        rss: u64,
+        /// Resident memory after its first task, in bytes.
+        reference: u64,
+    },
+    /// Its resident memory exceeds the absolute cap.
+    MemoryCap {
+        /// Resident memory now, in bytes.
+        rss: u64,
     },
 }
 

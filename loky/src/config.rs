@@ -1,13 +1,19 @@
 //! The executor's configuration.
 
 use crate::error::Error;
+use crate::task::Task;
 use std::ffi::OsString;
 use std::time::Duration;
 
 /// How an [`Executor`](crate::Executor) runs its workers.
 ///
 /// ```
-/// let config = loky::Config::new().max_workers(2);
+/// use std::time::Duration;
+///
+/// let config = loky::Config::new()
+///     .max_workers(2)
+///     .idle_timeout(Duration::from_secs(30))
+///     .max_tasks_per_child(1000);
 /// assert_eq!(config.get_max_workers(), 2);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +22,40 @@ pub struct Config {
     handshake_timeout: Duration,
     prefetch: usize,
     env: Vec<(OsString, OsString)>,
+    /// `None`: not set (a plain executor keeps idle workers, the reusable
+    /// one lets them go after [`REUSABLE_IDLE_TIMEOUT`]).
+    idle_timeout: Option<Option<Duration>>,
+    max_tasks_per_child: Option<usize>,
+    initializer: Option<Initializer>,
+    memory: MemoryLimits,
 }
+
+/// A task every worker runs once, before its first task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Initializer {
+    pub(crate) task: &'static str,
+    /// The arguments, encoded, or why they could not be.
+    pub(crate) args: Result<Vec<u8>, String>,
+    /// How many workers in a row may fail it before the executor is broken.
+    pub(crate) max_failures: usize,
+}
+
+/// When a worker that grows is replaced: see [`Config::memory_leak_threshold`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemoryLimits {
+    /// Growth of resident memory over the reference, in bytes.
+    pub(crate) leak_threshold: Option<u64>,
+    /// Absolute resident memory, in bytes.
+    pub(crate) rss_cap: Option<u64>,
+}
+
+/// How long the reusable executor keeps an idle worker, as in Python loky.
+pub const REUSABLE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default memory-leak threshold, as in Python loky: 300 MB.
+pub const DEFAULT_LEAK_THRESHOLD: u64 = 300_000_000;
+/// Environment variable that overrides the memory-leak threshold, in bytes
+/// (`0` turns the check off).
+pub const ENV_LEAK_THRESHOLD: &str = "LOKY_MAX_MEMORY_LEAK";
 
 impl Default for Config {
     fn default() -> Self {
@@ -25,6 +64,13 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(20),
             prefetch: 1,
             env: Vec::new(),
+            idle_timeout: None,
+            max_tasks_per_child: None,
+            initializer: None,
+            memory: MemoryLimits {
+                leak_threshold: Some(DEFAULT_LEAK_THRESHOLD),
+                rss_cap: None,
+            },
         }
     }
 }
@@ -63,6 +109,64 @@ impl Config {
         self
     }
 
+    /// A worker idle for this long exits; workers come back on demand.
+    /// By default a plain executor keeps its workers and the reusable
+    /// executor lets them go after 10 s, as Python loky does.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Config {
+        self.idle_timeout = Some(Some(timeout));
+        self
+    }
+
+    /// Idle workers never exit, even in the reusable executor.
+    pub fn no_idle_timeout(mut self) -> Config {
+        self.idle_timeout = Some(None);
+        self
+    }
+
+    /// A worker exits after running this many tasks (a `map` chunk counts
+    /// as one) and is replaced, as Python's `max_tasks_per_child`. Zero
+    /// means no limit.
+    pub fn max_tasks_per_child(mut self, tasks: usize) -> Config {
+        self.max_tasks_per_child = (tasks > 0).then_some(tasks);
+        self
+    }
+
+    /// Every worker runs `task(args)` once, before its first task.
+    ///
+    /// If it fails (panics, dies, cannot decode its arguments) the worker
+    /// is replaced and the failure is logged; after three failures in a
+    /// row the executor is broken: every pending and later task fails with
+    /// [`Error::Broken`], whose reason carries the last failure (such as
+    /// the panic message).
+    pub fn initializer<T: Task>(mut self, task: T, args: T::Args) -> Config {
+        let _ = task;
+        let args = crate::job::encode_args(T::ID, &args).map_err(|e| e.to_string());
+        self.initializer = Some(Initializer {
+            task: T::ID,
+            args,
+            max_failures: 3,
+        });
+        self
+    }
+
+    /// A worker whose resident memory grew by more than `bytes` over its
+    /// reference (measured after its first task) first returns freed memory
+    /// to the OS (`malloc_trim`); if still over, it finishes cleanly and is
+    /// replaced. Checked after a task, at most once a second. Default
+    /// 300 MB, as in Python loky; [`ENV_LEAK_THRESHOLD`] overrides it;
+    /// `None` turns the check off.
+    pub fn memory_leak_threshold(mut self, bytes: Option<u64>) -> Config {
+        self.memory.leak_threshold = bytes;
+        self
+    }
+
+    /// A worker whose resident memory exceeds `bytes` after a task is
+    /// replaced, whatever its reference. Off by default.
+    pub fn max_rss(mut self, bytes: u64) -> Config {
+        self.memory.rss_cap = Some(bytes);
+        self
+    }
+
     /// The configured number of workers.
     pub fn get_max_workers(&self) -> usize {
         self.max_workers
@@ -80,6 +184,46 @@ impl Config {
         &self.env
     }
 
+    /// The idle timeout in effect; `reusable` for the reusable executor.
+    pub(crate) fn get_idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout.flatten()
+    }
+
+    /// Sets the reusable executor's default idle timeout if none was set.
+    pub(crate) fn with_reusable_defaults(mut self) -> Config {
+        if self.idle_timeout.is_none() {
+            self.idle_timeout = Some(Some(REUSABLE_IDLE_TIMEOUT));
+        }
+        self
+    }
+
+    pub(crate) fn get_max_tasks_per_child(&self) -> Option<usize> {
+        self.max_tasks_per_child
+    }
+
+    pub(crate) fn get_initializer(&self) -> Option<&Initializer> {
+        self.initializer.as_ref()
+    }
+
+    /// The memory limits, with the environment override applied.
+    pub(crate) fn get_memory(&self) -> MemoryLimits {
+        let mut memory = self.memory;
+        if let Some(bytes) = std::env::var(ENV_LEAK_THRESHOLD)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            memory.leak_threshold = (bytes > 0).then_some(bytes);
+        }
+        memory
+    }
+
+    /// Whether two configurations differ only in `max_workers`.
+    pub(crate) fn same_but_size(&self, other: &Config) -> bool {
+        let mut other = other.clone();
+        other.max_workers = self.max_workers;
+        *self == other
+    }
+
     /// Checks the configuration, as the executor does when it is built.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.max_workers == 0 {
@@ -91,6 +235,14 @@ impl Config {
             return Err(Error::Config(
                 "handshake_timeout must be longer than zero".to_owned(),
             ));
+        }
+        if let Some(init) = &self.initializer {
+            crate::executor::registered(init.task)?;
+            if let Err(message) = &init.args {
+                return Err(Error::Config(format!(
+                    "the initializer's arguments: {message}"
+                )));
+            }
         }
         Ok(())
     }

@@ -1,16 +1,19 @@
 //! The executor: submit tasks, map over inputs, shut down.
 
 use crate::config::Config;
+use crate::depth;
 use crate::error::{Error, SubmitError};
 use crate::future::Future;
 use crate::job::{self, Decode, Job, Typed};
 use crate::manager::{self, Event, ShutdownRequest};
 use crate::map::Map;
+use crate::shared::Shared;
+use crate::stats::Stats;
 use crate::task::Task;
 use crossbeam_channel::Sender;
 use loky_worker::protocol::{CallKind, Payload};
 use loky_worker::registry;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -31,13 +34,19 @@ pub struct Executor {
 }
 
 struct Inner {
+    id: u64,
     config: Config,
+    /// The current `max_workers` (resizing changes it).
+    max_workers: AtomicUsize,
+    shared: Arc<Shared>,
     /// Open while submissions are accepted. Submitting and shutting down
     /// take this lock, so no job is queued after the shutdown request.
     gate: Mutex<Gate>,
     next_job: AtomicU64,
     stopped: Arc<Stopped>,
     manager_thread: ThreadId,
+    /// Whether dropping the last handle waits for the workers to exit.
+    wait_on_drop: AtomicBool,
 }
 
 struct Gate {
@@ -84,16 +93,19 @@ impl Executor {
     /// `max_workers(0)`.
     pub fn new(config: Config) -> Result<Executor, Error> {
         config.validate()?;
+        depth::check()?;
         crate::process::prepare_ipc()?;
         let (events_tx, events) = crossbeam_channel::unbounded();
         let stopped = Arc::new(Stopped::default());
+        let shared = Arc::new(Shared::default());
         let manager_config = config.clone();
         let manager_events = events_tx.clone();
         let manager_stopped = Arc::clone(&stopped);
+        let manager_shared = Arc::clone(&shared);
         let manager = std::thread::Builder::new()
             .name("loky-manager".to_owned())
             .spawn(move || {
-                manager::run(manager_config, events, manager_events);
+                manager::run(manager_config, events, manager_events, manager_shared);
                 *manager_stopped
                     .done
                     .lock()
@@ -106,9 +118,13 @@ impl Executor {
                     e,
                 ))
             })?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(Executor {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                max_workers: AtomicUsize::new(config.get_max_workers()),
                 config,
+                shared,
                 gate: Mutex::new(Gate {
                     open: true,
                     events: events_tx,
@@ -116,13 +132,88 @@ impl Executor {
                 next_job: AtomicU64::new(0),
                 stopped,
                 manager_thread: manager.thread().id(),
+                wait_on_drop: AtomicBool::new(true),
             }),
         })
     }
 
-    /// The configuration this executor was built with.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// The configuration this executor runs with: as built, with the
+    /// current `max_workers` after a [`resize`](Self::resize).
+    pub fn config(&self) -> Config {
+        self.inner.config.clone().max_workers(self.max_workers())
+    }
+
+    /// The current `max_workers`.
+    pub(crate) fn max_workers(&self) -> usize {
+        self.inner.max_workers.load(Ordering::Relaxed)
+    }
+
+    /// This executor's id, unique in this process. The reusable executor
+    /// gets a new id each time it is replaced.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Changes the number of workers. Growing starts workers as tasks
+    /// need them; shrinking retires surplus workers as soon as they are
+    /// idle (idle ones at once), and the survivors keep their pids. No
+    /// task is lost either way.
+    pub fn resize(&self, max_workers: usize) -> Result<(), Error> {
+        if max_workers == 0 {
+            return Err(Error::Config(
+                "max_workers must be at least 1 (it is 0)".to_owned(),
+            ));
+        }
+        let gate = self
+            .inner
+            .gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !gate.open {
+            return Err(Error::ShutDown);
+        }
+        self.inner.max_workers.store(max_workers, Ordering::Relaxed);
+        let _ = gate.events.send(Event::Resize(max_workers));
+        Ok(())
+    }
+
+    /// Starts every worker now instead of on demand, and waits until they
+    /// have all connected (or failed to: then the error says why).
+    ///
+    /// From a done-callback it starts them without waiting.
+    pub fn start_workers(&self) -> Result<(), Error> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner
+            .send(Event::StartWorkers(tx))
+            .map_err(|()| Error::ShutDown)?;
+        if std::thread::current().id() == self.inner.manager_thread {
+            return Ok(());
+        }
+        rx.recv().unwrap_or(Err(Error::ShutDown))
+    }
+
+    /// What the executor has done so far, and its workers now.
+    pub fn stats(&self) -> Stats {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (done, failed) = self.inner.shared.counts();
+        let from_manager = if std::thread::current().id() == self.inner.manager_thread {
+            None
+        } else if self.inner.send(Event::Stats(tx)).is_ok() {
+            rx.recv().ok()
+        } else {
+            None
+        };
+        let mut stats = from_manager.unwrap_or_default();
+        stats.done = done;
+        stats.failed = failed;
+        stats
+    }
+
+    /// Why the executor is broken (a worker initializer failed again and
+    /// again, or an internal error), if it is. A broken executor fails
+    /// every task with [`Error::Broken`]; the reusable executor replaces it.
+    pub fn broken(&self) -> Option<String> {
+        self.inner.shared.broken()
     }
 
     /// Submits `task(args)` and returns its future.
@@ -246,6 +337,12 @@ impl Executor {
         rx.recv().unwrap_or_default()
     }
 
+    /// Drops this handle; if it was the last one, the executor finishes
+    /// its submitted work and shuts down in the background.
+    pub(crate) fn release(self) {
+        self.inner.wait_on_drop.store(false, Ordering::Relaxed);
+    }
+
     /// Queues already-encoded arguments. `Err` only when shut down.
     pub(crate) fn submit_encoded<R: Send + 'static>(
         &self,
@@ -280,7 +377,11 @@ impl Executor {
             kind,
             args,
             timeout,
-            completion: Arc::new(Typed { state, decode }),
+            completion: Arc::new(Typed {
+                state,
+                decode,
+                shared: Arc::clone(&self.inner.shared),
+            }),
         };
         if let Err(crossbeam_channel::SendError(Event::Submit(job))) =
             gate.events.send(Event::Submit(job))
@@ -332,7 +433,10 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.shutdown(Shutdown::default());
+        self.shutdown(Shutdown {
+            wait: self.wait_on_drop.load(Ordering::Relaxed),
+            ..Shutdown::default()
+        });
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use crate::future::State;
+use crate::shared::Shared;
 use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{self, CallKind, ChunkItem, Outcome, Payload, Stage};
 use serde::de::DeserializeOwned;
@@ -49,6 +50,17 @@ pub(crate) type Decode<R> = fn(&'static str, u32, &[u8]) -> Result<R, Error>;
 pub(crate) struct Typed<R> {
     pub(crate) state: Arc<State<R>>,
     pub(crate) decode: Decode<R>,
+    /// Where finished tasks are counted.
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<R> Typed<R> {
+    fn finish(&self, result: Result<R, Error>) {
+        let ok = result.is_ok();
+        if self.state.finish(result) {
+            self.shared.count(ok);
+        }
+    }
 }
 
 impl<R: Send + 'static> Completion for Typed<R> {
@@ -73,7 +85,7 @@ impl<R: Send + 'static> Completion for Typed<R> {
     }
 
     fn fail(&self, error: Error) {
-        self.state.finish(Err(error));
+        self.finish(Err(error));
     }
 
     fn finish_remote(&self, pid: u32, outcome: Outcome) {
@@ -82,7 +94,7 @@ impl<R: Send + 'static> Completion for Typed<R> {
             Outcome::Returned(payload) => (self.decode)(task, pid, payload.bytes()),
             Outcome::Failed(failure) => Err(Error::from_failure(task, Some(pid), failure)),
         };
-        self.state.finish(result);
+        self.finish(result);
     }
 }
 

@@ -36,6 +36,7 @@ extern crate self as loky;
 
 mod config;
 mod cpu;
+mod depth;
 mod error;
 mod executor;
 mod future;
@@ -44,17 +45,21 @@ mod manager;
 mod map;
 mod process;
 mod reusable;
+mod shared;
+mod stats;
 mod task;
 mod wait;
 
-pub use config::Config;
+pub use config::{Config, DEFAULT_LEAK_THRESHOLD, ENV_LEAK_THRESHOLD, REUSABLE_IDLE_TIMEOUT};
 pub use cpu::cpu_count;
+pub use depth::{DEFAULT_MAX_DEPTH, ENV_MAX_DEPTH};
 pub use error::{Error, ExitReason, SpawnError, SubmitError};
 pub use executor::{Executor, Shutdown};
 pub use future::Future;
 pub use loky_worker::protocol::{RemotePanic, Stage};
 pub use map::Map;
-pub use reusable::get_reusable_executor;
+pub use reusable::{Reuse, get_reusable_executor, get_reusable_executor_with};
+pub use stats::{Stats, WorkerExits};
 pub use task::Task;
 pub use wait::{AsCompleted, ReturnWhen, WaitResult, as_completed, wait};
 

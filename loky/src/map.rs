@@ -49,7 +49,7 @@ const CHUNK_TARGET: Duration = Duration::from_millis(20);
 
 impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     pub(crate) fn new(executor: Executor, _task: T, input: I) -> Self {
-        let workers = executor.config().get_max_workers();
+        let workers = executor.max_workers();
         Map {
             executor,
             input,
@@ -98,7 +98,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
         }
         match self.input.size_hint() {
             (_, Some(remaining)) => {
-                let workers = self.executor.config().get_max_workers();
+                let workers = self.executor.max_workers();
                 remaining.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)
             }
             (_, None) => self.adaptive,

@@ -9,23 +9,70 @@ use std::sync::{Mutex, PoisonError};
 
 static REUSABLE: Mutex<Option<Executor>> = Mutex::new(None);
 
-/// Returns the process-wide executor, built with `config`: the same one as
-/// before when the configuration matches and it is not shut down;
-/// otherwise the old one is shut down (its submitted work still finishes)
-/// and a new one takes its place.
+/// When [`get_reusable_executor_with`] may keep the current executor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reuse {
+    /// Keep it if its configuration matches the one asked for, apart from
+    /// `max_workers` (then it is resized); otherwise replace it. Python
+    /// loky's `reuse="auto"`.
+    #[default]
+    Auto,
+    /// Keep it whatever the configuration asked for, only resized to its
+    /// `max_workers`. Python loky's `reuse=True`.
+    Force,
+}
+
+/// Returns the process-wide reusable executor, as
+/// [`get_reusable_executor_with`] with [`Reuse::Auto`] and without killing
+/// the workers of a replaced executor.
 pub fn get_reusable_executor(config: Config) -> Result<Executor, Error> {
+    get_reusable_executor_with(config, Reuse::Auto, false)
+}
+
+/// Returns the process-wide reusable executor, built with `config`.
+///
+/// The current one is kept when `reuse` allows it and it is neither shut
+/// down nor broken; if only `max_workers` differs, it is resized in place
+/// (growing starts workers on demand; shrinking retires the surplus once
+/// idle, and the survivors keep their pids). Otherwise a new executor, with
+/// a new [`id`](Executor::id), takes its place. The old one is shut down:
+/// with `kill_workers` at once, its running tasks failing with
+/// [`Error::ShutDown`]; otherwise once its last handle is dropped, after
+/// its submitted work, so that other threads still using it see no error.
+///
+/// Unless `config` sets one, the reusable executor's workers exit after
+/// [`REUSABLE_IDLE_TIMEOUT`](crate::REUSABLE_IDLE_TIMEOUT) of idleness.
+pub fn get_reusable_executor_with(
+    config: Config,
+    reuse: Reuse,
+    kill_workers: bool,
+) -> Result<Executor, Error> {
+    let config = config.with_reusable_defaults();
+    config.validate()?;
     let mut slot = REUSABLE.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(executor) = slot.as_ref() {
-        if !executor.is_shutdown() && *executor.config() == config {
+        let usable = !executor.is_shutdown() && executor.broken().is_none();
+        let keep = match reuse {
+            Reuse::Auto => executor.config().same_but_size(&config),
+            Reuse::Force => true,
+        };
+        if usable && keep {
+            if executor.max_workers() != config.get_max_workers() {
+                executor.resize(config.get_max_workers())?;
+            }
             return Ok(executor.clone());
         }
     }
     let executor = Executor::new(config)?;
     if let Some(old) = slot.replace(executor.clone()) {
-        old.shutdown(Shutdown {
-            wait: false,
-            ..Shutdown::default()
-        });
+        if kill_workers {
+            old.shutdown(Shutdown {
+                wait: false,
+                cancel_futures: true,
+                kill_workers: true,
+            });
+        }
+        old.release();
     }
     Ok(executor)
 }

@@ -1,16 +1,21 @@
 //! The manager: the one thread that owns an executor's workers and its queue
 //! of pending jobs. See `README.md` beside this file for its states.
 
+mod worker;
+
 use crate::config::Config;
 use crate::error::{Error, ExitReason, SpawnError};
 use crate::job::Job;
-use crate::process::{self, Process, WorkerEvent};
+use crate::process::{self, WorkerEvent};
+use crate::shared::Shared;
+use crate::stats::{Stats, WorkerExits};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use ipc_channel::ipc::IpcSender;
-use loky_worker::protocol::{Call, FromWorker, ToWorker};
+use loky_worker::protocol::{Call, CallKind, FromWorker, Outcome, Payload, ToWorker};
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use worker::{Retire, Worker, WorkerState};
 
 /// Everything the manager reacts to.
 pub(crate) enum Event {
@@ -25,6 +30,12 @@ pub(crate) enum Event {
     /// The future of this job was cancelled while it was running (or sent
     /// to a worker): kill the worker if it runs it.
     Cancel(u64),
+    /// A new `max_workers`.
+    Resize(usize),
+    /// Start every worker now; answer once none is starting.
+    StartWorkers(Sender<Result<(), Error>>),
+    /// Asks for a snapshot of the workers and the queue.
+    Stats(Sender<Stats>),
 }
 
 /// How to shut down.
@@ -65,7 +76,12 @@ const SPAWN_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Runs the manager loop until the executor is shut down and every worker
 /// is gone.
-pub(crate) fn run(config: Config, events: Receiver<Event>, events_tx: Sender<Event>) {
+pub(crate) fn run(
+    config: Config,
+    events: Receiver<Event>,
+    events_tx: Sender<Event>,
+    shared: Arc<Shared>,
+) {
     // RandomState is keyed from the OS's randomness: no other process can
     // guess the secret that lets a worker in.
     let secret = std::hash::BuildHasher::hash_one(
@@ -77,12 +93,20 @@ pub(crate) fn run(config: Config, events: Receiver<Event>, events_tx: Sender<Eve
         secret,
         events,
         events_tx,
+        shared,
         queue: VecDeque::new(),
         workers: BTreeMap::new(),
         next_worker: 0,
         shutdown: None,
         spawn_backoff_until: None,
+        last_spawn_error: None,
         broken: None,
+        fill_pool: false,
+        start_waiters: Vec::new(),
+        started: 0,
+        exits: WorkerExits::default(),
+        init_failures: 0,
+        next_init_call: u64::MAX,
     }
     .run();
 }
@@ -92,41 +116,27 @@ struct Manager {
     secret: u64,
     events: Receiver<Event>,
     events_tx: Sender<Event>,
+    shared: Arc<Shared>,
     /// Jobs not yet sent to a worker, oldest first.
     queue: VecDeque<Job>,
     workers: BTreeMap<u64, Worker>,
     next_worker: u64,
     shutdown: Option<ShutdownRequest>,
     spawn_backoff_until: Option<Instant>,
-    /// Set after a panic in this thread: every job fails with it.
+    last_spawn_error: Option<SpawnError>,
+    /// Set after a panic in this thread or repeated initializer failures:
+    /// every job fails with it.
     broken: Option<Error>,
-}
-
-struct Worker {
-    process: Process,
-    state: WorkerState,
-    /// Jobs sent to this worker, in the order it runs them: the first one
-    /// is running, the others wait in its channel.
-    inflight: VecDeque<Job>,
-    /// When the first job in `inflight` started running.
-    head_since: Instant,
-    /// Asked to exit: its exit is not a crash.
-    retiring: bool,
-    /// Killed on purpose because of its running job (timed out or
-    /// cancelled), which is already settled: the jobs left in `inflight`
-    /// never ran.
-    doomed: bool,
-    /// Sent a gentle signal: kill it if it lives on past this instant.
-    escalate_at: Option<Instant>,
-}
-
-enum WorkerState {
-    /// Started; the handshake is not done.
-    Starting { deadline: Instant },
-    /// Connected: takes calls here.
-    Ready(IpcSender<ToWorker>),
-    /// Its channel closed; waiting for its exit status.
-    Closed { since: Instant, killed: bool },
+    /// Start workers up to `max_workers`, whatever the queue.
+    fill_pool: bool,
+    /// Callers of `start_workers` waiting for the pool to be up.
+    start_waiters: Vec<Sender<Result<(), Error>>>,
+    started: u64,
+    exits: WorkerExits,
+    /// Workers in a row whose initializer failed.
+    init_failures: usize,
+    /// Ids for initializer calls, counting down: never a job's id.
+    next_init_call: u64,
 }
 
 impl Manager {
@@ -145,34 +155,34 @@ impl Manager {
 
     /// Waits for events and handles them; false once the manager is done.
     fn step(&mut self) -> bool {
-        {
-            let event = match self.next_wakeup() {
-                Some(timeout) => self.events.recv_timeout(timeout),
-                None => self
-                    .events
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match event {
-                Ok(event) => self.handle(event),
-                Err(RecvTimeoutError::Timeout) => {}
-                // Unreachable: this thread holds a sender itself.
-                Err(RecvTimeoutError::Disconnected) => return false,
-            }
-            while let Ok(event) = self.events.try_recv() {
-                self.handle(event);
-            }
-            self.check_timers(Instant::now());
-            self.dispatch();
-            !self.finished()
+        let event = match self.next_wakeup() {
+            Some(timeout) => self.events.recv_timeout(timeout),
+            None => self
+                .events
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match event {
+            Ok(event) => self.handle(event),
+            Err(RecvTimeoutError::Timeout) => {}
+            // Unreachable: this thread holds a sender itself.
+            Err(RecvTimeoutError::Disconnected) => return false,
         }
+        while let Ok(event) = self.events.try_recv() {
+            self.handle(event);
+        }
+        self.check_timers(Instant::now());
+        self.dispatch();
+        self.answer_start_waiters();
+        !self.finished()
     }
 
-    /// After a bug (a panic in this thread), stops for good without losing
-    /// anything: every job fails with `Error::Broken`, every worker is
-    /// killed and reaped, and later submissions fail the same way.
+    /// Stops for good without losing anything: every job fails with
+    /// `Error::Broken`, every worker is killed and reaped, and later
+    /// submissions fail the same way.
     fn break_down(&mut self, reason: String) {
         tracing::error!(reason, "executor broken");
+        self.shared.set_broken(reason.clone());
         let error = Error::Broken { reason };
         for job in self.queue.drain(..) {
             job.completion.fail(error.clone());
@@ -182,12 +192,13 @@ impl Manager {
                 job.completion.fail(error.clone());
             }
             worker.process.kill();
-            if let WorkerState::Starting { .. } = worker.state {
+            if worker.is_starting() {
                 worker.process.abort_handshake();
             }
             let _ = worker.process.child.wait();
         }
         self.broken = Some(error);
+        self.answer_start_waiters();
     }
 
     /// How long the loop may sleep without missing a timer.
@@ -195,6 +206,7 @@ impl Manager {
         let now = Instant::now();
         let mut next: Option<Instant> = self.spawn_backoff_until.filter(|_| !self.queue.is_empty());
         let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        let idle_timeout = self.config.get_idle_timeout();
         for worker in self.workers.values() {
             match worker.state {
                 WorkerState::Starting { deadline } => earliest(deadline.min(now + STARTING_POLL)),
@@ -206,6 +218,11 @@ impl Manager {
                 WorkerState::Ready(_) => {
                     if let Some(timeout) = worker.inflight.front().and_then(|job| job.timeout) {
                         earliest(worker.head_since + timeout);
+                    }
+                    if let Some(idle) = idle_timeout.filter(|_| worker.is_active()) {
+                        if worker.is_idle() {
+                            earliest(worker.idle_since + idle);
+                        }
                     }
                 }
             }
@@ -229,12 +246,54 @@ impl Manager {
                 let _ = reply.send(self.workers.values().map(|w| w.process.pid).collect());
             }
             Event::Cancel(job) => self.cancel_running(job),
+            Event::Resize(max_workers) => {
+                self.config = self.config.clone().max_workers(max_workers);
+                self.shrink();
+            }
+            Event::StartWorkers(reply) => {
+                self.start_waiters.push(reply);
+                self.fill_pool = true;
+                self.last_spawn_error = None;
+            }
+            Event::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            workers: self.workers.len(),
+            pending: self.queue.len(),
+            running: self.workers.values().map(|w| w.inflight.len()).sum(),
+            started: self.started,
+            exits: self.exits.clone(),
+            ..Stats::default()
+        }
+    }
+
+    /// Answers `start_workers` callers once no worker is starting.
+    fn answer_start_waiters(&mut self) {
+        if self.start_waiters.is_empty() || self.workers.values().any(Worker::is_starting) {
+            return;
+        }
+        let ready = self.workers.values().filter(|w| w.is_ready()).count();
+        let answer = match (&self.broken, &self.last_spawn_error) {
+            (Some(error), _) => Err(error.clone()),
+            (None, Some(error)) if ready < self.config.get_max_workers() => {
+                Err(Error::Spawn(error.clone()))
+            }
+            _ if self.shutdown.is_some() => Err(Error::ShutDown),
+            _ => Ok(()),
+        };
+        for waiter in self.start_waiters.drain(..) {
+            let _ = waiter.send(answer.clone());
         }
     }
 
     /// Kills the worker that runs `job`, whose future was just cancelled.
     /// If the job waits behind another in the worker's channel, the worker
-    /// is killed when it reaches it (see `advance`).
+    /// is killed when it reaches it (see `Worker::advance`).
     fn cancel_running(&mut self, job: u64) {
         let running = self
             .workers
@@ -242,6 +301,36 @@ impl Manager {
             .find(|w| w.inflight.front().is_some_and(|head| head.id == job));
         if let Some(worker) = running {
             worker.doom(None);
+        }
+    }
+
+    /// Retires workers beyond `max_workers`: idle or starting ones first,
+    /// then busy ones, which leave once they have finished their jobs.
+    fn shrink(&mut self) {
+        let max = self.config.get_max_workers();
+        let mut active: Vec<(u64, usize)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.is_active())
+            .map(|(&id, w)| {
+                let busy = if w.is_starting() {
+                    0
+                } else if w.is_idle() {
+                    1
+                } else {
+                    2
+                };
+                (id, busy)
+            })
+            .collect();
+        let surplus = active.len().saturating_sub(max);
+        // Least busy first; among equals, the newest first, so the oldest
+        // workers survive.
+        active.sort_by_key(|&(id, busy)| (busy, std::cmp::Reverse(id)));
+        for &(id, _) in active.iter().take(surplus) {
+            if let Some(worker) = self.workers.get_mut(&id) {
+                worker.retire(Retire::Shrink);
+            }
         }
     }
 
@@ -259,7 +348,7 @@ impl Manager {
             }
             let now = Instant::now();
             for worker in self.workers.values_mut() {
-                worker.retiring = true;
+                worker.retire(Retire::Shutdown);
                 let mut inflight = worker.inflight.drain(..);
                 let running = if worker.doomed { None } else { inflight.next() };
                 if let Some(job) = running {
@@ -272,10 +361,11 @@ impl Manager {
                         job.completion.fail(Error::ShutDown);
                     }
                 }
-                if let WorkerState::Starting { .. } = worker.state {
+                if worker.is_starting() {
                     // No user code runs yet: nothing to be gentle with.
                     worker.process.kill();
                     worker.process.abort_handshake();
+                    worker.told_to_exit = true;
                 } else {
                     worker.process.signal(signal);
                     if signal != libc::SIGKILL && worker.escalate_at.is_none() {
@@ -293,16 +383,36 @@ impl Manager {
         };
         match event {
             WorkerEvent::Ready(Ok(calls)) => {
-                if let WorkerState::Starting { .. } = worker.state {
+                if worker.is_starting() {
                     worker.state = WorkerState::Ready(calls);
+                    worker.idle_since = Instant::now();
                     self.spawn_backoff_until = None;
+                    self.initialize(id);
                 }
             }
             WorkerEvent::Ready(Err(error)) => {
                 let mut worker = self.workers.remove(&id).expect("present above");
                 worker.process.kill();
                 let _ = worker.process.child.wait();
+                self.exits.failed_to_start += 1;
                 self.spawn_failed(error);
+            }
+            WorkerEvent::Message(FromWorker::Done {
+                id: call_id,
+                outcome,
+            }) if worker.initializing == Some(call_id) => {
+                worker.initializing = None;
+                worker.idle_since = Instant::now();
+                let pid = worker.process.pid;
+                match outcome {
+                    Outcome::Returned(_) => self.init_failures = 0,
+                    Outcome::Failed(failure) => {
+                        worker.retire(Retire::InitFailed);
+                        let task = self.initializer_task();
+                        let error = Error::from_failure(task, Some(pid), failure);
+                        self.initializer_failed(error.to_string());
+                    }
+                }
             }
             WorkerEvent::Message(FromWorker::Done {
                 id: job_id,
@@ -316,6 +426,14 @@ impl Manager {
                     }
                 }
             }
+            WorkerEvent::Message(FromWorker::Retire(reason)) => {
+                tracing::info!(
+                    pid = worker.process.pid,
+                    ?reason,
+                    "worker over its memory limit: replacing it"
+                );
+                worker.retire(Retire::Memory);
+            }
             WorkerEvent::Closed => {
                 worker.state = WorkerState::Closed {
                     since: Instant::now(),
@@ -326,6 +444,61 @@ impl Manager {
                 let mut worker = self.workers.remove(&id).expect("present above");
                 self.reap(&mut worker);
             }
+        }
+    }
+
+    fn initializer_task(&self) -> &'static str {
+        self.config.get_initializer().map_or("", |init| init.task)
+    }
+
+    /// Sends the initializer, if there is one, to a worker that just
+    /// connected. It takes no job until it has run it.
+    fn initialize(&mut self, id: u64) {
+        let Some(init) = self.config.get_initializer() else {
+            return;
+        };
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let WorkerState::Ready(calls) = &worker.state else {
+            return;
+        };
+        let call_id = self.next_init_call;
+        self.next_init_call -= 1;
+        let args = init.args.clone().unwrap_or_default();
+        let call = ToWorker::Call(Call {
+            id: call_id,
+            task: init.task.to_owned(),
+            kind: CallKind::Single,
+            args: Payload::pack_args(args),
+        });
+        if calls.send(call).is_ok() {
+            worker.initializing = Some(call_id);
+        }
+    }
+
+    /// A worker failed its initializer: after too many in a row, the
+    /// executor is broken with that reason.
+    fn initializer_failed(&mut self, reason: String) {
+        self.exits.failed_to_start += 1;
+        self.init_failures += 1;
+        let max = self
+            .config
+            .get_initializer()
+            .map_or(usize::MAX, |init| init.max_failures);
+        tracing::error!(
+            failures = self.init_failures,
+            reason,
+            "worker initializer failed"
+        );
+        if self.init_failures >= max {
+            let task = self.initializer_task();
+            self.break_down(format!(
+                "the initializer `{task}` failed in {} workers in a row; last: {reason}",
+                self.init_failures
+            ));
+        } else {
+            self.spawn_backoff_until = Some(Instant::now() + SPAWN_BACKOFF);
         }
     }
 
@@ -343,6 +516,22 @@ impl Manager {
                 ExitReason::Code(-1)
             }
         };
+        match (worker.doomed, worker.retiring) {
+            (true, _) => self.exits.killed += 1,
+            (false, Some(Retire::Idle)) => self.exits.idle += 1,
+            (false, Some(Retire::MaxTasks)) => self.exits.max_tasks += 1,
+            (false, Some(Retire::Memory)) => self.exits.memory += 1,
+            (false, Some(Retire::Shrink | Retire::Shutdown)) => self.exits.retired += 1,
+            // Counted when its initializer failed.
+            (false, Some(Retire::InitFailed)) => {}
+            (false, None) => self.exits.crashed += 1,
+        }
+        if worker.initializing.is_some() {
+            let task = self.initializer_task();
+            self.initializer_failed(format!(
+                "worker {pid} running the initializer `{task}` {reason}"
+            ));
+        }
         let mut inflight = std::mem::take(&mut worker.inflight).into_iter();
         let running = if worker.doomed { None } else { inflight.next() };
         if let Some(running) = running {
@@ -351,7 +540,7 @@ impl Manager {
             running
                 .completion
                 .fail(Error::WorkerDied { task, pid, reason });
-        } else if !worker.retiring && !worker.doomed {
+        } else if worker.retiring.is_none() && !worker.doomed {
             tracing::warn!(pid, %reason, "idle worker died");
         }
         for job in inflight.rev() {
@@ -363,12 +552,12 @@ impl Manager {
     fn spawn_failed(&mut self, error: SpawnError) {
         tracing::error!(%error, "a worker failed to start");
         self.spawn_backoff_until = Some(Instant::now() + SPAWN_BACKOFF);
-        let any_alive = self.workers.values().any(|w| {
-            matches!(
-                w.state,
-                WorkerState::Starting { .. } | WorkerState::Ready(_)
-            )
-        });
+        self.last_spawn_error = Some(error.clone());
+        self.fill_pool = false;
+        let any_alive = self
+            .workers
+            .values()
+            .any(|w| w.is_starting() || w.is_ready());
         if !any_alive {
             // Nobody can run the queue: tell its futures why.
             for job in self.queue.drain(..) {
@@ -379,6 +568,7 @@ impl Manager {
 
     fn check_timers(&mut self, now: Instant) {
         let mut failed = Vec::new();
+        let idle_timeout = self.config.get_idle_timeout();
         for (&id, worker) in &mut self.workers {
             match &mut worker.state {
                 WorkerState::Starting { deadline } => {
@@ -420,6 +610,12 @@ impl Manager {
                         tracing::warn!(pid, task, ?timeout, "task timed out: killing its worker");
                         worker.doom(Some(Error::TimedOut { task, pid, timeout }));
                     }
+                    if let Some(idle) = idle_timeout {
+                        if worker.is_active() && worker.is_idle() && now >= worker.idle_since + idle
+                        {
+                            worker.retire(Retire::Idle);
+                        }
+                    }
                 }
             }
             if worker.escalate_at.is_some_and(|at| now >= at) {
@@ -435,18 +631,17 @@ impl Manager {
                     self.queue.push_front(job);
                 }
             }
+            self.exits.failed_to_start += 1;
             self.spawn_failed(error);
         }
     }
 
-    /// Sends queued jobs to workers with room, and starts workers as needed.
+    /// Sends queued jobs to workers with room, starts workers as needed,
+    /// and tells leaving workers to exit once they are done.
     fn dispatch(&mut self) {
         let capacity = 1 + self.config.get_prefetch();
-        let starting = self
-            .workers
-            .values()
-            .filter(|w| matches!(w.state, WorkerState::Starting { .. }))
-            .count();
+        let max_tasks = self.config.get_max_tasks_per_child();
+        let starting = self.workers.values().filter(|w| w.is_starting()).count();
         while !self.queue.is_empty() {
             // An idle worker first; a busy one's prefetch slots only for
             // jobs that the workers still starting will not take.
@@ -458,8 +653,7 @@ impl Manager {
             let target = self
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.retiring && !w.doomed && w.inflight.len() < limit)
-                .filter(|(_, w)| matches!(w.state, WorkerState::Ready(_)))
+                .filter(|(_, w)| w.can_take(limit, max_tasks))
                 .min_by_key(|(_, w)| w.inflight.len())
                 .map(|(&id, _)| id);
             let Some(target) = target else { break };
@@ -484,6 +678,10 @@ impl Manager {
                         worker.head_since = Instant::now();
                     }
                     worker.inflight.push_back(job);
+                    worker.sent += 1;
+                    if max_tasks.is_some_and(|max| worker.sent >= max) {
+                        worker.retire(Retire::MaxTasks);
+                    }
                 }
                 Err(error) => {
                     // Not delivered: the worker is gone. Its link thread
@@ -499,51 +697,60 @@ impl Manager {
             }
         }
         self.spawn_as_needed();
-        self.retire_if_done();
+        if self.shutdown.is_some() && self.queue.is_empty() {
+            for worker in self.workers.values_mut() {
+                worker.retire(Retire::Shutdown);
+            }
+        }
+        for worker in self.workers.values_mut() {
+            worker.tell_to_exit_if_drained();
+        }
+        // Starting workers that were killed will not report: reap them.
+        let killed: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.told_to_exit && w.is_starting())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in killed {
+            if let Some(mut worker) = self.workers.remove(&id) {
+                let _ = worker.process.child.wait();
+                self.exits.retired += 1;
+            }
+        }
     }
 
     /// Starts workers while queued jobs outnumber the workers that could
-    /// take them, up to `max_workers`.
+    /// take them (or all of them, after `start_workers`), up to
+    /// `max_workers`.
     fn spawn_as_needed(&mut self) {
-        if self.queue.is_empty()
-            || self.broken.is_some()
+        if self.broken.is_some()
             || self.spawn_backoff_until.is_some_and(|t| Instant::now() < t)
-            || self.shutdown.is_some_and(|request| request.kills())
+            || self.shutdown.is_some()
+                && (self.queue.is_empty() || self.shutdown.is_some_and(|r| r.kills()))
         {
             return;
         }
-        let alive = self
-            .workers
-            .values()
-            .filter(|w| !w.retiring && !w.doomed && !matches!(w.state, WorkerState::Closed { .. }))
-            .count();
-        let starting = self
-            .workers
-            .values()
-            .filter(|w| matches!(w.state, WorkerState::Starting { .. }))
-            .count();
-        let wanted = self.queue.len().saturating_sub(starting);
-        let room = self.config.get_max_workers().saturating_sub(alive);
+        let active = self.workers.values().filter(|w| w.is_active()).count();
+        let starting = self.workers.values().filter(|w| w.is_starting()).count();
+        let room = self.config.get_max_workers().saturating_sub(active);
+        let wanted = if self.fill_pool {
+            room
+        } else {
+            self.queue.len().saturating_sub(starting)
+        };
+        self.fill_pool = false;
         for _ in 0..wanted.min(room) {
             let id = self.next_worker;
             self.next_worker += 1;
             match process::spawn(&self.config, self.secret, id, self.events_tx.clone()) {
                 Ok(process) => {
                     let deadline = Instant::now() + self.config.get_handshake_timeout();
-                    self.workers.insert(
-                        id,
-                        Worker {
-                            process,
-                            state: WorkerState::Starting { deadline },
-                            inflight: VecDeque::new(),
-                            head_since: Instant::now(),
-                            retiring: false,
-                            doomed: false,
-                            escalate_at: None,
-                        },
-                    );
+                    self.workers.insert(id, Worker::new(process, deadline));
+                    self.started += 1;
                 }
                 Err(error) => {
+                    self.exits.failed_to_start += 1;
                     self.spawn_failed(error);
                     return;
                 }
@@ -551,75 +758,7 @@ impl Manager {
         }
     }
 
-    /// During a shutdown, once no job is left, asks idle workers to exit.
-    fn retire_if_done(&mut self) {
-        if self.shutdown.is_none() || !self.queue.is_empty() {
-            return;
-        }
-        for worker in self.workers.values_mut() {
-            if !worker.inflight.is_empty() {
-                continue;
-            }
-            match &worker.state {
-                WorkerState::Ready(calls) if !worker.retiring => {
-                    worker.retiring = true;
-                    // If the send fails the worker is gone already.
-                    let _ = calls.send(ToWorker::Shutdown);
-                }
-                WorkerState::Starting { .. } if !worker.retiring => {
-                    worker.retiring = true;
-                    worker.process.kill();
-                    worker.process.abort_handshake();
-                }
-                _ => {}
-            }
-        }
-        // Starting workers that were killed will not report: reap them.
-        let killed: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.retiring && matches!(w.state, WorkerState::Starting { .. }))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in killed {
-            if let Some(mut worker) = self.workers.remove(&id) {
-                let _ = worker.process.child.wait();
-            }
-        }
-    }
-
     fn finished(&self) -> bool {
         self.shutdown.is_some() && self.queue.is_empty() && self.workers.is_empty()
-    }
-}
-
-impl Worker {
-    /// The running job finished: the next one in `inflight` starts now. If
-    /// its future was cancelled meanwhile, the worker is killed at once.
-    fn advance(&mut self, now: Instant) {
-        self.head_since = now;
-        if self
-            .inflight
-            .front()
-            .is_some_and(|job| job.completion.cancelled())
-        {
-            self.doom(None);
-        }
-    }
-
-    /// Kills this worker because of its running job, which fails with
-    /// `error` (or was cancelled already). The jobs behind it never ran:
-    /// when the worker is reaped they go back to the queue.
-    fn doom(&mut self, error: Option<Error>) {
-        if self.doomed {
-            return;
-        }
-        if let Some(job) = self.inflight.pop_front() {
-            if let Some(error) = error {
-                job.completion.fail(error);
-            }
-        }
-        self.doomed = true;
-        self.process.kill();
     }
 }

@@ -15,7 +15,7 @@ use crate::error::SpawnError;
 use crate::manager::Event;
 use crossbeam_channel::Sender;
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
-use loky_worker::protocol::{Bootstrap, ENV_PARENT, ENV_SECRET, ENV_SERVER};
+use loky_worker::protocol::{Bootstrap, ENV_DEPTH, ENV_MEMORY, ENV_PARENT, ENV_SECRET, ENV_SERVER};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
@@ -83,6 +83,15 @@ pub(crate) fn spawn(
         .env(ENV_SERVER, &name)
         .env(ENV_SECRET, format!("{secret:x}"))
         .env(ENV_PARENT, std::process::id().to_string())
+        .env(ENV_DEPTH, (crate::depth::current() + 1).to_string())
+        .env(ENV_MEMORY, {
+            let memory = config.get_memory();
+            format!(
+                "{},{}",
+                memory.leak_threshold.unwrap_or(0),
+                memory.rss_cap.unwrap_or(0)
+            )
+        })
         .stdin(Stdio::null())
         // Its own process group, so that killing a worker kills whatever
         // it started too.
