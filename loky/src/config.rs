@@ -184,8 +184,8 @@ impl Config {
         &self.env
     }
 
-    /// The idle timeout in effect; `reusable` for the reusable executor.
-    pub(crate) fn get_idle_timeout(&self) -> Option<Duration> {
+    /// How long an idle worker is kept, if not forever.
+    pub fn get_idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout.flatten()
     }
 

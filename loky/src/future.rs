@@ -319,11 +319,22 @@ impl<R> State<R> {
     /// Finishes the future with `outcome`, unless it is done already.
     /// Returns whether this call finished it.
     pub(crate) fn finish(&self, outcome: Result<R, Error>) -> bool {
+        self.finish_counted(outcome, |_| {})
+    }
+
+    /// Like `finish`; `count` learns whether it succeeded before anyone
+    /// waiting on the future does.
+    pub(crate) fn finish_counted(
+        &self,
+        outcome: Result<R, Error>,
+        count: impl FnOnce(bool),
+    ) -> bool {
         let mut inner = self.lock();
         if matches!(inner.phase, Phase::Finished | Phase::Cancelled) {
             return false;
         }
         inner.phase = Phase::Finished;
+        count(outcome.is_ok());
         self.complete(inner, outcome);
         true
     }

@@ -56,10 +56,8 @@ pub(crate) struct Typed<R> {
 
 impl<R> Typed<R> {
     fn finish(&self, result: Result<R, Error>) {
-        let ok = result.is_ok();
-        if self.state.finish(result) {
-            self.shared.count(ok);
-        }
+        self.state
+            .finish_counted(result, |ok| self.shared.count(ok));
     }
 }
 

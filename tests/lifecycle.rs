@@ -1,0 +1,404 @@
+//! A worker's life: started ahead of time or on demand, initialized,
+//! retired when idle, after N tasks or when it leaks memory, nested
+//! executors, per-worker environment, and the stats that report it all.
+//! After Python loky's `test_worker_timeout`, `test_memory_leak_protection`
+//! and CPython's `max_tasks_per_child` and initializer tests.
+
+mod common;
+
+use common::{BOUND, eventually, executor, wait_gone};
+use loky::{Config, Error, Executor};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[loky::task]
+fn worker_pid() -> u32 {
+    std::process::id()
+}
+
+#[loky::task]
+fn sleep_then_pid(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[loky::task]
+fn echo(x: u64) -> u64 {
+    x
+}
+
+static INITIALIZED: AtomicU64 = AtomicU64::new(0);
+
+#[loky::task]
+fn set_initialized(value: u64) {
+    INITIALIZED.store(value, Ordering::SeqCst);
+}
+
+#[loky::task]
+fn read_initialized() -> (u32, u64) {
+    (std::process::id(), INITIALIZED.load(Ordering::SeqCst))
+}
+
+#[loky::task]
+fn failing_initializer(message: String) {
+    panic!("{message}");
+}
+
+#[loky::task]
+fn exiting_initializer() {
+    std::process::exit(9);
+}
+
+/// Leaks `mb` megabytes, touched so that they count as resident.
+#[loky::task]
+fn leak_mb(mb: usize, sleep_ms: u64) -> u32 {
+    let leaked: &'static mut [u8] = Box::leak(vec![1u8; mb << 20].into_boxed_slice());
+    std::hint::black_box(leaked);
+    std::thread::sleep(Duration::from_millis(sleep_ms));
+    std::process::id()
+}
+
+#[loky::task]
+fn read_env(key: String) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// Builds an executor inside this worker and recurses: the depths reached.
+#[loky::task]
+fn nest(levels: u32) -> Result<Vec<String>, String> {
+    let depth = std::env::var("LOKY_DEPTH").unwrap_or_default();
+    if levels == 0 {
+        return Ok(vec![depth]);
+    }
+    let executor = Executor::new(Config::new().max_workers(1)).map_err(|e| e.to_string())?;
+    let inner = executor
+        .submit(crate::nest, levels - 1)
+        .map_err(|e| e.to_string())?
+        .result_timeout(BOUND)
+        .map_err(|e| e.to_string())??;
+    Ok(std::iter::once(depth).chain(inner).collect())
+}
+
+#[test]
+fn an_idle_worker_exits_after_its_timeout_and_workers_come_back() {
+    let executor = Executor::new(
+        Config::new()
+            .max_workers(2)
+            .idle_timeout(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let pid = executor
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND);
+    let pid = pid.unwrap();
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "the idle worker stayed"
+    );
+    assert!(executor.worker_pids().is_empty());
+    assert_eq!(executor.stats().exits.idle, 1);
+    assert_eq!(executor.stats().exits.crashed, 0);
+    let again = executor
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_ne!(again.unwrap(), pid);
+}
+
+#[test]
+fn a_plain_executor_keeps_idle_workers_by_default() {
+    assert_eq!(Config::default().get_idle_timeout(), None);
+    let executor = executor(1);
+    let pid = executor
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(executor.worker_pids(), vec![pid.unwrap()]);
+}
+
+#[test]
+fn idle_timeouts_from_1_to_100_ms_under_load_lose_nothing() {
+    for timeout_ms in [1, 5, 10, 50, 100] {
+        let executor = Executor::new(
+            Config::new()
+                .max_workers(2)
+                .idle_timeout(Duration::from_millis(timeout_ms)),
+        )
+        .unwrap();
+        for round in 0..6u64 {
+            let futures: Vec<_> = (0..40u64)
+                .map(|i| executor.submit(echo, round * 100 + i).unwrap())
+                .collect();
+            for (i, future) in futures.into_iter().enumerate() {
+                assert_eq!(
+                    future.result_timeout(BOUND).unwrap(),
+                    round * 100 + i as u64,
+                    "idle timeout {timeout_ms} ms"
+                );
+            }
+            // Sleep around the timeout, so that workers are retiring just
+            // as the next round arrives.
+            std::thread::sleep(Duration::from_millis(timeout_ms * (round % 3) / 2));
+        }
+        let stats = executor.stats();
+        assert_eq!(stats.done, 240, "{stats:?}");
+        assert_eq!(stats.exits.crashed, 0, "{stats:?}");
+    }
+}
+
+#[test]
+fn start_workers_starts_them_all_ahead_of_time() {
+    let executor = executor(3);
+    assert!(executor.worker_pids().is_empty(), "workers start on demand");
+    let started = Instant::now();
+    executor.start_workers().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(executor.worker_pids().len(), 3);
+    assert_eq!(executor.stats().started, 3);
+    let pids: BTreeSet<u32> = executor.worker_pids().into_iter().collect();
+    let ran_on = executor
+        .submit(worker_pid, ())
+        .unwrap()
+        .result_timeout(BOUND);
+    assert!(
+        pids.contains(&ran_on.unwrap()),
+        "a task used a started worker"
+    );
+}
+
+#[test]
+fn start_workers_reports_workers_that_cannot_start() {
+    let executor = Executor::new(
+        Config::new()
+            .max_workers(2)
+            .env("LOKY_WORKER_FAULT", "exit:3"),
+    )
+    .unwrap();
+    let result = executor.start_workers();
+    assert!(
+        matches!(
+            result,
+            Err(Error::Spawn(loky::SpawnError::ExitedEarly {
+                reason: loky::ExitReason::Code(3),
+                ..
+            }))
+        ),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn the_initializer_runs_once_in_every_worker_before_its_tasks() {
+    let config = Config::new()
+        .max_workers(2)
+        .initializer(set_initialized, 42);
+    let executor = Executor::new(config).unwrap();
+    executor.start_workers().unwrap();
+    let mut seen = BTreeSet::new();
+    let futures: Vec<_> = (0..20)
+        .map(|_| executor.submit(read_initialized, ()).unwrap())
+        .collect();
+    for future in futures {
+        let (pid, value) = future.result_timeout(BOUND).unwrap();
+        assert_eq!(value, 42, "worker {pid} ran a task before its initializer");
+        seen.insert(pid);
+    }
+    assert!(!seen.is_empty());
+    assert_eq!(executor.stats().exits.failed_to_start, 0);
+}
+
+#[test]
+fn a_panicking_initializer_breaks_the_executor_after_three_tries() {
+    let config = Config::new()
+        .max_workers(1)
+        .initializer(failing_initializer, "no database".to_owned());
+    let executor = Executor::new(config).unwrap();
+    let result = executor.submit(echo, 1).unwrap().result_timeout(BOUND);
+    let Err(Error::Broken { reason }) = result else {
+        panic!("expected Broken, got {result:?}");
+    };
+    assert!(
+        reason.contains("lifecycle::failing_initializer"),
+        "{reason}"
+    );
+    assert!(reason.contains("3 workers in a row"), "{reason}");
+    assert!(
+        reason.contains("panicked") && reason.contains("no database"),
+        "{reason}"
+    );
+    assert_eq!(executor.broken(), Some(reason));
+    assert_eq!(
+        executor.stats().started,
+        3,
+        "bounded: no endless respawning"
+    );
+    // Later tasks fail the same way, at once.
+    let later = executor.submit(echo, 2).unwrap().result_timeout(BOUND);
+    assert!(matches!(later, Err(Error::Broken { .. })));
+    assert!(eventually(BOUND, || executor.worker_pids().is_empty()));
+}
+
+#[test]
+fn an_initializer_that_kills_its_worker_is_reported_with_the_exit_code() {
+    let config = Config::new()
+        .max_workers(1)
+        .initializer(exiting_initializer, ());
+    let executor = Executor::new(config).unwrap();
+    let result = executor.submit(echo, 1).unwrap().result_timeout(BOUND);
+    let Err(Error::Broken { reason }) = result else {
+        panic!("expected Broken, got {result:?}");
+    };
+    assert!(reason.contains("exited with code 9"), "{reason}");
+}
+
+#[test]
+fn max_tasks_per_child_replaces_workers_and_loses_nothing() {
+    let executor = Executor::new(Config::new().max_workers(1).max_tasks_per_child(3)).unwrap();
+    let pids: Vec<u32> = (0..10)
+        .map(|_| executor.submit(worker_pid, ()).unwrap())
+        .map(|f| f.result_timeout(BOUND).unwrap())
+        .collect();
+    for chunk in pids.chunks(3) {
+        assert!(chunk.iter().all(|&p| p == chunk[0]), "{pids:?}");
+    }
+    let distinct: BTreeSet<u32> = pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 4, "{pids:?}");
+    assert!(eventually(BOUND, || executor.stats().exits.max_tasks >= 3));
+
+    // Many at once on two workers with prefetch: no deadlock, no loss.
+    let executor = Executor::new(
+        Config::new()
+            .max_workers(2)
+            .prefetch(3)
+            .max_tasks_per_child(5),
+    )
+    .unwrap();
+    let futures: Vec<_> = (0..200u64)
+        .map(|i| executor.submit(echo, i).unwrap())
+        .collect();
+    for (i, future) in futures.into_iter().enumerate() {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), i as u64);
+    }
+    assert!(executor.stats().started >= 40);
+}
+
+#[test]
+fn a_leaking_worker_is_replaced_and_every_result_is_right() {
+    let config = Config::new()
+        .max_workers(1)
+        .memory_leak_threshold(Some(20 << 20));
+    let executor = Executor::new(config).unwrap();
+    let futures: Vec<_> = (0..60)
+        .map(|_| executor.submit(leak_mb, (3, 40)).unwrap())
+        .collect();
+    let pids: Vec<u32> = futures
+        .into_iter()
+        .map(|f| f.result_timeout(BOUND).unwrap())
+        .collect();
+    let distinct: BTreeSet<u32> = pids.iter().copied().collect();
+    assert!(distinct.len() >= 2, "the leaking worker was never replaced");
+    let stats = executor.stats();
+    assert!(stats.exits.memory >= 1, "{stats:?}");
+    assert_eq!(stats.exits.crashed, 0, "{stats:?}");
+    assert_eq!(stats.done, 60);
+}
+
+#[test]
+fn the_memory_cap_is_absolute() {
+    // Every worker is over a 1-byte cap: each is replaced at its first
+    // check, a second after its first task.
+    let executor = Executor::new(Config::new().max_workers(1).max_rss(1)).unwrap();
+    let pids: Vec<u32> = (0..8)
+        .map(|_| executor.submit(sleep_then_pid, 300).unwrap())
+        .map(|f| f.result_timeout(BOUND).unwrap())
+        .collect();
+    let distinct: BTreeSet<u32> = pids.iter().copied().collect();
+    assert!(distinct.len() >= 2, "{pids:?}");
+    assert!(executor.stats().exits.memory >= 1);
+}
+
+#[test]
+fn no_leak_check_without_a_threshold() {
+    let config = Config::new().max_workers(1).memory_leak_threshold(None);
+    let executor = Executor::new(config).unwrap();
+    let pids: BTreeSet<u32> = (0..25)
+        .map(|_| executor.submit(leak_mb, (3, 50)).unwrap())
+        .map(|f| f.result_timeout(BOUND).unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1);
+}
+
+#[test]
+fn workers_get_the_configured_environment_and_their_depth() {
+    let executor = Executor::new(
+        Config::new()
+            .max_workers(1)
+            .env("LOKY_TEST_GREETING", "hello"),
+    )
+    .unwrap();
+    let greeting = executor
+        .submit(read_env, "LOKY_TEST_GREETING".to_owned())
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(greeting.unwrap().as_deref(), Some("hello"));
+    let depth = executor
+        .submit(read_env, "LOKY_DEPTH".to_owned())
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(depth.unwrap().as_deref(), Some("1"));
+}
+
+#[test]
+fn tasks_may_nest_executors_down_to_the_depth_limit() {
+    let executor = executor(1);
+    let depths = executor.submit(nest, 2).unwrap().result_timeout(BOUND);
+    assert_eq!(depths.unwrap().unwrap(), ["1", "2", "3"]);
+
+    let limited = Executor::new(Config::new().max_workers(1).env("LOKY_MAX_DEPTH", "2")).unwrap();
+    let too_deep = limited.submit(nest, 5).unwrap().result_timeout(BOUND);
+    let message = too_deep.unwrap().unwrap_err();
+    assert!(
+        message.contains("nested too deep") && message.contains("depth 2"),
+        "{message}"
+    );
+}
+
+#[test]
+fn stats_count_tasks_and_workers() {
+    let executor = executor(2);
+    for i in 0..5 {
+        executor
+            .submit(echo, i)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap();
+    }
+    let failed = executor
+        .submit_timeout(sleep_then_pid, 10_000, Duration::from_millis(50))
+        .unwrap()
+        .result_timeout(BOUND);
+    assert!(matches!(failed, Err(Error::TimedOut { .. })));
+    // The killed worker is reaped a moment later.
+    assert!(eventually(BOUND, || executor.stats().exits.killed == 1));
+    let stats = executor.stats();
+    assert_eq!((stats.done, stats.failed), (5, 1), "{stats:?}");
+    assert_eq!((stats.pending, stats.running), (0, 0), "{stats:?}");
+    // The killed worker is replaced on demand.
+    assert_eq!(stats.workers, stats.started as usize - 1, "{stats:?}");
+    executor
+        .submit(echo, 9)
+        .unwrap()
+        .result_timeout(BOUND)
+        .unwrap();
+    let after = executor.stats();
+    assert_eq!(
+        after.started,
+        stats.started + u64::from(stats.workers == 0),
+        "{after:?}"
+    );
+    assert!(after.workers >= 1 && after.workers <= 2, "{after:?}");
+    assert_eq!(after.done, 6);
+}
