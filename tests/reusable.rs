@@ -6,7 +6,7 @@
 mod common;
 
 use common::{BOUND, eventually};
-use loky::{Config, Error, Reuse, Task, get_reusable_executor, get_reusable_executor_with};
+use loky::{Config, Error, Reuse, get_reusable_executor, get_reusable_executor_with};
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
