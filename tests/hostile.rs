@@ -53,6 +53,7 @@ fn main() {
         Ok("parent") => parent_role(),
         Ok("fds") => fd_role(),
         Ok("nproc") => nproc_role(),
+        Ok("env") => env_role(),
         Ok(other) => panic!("unknown role {other}"),
         Err(_) => run_all(),
     }
@@ -61,18 +62,23 @@ fn main() {
 type Scenario = fn() -> Result<(), String>;
 
 fn run_all() {
-    let scenarios: [(&str, Scenario); 3] = [
+    let scenarios: [(&str, Scenario); 4] = [
         (
             "workers_and_their_children_die_with_a_killed_parent",
             parent_death,
         ),
         (
             "running_out_of_file_descriptors_is_an_error_not_a_hang",
-            || run_role("fds"),
+            fds_scenario,
         ),
-        ("running_out_of_processes_is_an_error_not_a_hang", || {
-            run_role("nproc")
-        }),
+        (
+            "running_out_of_processes_is_an_error_not_a_hang",
+            nproc_scenario,
+        ),
+        (
+            "environment_overrides_of_cpu_count_and_leak_threshold",
+            env_overrides,
+        ),
     ];
     let mut failed = 0;
     for (name, scenario) in scenarios {
@@ -117,7 +123,27 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Result<ExitStatus, String
 }
 
 fn run_role(role: &str) -> Result<(), String> {
-    let mut child = helper(role).spawn().map_err(|e| e.to_string())?;
+    run_helper(role, helper(role))
+}
+
+fn fds_scenario() -> Result<(), String> {
+    run_role("fds")
+}
+
+fn nproc_scenario() -> Result<(), String> {
+    run_role("nproc")
+}
+
+fn env_overrides() -> Result<(), String> {
+    let mut command = helper("env");
+    command
+        .env("LOKY_MAX_CPU_COUNT", "1")
+        .env("LOKY_MAX_MEMORY_LEAK", "20000000");
+    run_helper("env", command)
+}
+
+fn run_helper(role: &str, mut command: Command) -> Result<(), String> {
+    let mut child = command.spawn().map_err(|e| e.to_string())?;
     let status = wait_bounded(&mut child, BOUND)?;
     if status.success() {
         Ok(())
@@ -321,4 +347,29 @@ fn nproc_role() {
         executor.shutdown(loky::Shutdown::default());
     }
     assert!(refused > 0, "no limit was tight enough to refuse a worker");
+}
+
+/// Leaks `mb` megabytes, touched so that they count as resident.
+#[loky::task]
+fn leak_mb(mb: usize) -> u32 {
+    let leaked: &'static mut [u8] = Box::leak(vec![1u8; mb << 20].into_boxed_slice());
+    std::hint::black_box(leaked);
+    std::thread::sleep(Duration::from_millis(40));
+    std::process::id()
+}
+
+/// Runs with LOKY_MAX_CPU_COUNT=1 and LOKY_MAX_MEMORY_LEAK=20000000.
+fn env_role() {
+    assert_eq!(loky::cpu_count(), 1);
+    assert_eq!(loky::physical_cpu_count(), 1);
+    assert_eq!(loky::Config::default().get_max_workers(), 1);
+    // The default configuration's 300 MB threshold is overridden: a worker
+    // leaking 3 MB per task is replaced well before 300 MB.
+    let executor = loky::Executor::new(loky::Config::default()).unwrap();
+    let pids: std::collections::BTreeSet<u32> = (0..60)
+        .map(|_| executor.submit(leak_mb, 3).unwrap())
+        .map(|f| f.result_timeout(BOUND).unwrap())
+        .collect();
+    assert!(pids.len() >= 2, "never replaced: {pids:?}");
+    assert!(executor.stats().exits.memory >= 1);
 }

@@ -51,7 +51,7 @@ mod task;
 mod wait;
 
 pub use config::{Config, DEFAULT_LEAK_THRESHOLD, ENV_LEAK_THRESHOLD, REUSABLE_IDLE_TIMEOUT};
-pub use cpu::cpu_count;
+pub use cpu::{ENV_MAX_CPU_COUNT, cpu_count, physical_cpu_count};
 pub use depth::{DEFAULT_MAX_DEPTH, ENV_MAX_DEPTH};
 pub use error::{Error, ExitReason, SpawnError, SubmitError};
 pub use executor::{Executor, Shutdown};
