@@ -16,6 +16,8 @@
 //!   | <------ Bootstrap::Hello{version, ...}  | (carries both channels)
 //!   | ToWorker::Call ------------------------> |
 //!   | <------------------- FromWorker::Done   |
+//!   | <------- FromWorker::Retire (optional)  | over its memory limit:
+//!   |                                         | keeps serving until...
 //!   | ToWorker::Shutdown --------------------> | exits with code 0
 //! ```
 //!
