@@ -206,9 +206,10 @@ fn a_cancelled_task_waiting_in_a_worker_never_gets_to_run_long() {
         .result_timeout(BOUND);
     let pid = pid.unwrap();
     let first = executor.submit(sleep_ms, 300).unwrap();
-    // Sent to the same worker's channel behind `first`.
+    // Sent to the same worker's channel behind `first`: not running yet.
     let second = executor.submit(sleep_ms, 20_000).unwrap();
-    assert!(eventually(BOUND, || second.running()));
+    assert!(eventually(BOUND, || executor.stats().running == 2));
+    assert!(first.running() && !second.running());
     assert!(second.cancel());
     assert_eq!(first.result_timeout(BOUND).unwrap(), 300);
     // When the worker reaches the cancelled task it is killed.
@@ -343,7 +344,7 @@ fn terminate_workers_kills_a_worker_that_ignores_sigterm() {
 
 #[test]
 fn kill_workers_stops_everything_at_once() {
-    // Without prefetch, a running future is really running.
+    // Without prefetch, each task gets a worker of its own.
     let executor = loky::Executor::new(loky::Config::new().max_workers(2).prefetch(0)).unwrap();
     let running: Vec<_> = (0..2)
         .map(|_| executor.submit(sleep_ms, 20_000).unwrap())

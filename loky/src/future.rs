@@ -1,8 +1,10 @@
 //! The future of one task: its state machine, its result, its callbacks.
 //!
-//! States: `Pending` (queued in the parent) -> `Running` (sent to a worker)
-//! -> `Finished`; or `Pending` -> `Cancelled`. A `Running` future whose
-//! worker died before starting it goes back to `Pending`.
+//! States: `Pending` (queued in the parent, or waiting in a worker's
+//! channel) -> `Running` (its worker has started it, as far as the parent
+//! knows) -> `Finished`; or `Pending`/`Running` -> `Cancelled`. A future
+//! whose worker was killed before it could finish its predecessor goes back
+//! to `Pending`.
 //!
 //! Architecture Invariant: a future finishes exactly once; every callback
 //! runs exactly once, after the outcome is known and outside any lock.
@@ -111,7 +113,8 @@ impl<R> Future<R> {
         matches!(self.state.lock().phase, Phase::Finished | Phase::Cancelled)
     }
 
-    /// Whether the task was sent to a worker and has not finished yet.
+    /// Whether a worker is running the task: it was sent to the worker and
+    /// the tasks before it there have finished.
     pub fn running(&self) -> bool {
         self.state.lock().phase == Phase::Running
     }

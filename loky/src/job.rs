@@ -29,7 +29,7 @@ impl Job {
 /// What the manager may do to a job's future, whatever its result type.
 pub(crate) trait Completion: Send + Sync {
     fn task(&self) -> &'static str;
-    /// Pending -> Running; false if cancelled: then the job must not run.
+    /// Pending -> Running, when its worker starts it; false if cancelled.
     fn set_running(&self) -> bool;
     /// Running -> Pending, for a job its worker never started.
     fn set_pending(&self);

@@ -658,8 +658,8 @@ impl Manager {
                 .map(|(&id, _)| id);
             let Some(target) = target else { break };
             let job = self.queue.pop_front().expect("not empty");
-            if !job.completion.set_running() {
-                // Cancelled while queued.
+            if job.completion.cancelled() {
+                // Cancelled while queued: its future is settled.
                 continue;
             }
             let worker = self.workers.get_mut(&target).expect("picked above");
@@ -674,10 +674,12 @@ impl Manager {
             });
             match calls.send(call) {
                 Ok(()) => {
-                    if worker.inflight.is_empty() {
-                        worker.head_since = Instant::now();
-                    }
                     worker.inflight.push_back(job);
+                    if worker.inflight.len() == 1 {
+                        // It runs now; jobs behind it stay pending until
+                        // the worker reaches them.
+                        worker.start_head(Instant::now());
+                    }
                     worker.sent += 1;
                     if max_tasks.is_some_and(|max| worker.sent >= max) {
                         worker.retire(Retire::MaxTasks);

@@ -130,17 +130,24 @@ impl Worker {
         }
     }
 
-    /// The running job finished: the next one in `inflight` starts now. If
-    /// its future was cancelled meanwhile, the worker is killed at once.
+    /// The running job finished: the next one in `inflight` starts now.
     pub(super) fn advance(&mut self, now: Instant) {
-        self.head_since = now;
         if self.inflight.is_empty() {
             self.idle_since = now;
+        } else {
+            self.start_head(now);
         }
+    }
+
+    /// The first job in `inflight` starts running: its future says so. If
+    /// it was cancelled while it waited in the worker's channel, the worker
+    /// is killed at once, since it cannot skip it.
+    pub(super) fn start_head(&mut self, now: Instant) {
+        self.head_since = now;
         if self
             .inflight
             .front()
-            .is_some_and(|job| job.completion.cancelled())
+            .is_some_and(|job| !job.completion.set_running())
         {
             self.doom(None);
         }
