@@ -402,3 +402,22 @@ fn stats_count_tasks_and_workers() {
     assert!(after.workers >= 1 && after.workers <= 2, "{after:?}");
     assert_eq!(after.done, 6);
 }
+
+#[test]
+fn asking_the_executor_from_a_done_callback_does_not_deadlock() {
+    let executor = executor(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let inner = executor.clone();
+    // Long enough that the callback is registered first and so runs on
+    // the manager thread.
+    let future = executor.submit(sleep_then_pid, 200).unwrap();
+    future.add_done_callback(move |_| {
+        let answers = (inner.worker_pids(), inner.stats().done, inner.start_workers());
+        let _ = tx.send(answers);
+    });
+    let (pids, done, started) = rx.recv_timeout(BOUND).expect("the callback returned");
+    assert!(pids.is_empty(), "cannot be asked from the manager thread");
+    assert_eq!(done, 1, "counters need no answer from the manager");
+    assert!(started.is_ok());
+    assert!(future.result_timeout(BOUND).is_ok());
+}

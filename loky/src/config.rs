@@ -226,11 +226,7 @@ impl Config {
 
     /// Checks the configuration, as the executor does when it is built.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        if self.max_workers == 0 {
-            return Err(Error::Config(
-                "max_workers must be at least 1 (it is 0)".to_owned(),
-            ));
-        }
+        check_max_workers(self.max_workers)?;
         if self.handshake_timeout.is_zero() {
             return Err(Error::Config(
                 "handshake_timeout must be longer than zero".to_owned(),
@@ -246,4 +242,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Refuses a pool of no workers.
+pub(crate) fn check_max_workers(max_workers: usize) -> Result<(), Error> {
+    if max_workers == 0 {
+        return Err(Error::Config(
+            "max_workers must be at least 1 (it is 0)".to_owned(),
+        ));
+    }
+    Ok(())
 }

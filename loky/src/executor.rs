@@ -14,7 +14,7 @@ use crossbeam_channel::Sender;
 use loky_worker::protocol::{CallKind, Payload};
 use loky_worker::registry;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -159,19 +159,8 @@ impl Executor {
     /// idle (idle ones at once), and the survivors keep their pids. No
     /// task is lost either way.
     pub fn resize(&self, max_workers: usize) -> Result<(), Error> {
-        if max_workers == 0 {
-            return Err(Error::Config(
-                "max_workers must be at least 1 (it is 0)".to_owned(),
-            ));
-        }
-        let gate = self
-            .inner
-            .gate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !gate.open {
-            return Err(Error::ShutDown);
-        }
+        crate::config::check_max_workers(max_workers)?;
+        let gate = self.inner.open_gate()?;
         self.inner.max_workers.store(max_workers, Ordering::Relaxed);
         let _ = gate.events.send(Event::Resize(max_workers));
         Ok(())
@@ -182,28 +171,18 @@ impl Executor {
     ///
     /// From a done-callback it starts them without waiting.
     pub fn start_workers(&self) -> Result<(), Error> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.inner
-            .send(Event::StartWorkers(tx))
-            .map_err(|()| Error::ShutDown)?;
-        if std::thread::current().id() == self.inner.manager_thread {
-            return Ok(());
-        }
-        rx.recv().unwrap_or(Err(Error::ShutDown))
+        self.inner.ask(Event::StartWorkers)?.unwrap_or(Ok(()))
     }
 
     /// What the executor has done so far, and its workers now.
     pub fn stats(&self) -> Stats {
-        let (tx, rx) = crossbeam_channel::bounded(1);
         let (done, failed) = self.inner.shared.counts();
-        let from_manager = if std::thread::current().id() == self.inner.manager_thread {
-            None
-        } else if self.inner.send(Event::Stats(tx)).is_ok() {
-            rx.recv().ok()
-        } else {
-            None
-        };
-        let mut stats = from_manager.unwrap_or_default();
+        let mut stats = self
+            .inner
+            .ask(Event::Stats)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         stats.done = done;
         stats.failed = failed;
         stats
@@ -329,12 +308,14 @@ impl Executor {
     }
 
     /// The process ids of the workers alive now (including starting ones).
+    /// From a done-callback, which runs on the manager thread, it cannot
+    /// wait for the answer and returns an empty list.
     pub fn worker_pids(&self) -> Vec<u32> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.inner.send(Event::Pids(tx)).is_err() {
-            return Vec::new();
-        }
-        rx.recv().unwrap_or_default()
+        self.inner
+            .ask(Event::Pids)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     /// Drops this handle; if it was the last one, the executor finishes
@@ -353,14 +334,7 @@ impl Executor {
         decode: Decode<R>,
     ) -> Result<Future<R>, Error> {
         let args = encoded.map(Payload::pack_args);
-        let gate = self
-            .inner
-            .gate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !gate.open {
-            return Err(Error::ShutDown);
-        }
+        let gate = self.inner.open_gate()?;
         let args = match args {
             Ok(args) => args,
             Err(error) => return Ok(Future::failed(task, error)),
@@ -398,6 +372,29 @@ impl Inner {
     fn send(&self, event: Event) -> Result<(), ()> {
         let gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
         gate.events.send(event).map_err(|_| ())
+    }
+
+    /// The gate, locked, if submissions are still accepted.
+    fn open_gate(&self) -> Result<MutexGuard<'_, Gate>, Error> {
+        let gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        if gate.open {
+            Ok(gate)
+        } else {
+            Err(Error::ShutDown)
+        }
+    }
+
+    /// Sends the manager a request and waits for its answer. From the
+    /// manager thread itself (a done-callback) the request is sent but not
+    /// waited for, which would deadlock: `Ok(None)`. `Err` if the manager
+    /// is gone.
+    fn ask<T>(&self, request: impl FnOnce(Sender<T>) -> Event) -> Result<Option<T>, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(request(tx)).map_err(|()| Error::ShutDown)?;
+        if std::thread::current().id() == self.manager_thread {
+            return Ok(None);
+        }
+        rx.recv().map(Some).map_err(|_| Error::ShutDown)
     }
 
     fn shutdown(&self, how: Shutdown) {

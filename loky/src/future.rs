@@ -121,7 +121,7 @@ impl<R> Future<R> {
 
     /// Whether the task was cancelled.
     pub fn cancelled(&self) -> bool {
-        self.state.lock().phase == Phase::Cancelled
+        self.state.is_cancelled()
     }
 
     /// Whether the task finished with an error (including cancellation).

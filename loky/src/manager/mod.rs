@@ -728,8 +728,9 @@ impl Manager {
     fn spawn_as_needed(&mut self) {
         if self.broken.is_some()
             || self.spawn_backoff_until.is_some_and(|t| Instant::now() < t)
-            || self.shutdown.is_some()
-                && (self.queue.is_empty() || self.shutdown.is_some_and(|r| r.kills()))
+            || self
+                .shutdown
+                .is_some_and(|request| request.kills() || self.queue.is_empty())
         {
             return;
         }
