@@ -262,6 +262,32 @@ fn check_short_outcome(what: &str, result: Result<u64, loky::Error>) -> bool {
     }
 }
 
+/// Submits a task to a fresh executor while `resource` is limited to
+/// `limit()` (computed once the executor exists), then restores `restore`
+/// and checks that the same executor heals. Returns whether the limited
+/// submission was refused.
+fn run_short_of(
+    resource: libc::__rlimit_resource_t,
+    limit: impl FnOnce() -> u64,
+    restore: u64,
+    what: &str,
+) -> bool {
+    let executor = loky::Executor::new(loky::Config::new().max_workers(1))
+        .unwrap_or_else(|error| panic!("could not build an executor: {error}"));
+    set_limit(resource, limit());
+    let result = executor
+        .submit(add, (2, 3))
+        .map_err(loky::Error::from)
+        .and_then(|future| future.result_timeout(Duration::from_secs(20)));
+    set_limit(resource, restore);
+    let refused = check_short_outcome(what, result);
+    // With the resource back, the same executor heals.
+    let again = executor.submit(add, (2, 3)).unwrap();
+    assert_eq!(again.result_timeout(Duration::from_secs(20)).unwrap(), 5);
+    executor.shutdown(loky::Shutdown::default());
+    refused
+}
+
 fn fd_role() {
     let mut original = libc::rlimit {
         rlim_cur: 0,
@@ -272,21 +298,12 @@ fn fd_role() {
     let baseline = open_fds();
     let mut refused = 0;
     for slack in 0..12 {
-        let executor = loky::Executor::new(loky::Config::new().max_workers(1)).unwrap();
-        set_limit(libc::RLIMIT_NOFILE, open_fds() + slack);
-        let result = executor
-            .submit(add, (2, 3))
-            .map_err(loky::Error::from)
-            .and_then(|future| future.result_timeout(Duration::from_secs(20)));
-        set_limit(libc::RLIMIT_NOFILE, original.rlim_cur);
-        refused += usize::from(check_short_outcome(
+        refused += usize::from(run_short_of(
+            libc::RLIMIT_NOFILE,
+            || open_fds() + slack,
+            original.rlim_cur,
             &format!("{slack} spare descriptors"),
-            result,
         ));
-        // With descriptors back, the same executor heals.
-        let again = executor.submit(add, (2, 3)).unwrap();
-        assert_eq!(again.result_timeout(Duration::from_secs(20)).unwrap(), 5);
-        executor.shutdown(loky::Shutdown::default());
     }
     assert!(refused > 0, "no limit was tight enough to refuse a worker");
     let leaked = open_fds().saturating_sub(baseline);
@@ -328,23 +345,12 @@ fn nproc_role() {
     // How the kernel counts this user's processes is its own business:
     // sweep absolute limits from none at all to a few above our threads.
     for limit in 0..threads_of(uid) + 4 {
-        let executor = match loky::Executor::new(loky::Config::new().max_workers(1)) {
-            Ok(executor) => executor,
-            Err(error) => panic!("could not build an executor: {error}"),
-        };
-        set_limit(libc::RLIMIT_NPROC, limit);
-        let result = executor
-            .submit(add, (2, 3))
-            .map_err(loky::Error::from)
-            .and_then(|future| future.result_timeout(Duration::from_secs(20)));
-        set_limit(libc::RLIMIT_NPROC, u64::MAX);
-        refused += usize::from(check_short_outcome(
+        refused += usize::from(run_short_of(
+            libc::RLIMIT_NPROC,
+            || limit,
+            u64::MAX,
             &format!("at most {limit} processes"),
-            result,
         ));
-        let again = executor.submit(add, (2, 3)).unwrap();
-        assert_eq!(again.result_timeout(Duration::from_secs(20)).unwrap(), 5);
-        executor.shutdown(loky::Shutdown::default());
     }
     assert!(refused > 0, "no limit was tight enough to refuse a worker");
 }

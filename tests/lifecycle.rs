@@ -412,7 +412,11 @@ fn asking_the_executor_from_a_done_callback_does_not_deadlock() {
     // the manager thread.
     let future = executor.submit(sleep_then_pid, 200).unwrap();
     future.add_done_callback(move |_| {
-        let answers = (inner.worker_pids(), inner.stats().done, inner.start_workers());
+        let answers = (
+            inner.worker_pids(),
+            inner.stats().done,
+            inner.start_workers(),
+        );
         let _ = tx.send(answers);
     });
     let (pids, done, started) = rx.recv_timeout(BOUND).expect("the callback returned");
