@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{BOUND, executor, process_state, wait_gone};
+use common::{BOUND, executor, process_state, run, wait_gone};
 use loky::{Error, ExitReason, Stage};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::time::{Duration, Instant};
@@ -137,19 +137,12 @@ fn assert_died(result: Result<(), Error>, task: &str, reason: ExitReason, took: 
 
 fn died_of(
     executor: &loky::Executor,
-    run: impl FnOnce(&loky::Executor) -> loky::Future<()>,
+    submit: impl FnOnce(&loky::Executor) -> loky::Future<()>,
 ) -> (Result<(), Error>, Duration) {
     // Warm a worker up first, so that the time measured is the crash's.
-    assert_eq!(
-        executor
-            .submit(echo, 1)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        1
-    );
+    assert_eq!(run(executor, echo, 1), 1);
     let started = Instant::now();
-    let result = run(executor).result_timeout(BOUND);
+    let result = submit(executor).result_timeout(BOUND);
     (result, started.elapsed())
 }
 
@@ -158,14 +151,7 @@ fn exit_code_is_reported_and_the_pool_heals() {
     let executor = executor(2);
     let (result, took) = died_of(&executor, |e| e.submit(exit_with, 3).unwrap());
     assert_died(result, "crashes::exit_with", ExitReason::Code(3), took);
-    assert_eq!(
-        executor
-            .submit(echo, 5)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        5
-    );
+    assert_eq!(run(&executor, echo, 5), 5);
 }
 
 #[test]
@@ -193,14 +179,7 @@ fn abort_is_reported_as_sigabrt() {
         other => other,
     });
     assert_died(result, "crashes::abort", reason, took);
-    assert_eq!(
-        executor
-            .submit(echo, 6)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        6
-    );
+    assert_eq!(run(&executor, echo, 6), 6);
 }
 
 #[test]
@@ -219,14 +198,7 @@ fn segfault_is_reported_with_a_readable_message() {
         "{message}"
     );
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    assert_eq!(
-        executor
-            .submit(echo, 7)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        7
-    );
+    assert_eq!(run(&executor, echo, 7), 7);
 }
 
 #[test]
@@ -238,24 +210,13 @@ fn sigkill_is_reported() {
         core_dumped: false,
     };
     assert_died(result, "crashes::kill_self", reason, took);
-    assert_eq!(
-        executor
-            .submit(echo, 8)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        8
-    );
+    assert_eq!(run(&executor, echo, 8), 8);
 }
 
 #[test]
 fn a_panic_is_a_value_and_the_worker_survives() {
     let executor = executor(1);
-    let before = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND)
-        .unwrap();
+    let before = run(&executor, worker_pid, ());
     let result = executor
         .submit(panics, "boom 42".to_owned())
         .unwrap()
@@ -268,11 +229,7 @@ fn a_panic_is_a_value_and_the_worker_survives() {
     assert_eq!(panic.message, "boom 42");
     let location = panic.location.expect("a location");
     assert!(location.starts_with("tests/crashes.rs:"), "{location}");
-    let after = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND)
-        .unwrap();
+    let after = run(&executor, worker_pid, ());
     assert_eq!(after, before, "a panic must not cost the worker");
 }
 
@@ -297,11 +254,7 @@ fn tasks_queued_behind_a_crash_run_on_another_worker() {
     // One worker holding four tasks: the crash runs first, the three
     // behind it were never started and must run on its replacement.
     let executor = loky::Executor::new(loky::Config::new().max_workers(1).prefetch(3)).unwrap();
-    let first_pid = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND)
-        .unwrap();
+    let first_pid = run(&executor, worker_pid, ());
     let crash = executor.submit(exit_with, 9).unwrap();
     let queued: Vec<_> = (0..3).map(|i| executor.submit(echo, i).unwrap()).collect();
     let pid_after = executor.submit(worker_pid, ()).unwrap();
@@ -329,14 +282,7 @@ fn repeated_crashes_never_exceed_max_workers_nor_leave_zombies() {
         }
         assert!(executor.worker_pids().len() <= 2);
     }
-    assert_eq!(
-        executor
-            .submit(echo, 3)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        3
-    );
+    assert_eq!(run(&executor, echo, 3), 3);
     for pid in dead {
         assert!(
             wait_gone(pid, BOUND),
@@ -356,11 +302,7 @@ fn serde_error(result: Result<impl std::fmt::Debug, Error>) -> (Stage, String) {
 #[test]
 fn serde_failures_name_their_stage_and_message() {
     let executor = executor(1);
-    let worker = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND)
-        .unwrap();
+    let worker = run(&executor, worker_pid, ());
 
     let encode_args = executor
         .submit(takes_unserializable, Unserializable)
@@ -398,12 +340,5 @@ fn serde_failures_name_their_stage_and_message() {
          the parent: Undeserializable refuses to be decoded"
     );
     // None of that cost the worker its life.
-    assert_eq!(
-        executor
-            .submit(worker_pid, ())
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        worker
-    );
+    assert_eq!(run(&executor, worker_pid, ()), worker);
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{BOUND, eventually, executor, wait_gone};
+use common::{BOUND, eventually, executor, run, wait_gone};
 use loky::{Error, ReturnWhen, Shutdown};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,40 +61,12 @@ fn worker_id() -> u32 {
 #[test]
 fn zero_one_and_many_arguments() {
     let executor = executor(2);
-    assert_eq!(
-        executor
-            .submit(answer, ())
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        42
-    );
-    assert_eq!(
-        executor
-            .submit(double, 21)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        42
-    );
-    assert_eq!(
-        executor
-            .submit(add, (40, 2))
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        42
-    );
+    assert_eq!(run(&executor, answer, ()), 42);
+    assert_eq!(run(&executor, double, 21), 42);
+    assert_eq!(run(&executor, add, (40, 2)), 42);
     assert_eq!(add.call((1, 2)), 3);
     assert_eq!(answer.call(()), 42);
-    assert_ne!(
-        executor
-            .submit(worker_id, ())
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        std::process::id()
-    );
+    assert_ne!(run(&executor, worker_id, ()), std::process::id());
 }
 
 #[test]
@@ -117,18 +89,7 @@ fn spawn_uses_the_reusable_executor() {
     assert_eq!(double.spawn(4).result_timeout(BOUND).unwrap(), 8);
     let executor = loky::get_reusable_executor(loky::Config::default()).unwrap();
     let again = loky::get_reusable_executor(loky::Config::default()).unwrap();
-    assert_eq!(
-        executor
-            .submit(double, 5)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        again
-            .submit(double, 5)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap()
-    );
+    assert_eq!(run(&executor, double, 5), run(&again, double, 5));
 }
 
 #[test]
@@ -136,11 +97,7 @@ fn large_payloads_travel_both_ways() {
     let executor = executor(1);
     for size in [0, 1, 64 * 1024 - 1, 64 * 1024, 3 << 20, 33 << 20] {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        let back = executor
-            .submit(echo_bytes, data.clone())
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap();
+        let back = run(&executor, echo_bytes, data.clone());
         assert_eq!(back, data, "size {size}");
     }
 }
@@ -201,14 +158,7 @@ fn cancel_works_on_pending_tasks_but_not_finished_ones() {
     assert!(!running.cancelled());
     assert_eq!(running.result_timeout(BOUND).unwrap(), 200);
     // The pool goes on after a cancellation.
-    assert_eq!(
-        executor
-            .submit(double, 1)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        2
-    );
+    assert_eq!(run(&executor, double, 1), 2);
 }
 
 #[test]
@@ -239,14 +189,7 @@ fn done_callbacks_run_exactly_once() {
     assert_eq!(future.result_timeout(BOUND).unwrap(), 50);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(*seen.lock().unwrap(), vec![50, 50, 50]);
-    assert_eq!(
-        executor
-            .submit(double, 2)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        4
-    );
+    assert_eq!(run(&executor, double, 2), 4);
 }
 
 #[test]
@@ -425,14 +368,7 @@ fn map_reports_a_panicking_input_iterator() {
 #[test]
 fn submit_after_shutdown_hands_the_arguments_back() {
     let executor = executor(1);
-    assert_eq!(
-        executor
-            .submit(double, 1)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        2
-    );
+    assert_eq!(run(&executor, double, 1), 2);
     executor.shutdown(Shutdown::default());
     assert!(executor.is_shutdown() && executor.is_stopped());
     let refused = executor.submit(add, (3, 4)).unwrap_err();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{BOUND, eventually, executor, process_state, wait_gone};
+use common::{BOUND, eventually, executor, process_state, run, wait_gone};
 use loky::{Error, Shutdown};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -91,11 +91,7 @@ fn read_pids(path: &Path) -> (u32, u32) {
 #[test]
 fn a_task_past_its_timeout_fails_and_its_worker_is_replaced() {
     let executor = executor(1);
-    let first = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND);
-    let first = first.unwrap();
+    let first = run(&executor, worker_pid, ());
     let started = Instant::now();
     let slow = executor
         .submit_timeout(sleep_ms, 20_000, Duration::from_millis(200))
@@ -166,11 +162,7 @@ fn map_with_a_timeout_fails_only_the_slow_elements() {
 #[test]
 fn cancelling_a_running_task_kills_its_worker_and_the_pool_goes_on() {
     let executor = loky::Executor::new(loky::Config::new().max_workers(1).prefetch(1)).unwrap();
-    let pid = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND);
-    let pid = pid.unwrap();
+    let pid = run(&executor, worker_pid, ());
     let running = executor.submit(sleep_ms, 20_000).unwrap();
     let behind = executor.submit(sleep_ms, 2).unwrap();
     assert!(eventually(BOUND, || running.running()));
@@ -200,11 +192,7 @@ fn cancelling_a_running_task_kills_its_worker_and_the_pool_goes_on() {
 #[test]
 fn a_cancelled_task_waiting_in_a_worker_never_gets_to_run_long() {
     let executor = loky::Executor::new(loky::Config::new().max_workers(1).prefetch(1)).unwrap();
-    let pid = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND);
-    let pid = pid.unwrap();
+    let pid = run(&executor, worker_pid, ());
     let first = executor.submit(sleep_ms, 300).unwrap();
     // Sent to the same worker's channel behind `first`: not running yet.
     let second = executor.submit(sleep_ms, 20_000).unwrap();
@@ -319,11 +307,7 @@ fn terminate_workers_stops_running_and_pending_tasks() {
 #[test]
 fn terminate_workers_kills_a_worker_that_ignores_sigterm() {
     let executor = executor(1);
-    let pid = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND);
-    let pid = pid.unwrap();
+    let pid = run(&executor, worker_pid, ());
     let stubborn = executor.submit(ignore_sigterm_then_sleep, 20_000).unwrap();
     assert!(eventually(BOUND, || stubborn.running()));
     // Let it install its handler.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{BOUND, eventually, executor, wait_gone};
+use common::{BOUND, eventually, executor, run, wait_gone};
 use loky::{Config, Error, Executor};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,11 +88,7 @@ fn an_idle_worker_exits_after_its_timeout_and_workers_come_back() {
             .idle_timeout(Duration::from_millis(100)),
     )
     .unwrap();
-    let pid = executor
-        .submit(worker_pid, ())
-        .unwrap()
-        .result_timeout(BOUND);
-    let pid = pid.unwrap();
+    let pid = run(&executor, worker_pid, ());
     assert!(
         wait_gone(pid, Duration::from_secs(5)),
         "the idle worker stayed"
@@ -370,11 +366,7 @@ fn tasks_may_nest_executors_down_to_the_depth_limit() {
 fn stats_count_tasks_and_workers() {
     let executor = executor(2);
     for i in 0..5 {
-        executor
-            .submit(echo, i)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap();
+        run(&executor, echo, i);
     }
     let failed = executor
         .submit_timeout(sleep_then_pid, 10_000, Duration::from_millis(50))
@@ -388,11 +380,7 @@ fn stats_count_tasks_and_workers() {
     assert_eq!((stats.pending, stats.running), (0, 0), "{stats:?}");
     // The killed worker is replaced on demand.
     assert_eq!(stats.workers, stats.started as usize - 1, "{stats:?}");
-    executor
-        .submit(echo, 9)
-        .unwrap()
-        .result_timeout(BOUND)
-        .unwrap();
+    run(&executor, echo, 9);
     let after = executor.stats();
     assert_eq!(
         after.started,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{BOUND, executor};
+use common::{BOUND, executor, run};
 use loky::{Error, Task};
 
 mod first {
@@ -52,14 +52,7 @@ fn ids_are_module_path_and_name_unless_given() {
     assert_eq!(<first::clash as Task>::ID, "registry::shared-id");
     assert_eq!(<custom as Task>::ID, "custom/id");
     let executor = executor(1);
-    assert_eq!(
-        executor
-            .submit(custom, 1)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        2
-    );
+    assert_eq!(run(&executor, custom, 1), 2);
 }
 
 #[test]
@@ -93,14 +86,7 @@ fn a_duplicate_id_is_never_resolved_to_either_task() {
     // Both still run in this process, where no lookup is needed.
     assert_eq!((first::clash.call(()), second::clash.call(())), (1, 2));
     // Other tasks are unaffected.
-    assert_eq!(
-        executor
-            .submit(plain, 9)
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        9
-    );
+    assert_eq!(run(&executor, plain, 9), 9);
 }
 
 #[test]

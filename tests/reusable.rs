@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{BOUND, eventually};
+use common::{BOUND, eventually, run};
 use loky::{Config, Error, Reuse, get_reusable_executor, get_reusable_executor_with};
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
@@ -119,13 +119,7 @@ fn replacing_with_kill_workers_stops_the_old_tasks() {
         Err(Error::ShutDown)
     ));
     assert!(old.is_shutdown());
-    assert_eq!(
-        new.submit(sleep_then_echo, (0, 2))
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        2
-    );
+    assert_eq!(run(&new, sleep_then_echo, (0, 2)), 2);
 }
 
 #[test]

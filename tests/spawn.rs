@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::BOUND;
+use common::{BOUND, run};
 use loky::{Config, Error, Executor, ExitReason, SpawnError};
 use std::time::{Duration, Instant};
 
@@ -68,14 +68,7 @@ fn failed_starts_fail_the_queue_instead_of_hanging_it() {
     for future in failed {
         assert!(matches!(future.result_timeout(BOUND), Err(Error::Spawn(_))));
     }
-    assert_eq!(
-        healthy
-            .submit(seven, ())
-            .unwrap()
-            .result_timeout(BOUND)
-            .unwrap(),
-        7
-    );
+    assert_eq!(run(&healthy, seven, ()), 7);
 }
 
 #[test]

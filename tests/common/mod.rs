@@ -14,6 +14,18 @@ pub(crate) fn executor(workers: usize) -> loky::Executor {
     loky::Executor::new(loky::Config::new().max_workers(workers)).expect("valid config")
 }
 
+/// Submits `task(args)` and waits for its result, within [`BOUND`];
+/// panics with the error if there is one.
+pub(crate) fn run<T: loky::Task>(executor: &loky::Executor, task: T, args: T::Args) -> T::Output {
+    let future = match executor.submit(task, args) {
+        Ok(future) => future,
+        Err(refused) => panic!("{} was refused: {}", T::ID, refused.reason),
+    };
+    future
+        .result_timeout(BOUND)
+        .unwrap_or_else(|error| panic!("{} failed: {error}", T::ID))
+}
+
 /// The state letter of a process in /proc (`Z` for a zombie), or `None` if
 /// it does not exist.
 pub(crate) fn process_state(pid: u32) -> Option<char> {
