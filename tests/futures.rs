@@ -411,32 +411,6 @@ fn shutdown_can_cancel_pending_futures() {
 }
 
 #[test]
-fn shutdown_can_kill_the_workers() {
-    let executor = loky::Executor::new(loky::Config::new().max_workers(2).prefetch(0)).unwrap();
-    let running: Vec<_> = (0..2)
-        .map(|_| executor.submit(sleep_ms, 20_000).unwrap())
-        .collect();
-    let pending = executor.submit(sleep_ms, 1).unwrap();
-    assert!(eventually(BOUND, || running.iter().all(|f| f.running())));
-    let pids = executor.worker_pids();
-    assert_eq!(pids.len(), 2);
-    let started = Instant::now();
-    executor.shutdown(Shutdown {
-        kill_workers: true,
-        ..Shutdown::default()
-    });
-    assert!(started.elapsed() < Duration::from_secs(5));
-    for future in running {
-        assert!(matches!(future.result_timeout(BOUND), Err(Error::ShutDown)));
-    }
-    let pending = pending.result_timeout(BOUND);
-    assert!(matches!(pending, Err(Error::ShutDown)), "{pending:?}");
-    for pid in pids {
-        assert!(wait_gone(pid, BOUND), "worker {pid} survived");
-    }
-}
-
-#[test]
 fn dropping_the_executor_finishes_the_work_then_stops_the_workers() {
     let executor = executor(2);
     let future = executor.submit(sleep_ms, 50).unwrap();

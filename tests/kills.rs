@@ -326,8 +326,14 @@ fn terminate_workers_kills_a_worker_that_ignores_sigterm() {
     ));
 }
 
-#[test]
-fn kill_workers_stops_everything_at_once() {
+/// Two workers each running a long task, a third task pending, and the
+/// workers' pids.
+fn two_running_one_pending() -> (
+    loky::Executor,
+    Vec<loky::Future<u64>>,
+    loky::Future<u64>,
+    Vec<u32>,
+) {
     // Without prefetch, each task gets a worker of its own.
     let executor = loky::Executor::new(loky::Config::new().max_workers(2).prefetch(0)).unwrap();
     let running: Vec<_> = (0..2)
@@ -337,6 +343,31 @@ fn kill_workers_stops_everything_at_once() {
     assert!(eventually(BOUND, || running.iter().all(|f| f.running())));
     let pids = executor.worker_pids();
     assert_eq!(pids.len(), 2);
+    (executor, running, pending, pids)
+}
+
+#[test]
+fn shutdown_can_kill_the_workers() {
+    let (executor, running, pending, pids) = two_running_one_pending();
+    let started = Instant::now();
+    executor.shutdown(Shutdown {
+        kill_workers: true,
+        ..Shutdown::default()
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for future in running {
+        assert!(matches!(future.result_timeout(BOUND), Err(Error::ShutDown)));
+    }
+    let pending = pending.result_timeout(BOUND);
+    assert!(matches!(pending, Err(Error::ShutDown)), "{pending:?}");
+    for pid in pids {
+        assert!(wait_gone(pid, BOUND), "worker {pid} survived");
+    }
+}
+
+#[test]
+fn kill_workers_stops_everything_at_once() {
+    let (executor, running, pending, pids) = two_running_one_pending();
     executor.kill_workers();
     for pid in pids {
         assert!(wait_gone(pid, Duration::from_secs(1)));
