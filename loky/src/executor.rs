@@ -265,26 +265,14 @@ impl Executor {
     /// cancelled, running ones fail with [`Error::ShutDown`]. A worker still
     /// alive a second later is killed.
     pub fn terminate_workers(&self) {
-        self.inner.shutdown_with(
-            false,
-            ShutdownRequest {
-                cancel_futures: true,
-                kill: Some(libc::SIGTERM),
-            },
-        );
+        self.inner.force_shutdown(libc::SIGTERM);
     }
 
     /// Kills every worker's process group with SIGKILL and shuts down
     /// without waiting, as Python 3.14's `kill_workers`: pending tasks are
     /// cancelled, running ones fail with [`Error::ShutDown`].
     pub fn kill_workers(&self) {
-        self.inner.shutdown_with(
-            false,
-            ShutdownRequest {
-                cancel_futures: true,
-                kill: Some(libc::SIGKILL),
-            },
-        );
+        self.inner.force_shutdown(libc::SIGKILL);
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
@@ -403,6 +391,16 @@ impl Inner {
             kill: how.kill_workers.then_some(libc::SIGKILL),
         };
         self.shutdown_with(how.wait, request);
+    }
+
+    /// Python 3.14's `_force_shutdown`: cancel what has not started, signal
+    /// every worker's process group, do not wait.
+    fn force_shutdown(&self, signal: i32) {
+        let request = ShutdownRequest {
+            cancel_futures: true,
+            kill: Some(signal),
+        };
+        self.shutdown_with(false, request);
     }
 
     fn shutdown_with(&self, wait: bool, request: ShutdownRequest) {
