@@ -8,9 +8,10 @@
 //! Users do not depend on this crate directly: `loky` re-exports what they need.
 
 pub mod entry;
+pub mod fault;
 pub mod invoke;
 pub mod main_loop;
-mod memory;
+pub mod memory;
 pub mod panic;
 pub mod protocol;
 pub mod registry;

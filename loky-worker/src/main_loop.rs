@@ -1,18 +1,50 @@
 //! The worker's life: connect to the parent, introduce itself, then receive a
-//! call, look its task up by id, run it, send the outcome; until told to stop
-//! or until the parent goes away.
+//! call, claim it on the board, look its task up by id, run it, send the
+//! outcome; until told to stop or until the parent goes away.
+//!
+//! [`serve`] is the loop itself, over any [`Inbox`] and [`Outbox`]: the
+//! process's ipc-channel link, or channels in the parent's own process for
+//! the manager's unit tests.
 
+use crate::fault;
 use crate::invoke;
 use crate::memory::MemoryWatch;
 use crate::protocol::{
-    self, Bootstrap, Call, CallKind, ChunkItem, ENV_FAULT, EXIT_HANDSHAKE_FAILED,
+    self, Board, Bootstrap, Call, CallKind, ChunkArgs, ChunkItem, EXIT_HANDSHAKE_FAILED,
     EXIT_PROTOCOL_ERROR, Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Payload, Stage,
     ToWorker,
 };
 use crate::registry;
 use ipc_channel::IpcError;
-use ipc_channel::ipc::{self, IpcSender};
-use serde_bytes::ByteBuf;
+use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
+
+/// Where a worker's messages come from.
+pub trait Inbox {
+    /// The next message; `Ok(None)` once the parent is gone.
+    fn recv(&mut self) -> Result<Option<ToWorker>, String>;
+}
+
+/// Where a worker's messages go.
+pub trait Outbox {
+    /// Sends a message; false once the parent is gone.
+    fn send(&self, message: FromWorker) -> bool;
+}
+
+impl Inbox for IpcReceiver<ToWorker> {
+    fn recv(&mut self) -> Result<Option<ToWorker>, String> {
+        match IpcReceiver::recv(self) {
+            Ok(message) => Ok(Some(message)),
+            Err(IpcError::Disconnected) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+impl Outbox for IpcSender<FromWorker> {
+    fn send(&self, message: FromWorker) -> bool {
+        IpcSender::send(self, message).is_ok()
+    }
+}
 
 /// Runs a worker connected to the parent's one-shot server `server`, and
 /// returns the process exit code.
@@ -27,48 +59,60 @@ pub fn run(server: String, secret: u64) -> i32 {
             return EXIT_HANDSHAKE_FAILED;
         }
     };
-    let mut memory = MemoryWatch::from_env();
+    serve(calls, &results, Some(MemoryWatch::from_env()))
+}
+
+/// The worker loop: returns the exit code. `memory` watches this process's
+/// memory, if it is a worker process of its own.
+#[doc(hidden)]
+pub fn serve(mut calls: impl Inbox, results: &impl Outbox, memory: Option<MemoryWatch>) -> i32 {
+    let mut memory = memory;
+    let mut board: Option<Board> = None;
     let mut retiring = false;
     loop {
-        match calls.recv() {
-            Ok(ToWorker::Call(call)) => {
-                let id = call.id;
-                let outcome = execute(call);
-                if results.send(FromWorker::Done { id, outcome }).is_err() {
-                    // The parent is gone: nobody is left to serve.
-                    return 0;
+        let call = match calls.recv() {
+            Ok(Some(ToWorker::Setup(setup))) => match Board::from_shared(setup.board) {
+                Ok(mapped) => {
+                    board = Some(mapped);
+                    continue;
                 }
-                if !retiring {
-                    if let Some(reason) = memory.after_task() {
-                        // Keep serving until the parent says stop.
-                        retiring = results.send(FromWorker::Retire(reason)).is_ok();
-                    }
-                }
-            }
-            Ok(ToWorker::Shutdown) | Err(IpcError::Disconnected) => return 0,
-            Err(error) => {
-                eprintln!("loky worker {}: bad message: {error}", std::process::id());
-                return EXIT_PROTOCOL_ERROR;
+                Err(error) => return protocol_error(&error),
+            },
+            Ok(Some(ToWorker::Call(call))) => call,
+            Ok(Some(ToWorker::Shutdown) | None) => return 0,
+            Err(error) => return protocol_error(&error),
+        };
+        let Some(board) = &board else {
+            return protocol_error("a call before the board");
+        };
+        if !board.claim(call.seq) {
+            // Taken back by the parent: it never runs.
+            continue;
+        }
+        let seq = call.seq;
+        let outcome = execute(call, board, results);
+        if !results.send(FromWorker::Done { seq, outcome }) {
+            // The parent is gone: nobody is left to serve.
+            return 0;
+        }
+        if !retiring {
+            if let Some(reason) = memory.as_mut().and_then(MemoryWatch::after_task) {
+                // Keep serving until the parent says stop.
+                retiring = results.send(FromWorker::Retire(reason));
             }
         }
     }
 }
 
-type Link = (ipc::IpcReceiver<ToWorker>, IpcSender<FromWorker>);
+fn protocol_error(error: &str) -> i32 {
+    eprintln!("loky worker {}: bad message: {error}", std::process::id());
+    EXIT_PROTOCOL_ERROR
+}
+
+type Link = (IpcReceiver<ToWorker>, IpcSender<FromWorker>);
 
 fn handshake(server: String, secret: u64) -> Result<Link, String> {
-    let mut version = PROTOCOL_VERSION;
-    if let Ok(fault) = std::env::var(ENV_FAULT) {
-        if let Some(code) = fault.strip_prefix("exit:") {
-            std::process::exit(code.parse().unwrap_or(1));
-        } else if fault == "hang" {
-            loop {
-                std::thread::park();
-            }
-        } else if let Some(other) = fault.strip_prefix("version:") {
-            version = other.parse().unwrap_or(0);
-        }
-    }
+    let version = fault::before_handshake(PROTOCOL_VERSION);
     let bootstrap = IpcSender::<Bootstrap>::connect(server).map_err(|e| e.to_string())?;
     let (calls_tx, calls_rx) = ipc::channel().map_err(|e| e.to_string())?;
     let (results_tx, results_rx) = ipc::channel().map_err(|e| e.to_string())?;
@@ -87,8 +131,8 @@ fn handshake(server: String, secret: u64) -> Result<Link, String> {
 }
 
 /// Runs one call (or chunk) and says what became of it.
-fn execute(call: Call) -> Outcome {
-    if forgotten(&call.task) {
+fn execute(call: Call, board: &Board, results: &impl Outbox) -> Outcome {
+    if fault::forgotten(&call.task) {
         return Outcome::Failed(Failure::UnknownTask);
     }
     let entry = match registry::lookup(&call.task).entry() {
@@ -98,7 +142,7 @@ fn execute(call: Call) -> Outcome {
     let args = call.args.bytes();
     let encoded = match call.kind {
         CallKind::Single => entry.invoke(args),
-        CallKind::Chunk => run_chunk(|one| entry.invoke(one), args),
+        CallKind::Chunk => run_chunk(call.seq, |one| entry.invoke(one), args, board, results),
     };
     match encoded {
         Ok(bytes) => Outcome::Returned(Payload::pack_result(bytes)),
@@ -106,30 +150,69 @@ fn execute(call: Call) -> Outcome {
     }
 }
 
-/// Whether the `forget:ID` fault hides this task id.
-fn forgotten(task: &str) -> bool {
-    static FORGOTTEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    FORGOTTEN
-        .get_or_init(|| {
-            let fault = std::env::var(ENV_FAULT).ok()?;
-            fault.strip_prefix("forget:").map(str::to_owned)
-        })
-        .as_deref()
-        == Some(task)
-}
-
-/// Runs every element of a chunk; one element's failure is its own.
+/// Runs every element of a chunk; one element's failure is its own. Each
+/// outcome goes to the board's arena as soon as it is known (flushed as
+/// `FromWorker::Items` when full), so a crash loses none of them; the
+/// outcomes still in the arena at the end are returned.
 fn run_chunk(
+    seq: u64,
     invoke: impl Fn(&[u8]) -> Result<Vec<u8>, Failure>,
     args: &[u8],
+    board: &Board,
+    results: &impl Outbox,
 ) -> Result<Vec<u8>, Failure> {
-    let elements: Vec<ByteBuf> = invoke::serde_stage(Stage::DecodeArgs, || protocol::decode(args))?;
-    let items: Vec<ChunkItem> = elements
-        .iter()
-        .map(|one| match invoke(one) {
+    let elements: ChunkArgs = invoke::serde_stage(Stage::DecodeArgs, || protocol::decode(args))?;
+    board.chunk_begin(seq);
+    for (index, one) in (0u64..).zip(&elements) {
+        board.element_started(index);
+        let item = match invoke(one) {
             Ok(bytes) => ChunkItem::Returned(bytes),
             Err(failure) => ChunkItem::Failed(failure),
-        })
-        .collect();
-    invoke::serde_stage(Stage::EncodeResult, || protocol::encode(&items))
+        };
+        let encoded = protocol::encode(&item).unwrap_or_else(|message| {
+            protocol::encode(&ChunkItem::Failed(Failure::Serde {
+                stage: Stage::EncodeResult,
+                message,
+            }))
+            .expect("a failure encodes")
+        });
+        if board.arena_push(&encoded) {
+            continue;
+        }
+        flush(seq, board, results);
+        if !board.arena_push(&encoded) {
+            // Larger than the whole arena: straight to the parent.
+            let items = Payload::pack_result(encoded);
+            let sent = results.send(FromWorker::Items {
+                seq,
+                first: index,
+                count: 1,
+                items,
+            });
+            if !sent {
+                return Ok(Vec::new());
+            }
+            board.arena_reset(index + 1);
+        }
+    }
+    Ok(board.arena_items().2)
+}
+
+/// Sends the arena's outcomes to the parent, then empties it. Sent before
+/// the reset, so that a crash in between duplicates outcomes (the parent
+/// ignores those it has) rather than losing them.
+fn flush(seq: u64, board: &Board, results: &impl Outbox) {
+    let (first, count, bytes) = board.arena_items();
+    if count == 0 {
+        return;
+    }
+    let items = Payload::pack_result(bytes);
+    if results.send(FromWorker::Items {
+        seq,
+        first,
+        count,
+        items,
+    }) {
+        board.arena_reset(first + count);
+    }
 }

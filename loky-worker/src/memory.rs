@@ -12,7 +12,7 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A worker's memory limits and what it has measured.
 #[derive(Debug, Default)]
-pub(crate) struct MemoryWatch {
+pub struct MemoryWatch {
     leak_threshold: Option<u64>,
     rss_cap: Option<u64>,
     reference: Option<u64>,
@@ -21,7 +21,7 @@ pub(crate) struct MemoryWatch {
 
 impl MemoryWatch {
     /// The limits the parent passed in [`ENV_MEMORY`]: `LEAK,CAP` in bytes.
-    pub(crate) fn from_env() -> MemoryWatch {
+    pub fn from_env() -> MemoryWatch {
         let value = std::env::var(ENV_MEMORY).unwrap_or_default();
         let mut limits = value
             .split(',')
@@ -35,7 +35,7 @@ impl MemoryWatch {
 
     /// Called after each task: why this worker should be replaced, if it
     /// should.
-    pub(crate) fn after_task(&mut self) -> Option<RetireReason> {
+    pub fn after_task(&mut self) -> Option<RetireReason> {
         if self.leak_threshold.is_none() && self.rss_cap.is_none() {
             return None;
         }

@@ -233,7 +233,7 @@ impl Config {
             ));
         }
         if let Some(init) = &self.initializer {
-            crate::executor::registered(init.task)?;
+            crate::task::registered(init.task)?;
             if let Err(message) = &init.args {
                 return Err(Error::Config(format!(
                     "the initializer's arguments: {message}"

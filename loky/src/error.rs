@@ -206,6 +206,10 @@ pub enum ExitReason {
         /// Whether it dumped core.
         core_dumped: bool,
     },
+    /// It exited, but its status was collected by someone else: the
+    /// program ignores SIGCHLD (so the kernel discards it), or another
+    /// thread waited for any child. Never a made-up code.
+    Unknown,
 }
 
 impl ExitReason {
@@ -226,7 +230,7 @@ impl ExitReason {
     pub fn signal_name(&self) -> Option<&'static str> {
         match self {
             ExitReason::Signal { signal, .. } => signal_info(*signal).map(|(name, _)| name),
-            ExitReason::Code(_) => None,
+            ExitReason::Code(_) | ExitReason::Unknown => None,
         }
     }
 }
@@ -235,6 +239,10 @@ impl fmt::Display for ExitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitReason::Code(code) => write!(f, "exited with code {code}"),
+            ExitReason::Unknown => f.write_str(
+                "exited; its exit status is unknown (reaped elsewhere: SIGCHLD is \
+                 ignored, or another thread waited for it)",
+            ),
             ExitReason::Signal {
                 signal,
                 core_dumped,

@@ -4,6 +4,8 @@ use crate::config::Config;
 use crate::depth;
 use crate::error::{Error, SubmitError};
 use crate::future::Future;
+use crate::host::Backend;
+use crate::host::process::ProcessBackend;
 use crate::job::{self, Decode, Job, Typed};
 use crate::manager::{self, Event, ShutdownRequest};
 use crate::map::Map;
@@ -12,7 +14,6 @@ use crate::stats::Stats;
 use crate::task::Task;
 use crossbeam_channel::Sender;
 use loky_worker::protocol::{CallKind, Payload};
-use loky_worker::registry;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
@@ -94,7 +95,12 @@ impl Executor {
     pub fn new(config: Config) -> Result<Executor, Error> {
         config.validate()?;
         depth::check()?;
-        crate::process::prepare_ipc()?;
+        crate::host::process::prepare_ipc()?;
+        Executor::start(config, ProcessBackend::new())
+    }
+
+    /// Starts the manager thread over `backend`.
+    pub(crate) fn start<B: Backend>(config: Config, backend: B) -> Result<Executor, Error> {
         let (events_tx, events) = crossbeam_channel::unbounded();
         let stopped = Arc::new(Stopped::default());
         let shared = Arc::new(Shared::default());
@@ -105,7 +111,13 @@ impl Executor {
         let manager = std::thread::Builder::new()
             .name("loky-manager".to_owned())
             .spawn(move || {
-                manager::run(manager_config, events, manager_events, manager_shared);
+                manager::run(
+                    manager_config,
+                    backend,
+                    events,
+                    manager_events,
+                    manager_shared,
+                );
                 *manager_stopped
                     .done
                     .lock()
@@ -174,18 +186,10 @@ impl Executor {
         self.inner.ask(Event::StartWorkers)?.unwrap_or(Ok(()))
     }
 
-    /// What the executor has done so far, and its workers now.
+    /// What the executor has done so far, and its workers now (as its
+    /// manager last published them: true from a done-callback too).
     pub fn stats(&self) -> Stats {
-        let (done, failed) = self.inner.shared.counts();
-        let mut stats = self
-            .inner
-            .ask(Event::Stats)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        stats.done = done;
-        stats.failed = failed;
-        stats
+        self.inner.shared.stats()
     }
 
     /// Why the executor is broken (a worker initializer failed again and
@@ -228,7 +232,7 @@ impl Executor {
         timeout: Option<Duration>,
     ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
         let _ = task;
-        let encoded = registered(T::ID).and_then(|()| job::encode_args(T::ID, &args));
+        let encoded = crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &args));
         match self.submit_encoded(
             T::ID,
             CallKind::Single,
@@ -295,15 +299,10 @@ impl Executor {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The process ids of the workers alive now (including starting ones).
-    /// From a done-callback, which runs on the manager thread, it cannot
-    /// wait for the answer and returns an empty list.
+    /// The process ids of the workers alive now (including starting ones),
+    /// as the manager last published them.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.inner
-            .ask(Event::Pids)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        self.inner.shared.pids()
     }
 
     /// Drops this handle; if it was the last one, the executor finishes
@@ -330,7 +329,7 @@ impl Executor {
         let (future, state) = Future::new(task);
         let id = self.inner.next_job.fetch_add(1, Ordering::Relaxed);
         let events = gate.events.clone();
-        state.on_cancel_running(Box::new(move || {
+        state.on_cancel(Box::new(move || {
             // If the manager is gone, so is the worker.
             let _ = events.send(Event::Cancel(id));
         }));
@@ -344,6 +343,7 @@ impl Executor {
                 decode,
                 shared: Arc::clone(&self.inner.shared),
             }),
+            pieces: job::Pieces::default(),
         };
         if let Err(crossbeam_channel::SendError(Event::Submit(job))) =
             gate.events.send(Event::Submit(job))
@@ -433,12 +433,4 @@ impl Drop for Inner {
             ..Shutdown::default()
         });
     }
-}
-
-/// Checks that exactly one task is registered under `id`.
-pub(crate) fn registered(id: &'static str) -> Result<(), Error> {
-    registry::lookup(id)
-        .entry()
-        .map(|_| ())
-        .map_err(|failure| Error::from_failure(id, None, failure))
 }

@@ -1,10 +1,12 @@
 //! The future of one task: its state machine, its result, its callbacks.
 //!
-//! States: `Pending` (queued in the parent, or waiting in a worker's
-//! channel) -> `Running` (its worker has started it, as far as the parent
-//! knows) -> `Finished`; or `Pending`/`Running` -> `Cancelled`. A future
-//! whose worker was killed before it could finish its predecessor goes back
-//! to `Pending`.
+//! States: `Pending` -> `Finished`, or `Pending` -> `Cancelled`. A pending
+//! future sent to a worker holds a [`Claim`]: its slot on that worker's
+//! board, where the worker marks it started before running it. "Started"
+//! means exactly that mark, so [`Future::running`] reads it, and
+//! [`Future::cancel`] takes the call back on the board: if that wins, the
+//! call never runs; if the worker won, it is running and its worker is
+//! killed.
 //!
 //! Architecture Invariant: a future finishes exactly once; every callback
 //! runs exactly once, after the outcome is known and outside any lock.
@@ -12,7 +14,9 @@
 //! they are done, so it can still move the value out.
 
 use crate::error::Error;
+use crate::job::Claim;
 use crossbeam_channel::Sender;
+use loky_worker::protocol::Claim as ClaimState;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
@@ -38,13 +42,16 @@ pub(crate) struct State<R> {
     task: &'static str,
     inner: Mutex<Inner<R>>,
     changed: Condvar,
-    /// Tells the executor that a running task was cancelled, so that it
-    /// kills the worker. Unset for futures no executor runs.
-    on_cancel_running: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Tells the executor that a task a worker holds was cancelled, so
+    /// that it drops the call or, if it is running, kills the worker.
+    /// Unset for futures no executor runs.
+    on_cancel: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 struct Inner<R> {
     phase: Phase,
+    /// Where the call stands on its worker's board, while a worker holds it.
+    claim: Option<Claim>,
     /// The outcome, once finished, until it is moved out or lent out.
     outcome: Option<Result<R, Error>>,
     /// Callbacks currently hold the outcome.
@@ -66,7 +73,6 @@ pub(crate) struct Watcher {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Pending,
-    Running,
     Finished,
     Cancelled,
 }
@@ -78,6 +84,7 @@ impl<R> Future<R> {
             task,
             inner: Mutex::new(Inner {
                 phase: Phase::Pending,
+                claim: None,
                 outcome: None,
                 lent: false,
                 taken: false,
@@ -86,7 +93,7 @@ impl<R> Future<R> {
                 waker: None,
             }),
             changed: Condvar::new(),
-            on_cancel_running: OnceLock::new(),
+            on_cancel: OnceLock::new(),
         });
         (
             Future {
@@ -113,10 +120,17 @@ impl<R> Future<R> {
         matches!(self.state.lock().phase, Phase::Finished | Phase::Cancelled)
     }
 
-    /// Whether a worker is running the task: it was sent to the worker and
-    /// the tasks before it there have finished.
+    /// Whether a worker is running the task: the worker has marked it
+    /// started (it does so just before calling it) and it has not finished.
+    /// A task that was not running when [`cancel`](Self::cancel) took it
+    /// back never runs.
     pub fn running(&self) -> bool {
-        self.state.lock().phase == Phase::Running
+        let inner = self.state.lock();
+        inner.phase == Phase::Pending
+            && inner
+                .claim
+                .as_ref()
+                .is_some_and(|claim| claim.state() == ClaimState::Started)
     }
 
     /// Whether the task was cancelled.
@@ -130,7 +144,7 @@ impl<R> Future<R> {
         match inner.phase {
             Phase::Cancelled => true,
             Phase::Finished => inner.outcome.as_ref().is_some_and(Result::is_err),
-            Phase::Pending | Phase::Running => false,
+            Phase::Pending => false,
         }
     }
 
@@ -155,21 +169,24 @@ impl<R> Future<R> {
     /// future is dropped (the task goes on) and [`Error::Timeout`] returned;
     /// use [`wait_timeout`](Self::wait_timeout) to keep the future.
     pub fn result_timeout(self, timeout: Duration) -> Result<R, Error> {
-        self.take(Some(Instant::now() + timeout))
+        // A deadline past the end of time is no deadline.
+        self.take(Instant::now().checked_add(timeout))
             .unwrap_or(Err(Error::Timeout { waited: timeout }))
     }
 
     /// Blocks until the task is done or `timeout` passes; returns whether it
     /// is done.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut inner = self.state.lock();
         while !matches!(inner.phase, Phase::Finished | Phase::Cancelled) {
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|deadline| now >= deadline) {
                 return false;
             }
-            inner = self.state.wait(inner, Some(deadline - now));
+            inner = self
+                .state
+                .wait(inner, deadline.map(|deadline| deadline - now));
         }
         true
     }
@@ -267,47 +284,52 @@ impl<R> State<R> {
         self.task
     }
 
-    /// Pending -> Running. False if the future was cancelled (or finished),
-    /// in which case the task must not run.
-    pub(crate) fn set_running(&self) -> bool {
+    /// The call was sent to a worker under `claim`. False if the future is
+    /// cancelled or finished: then the call must not run.
+    pub(crate) fn attach(&self, claim: Claim) -> bool {
         let mut inner = self.lock();
         if inner.phase == Phase::Pending {
-            inner.phase = Phase::Running;
+            inner.claim = Some(claim);
             true
         } else {
             false
         }
     }
 
-    /// Running -> Pending, for a task that its worker never started.
-    pub(crate) fn set_pending(&self) {
-        let mut inner = self.lock();
-        if inner.phase == Phase::Running {
-            inner.phase = Phase::Pending;
-        }
+    /// No worker holds the call any more (it goes back to the queue).
+    pub(crate) fn detach(&self) {
+        self.lock().claim = None;
     }
 
-    /// Sets what cancelling this future while it runs does.
-    pub(crate) fn on_cancel_running(&self, hook: Box<dyn Fn() + Send + Sync>) {
-        let _ = self.on_cancel_running.set(hook);
+    /// Sets what cancelling this future while a worker holds it does.
+    pub(crate) fn on_cancel(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_cancel.set(hook);
     }
 
-    /// Pending or Running -> Cancelled; true if the future is cancelled now.
-    /// A running future is cancelled only if an executor can stop it.
+    /// Pending -> Cancelled; true if the future is cancelled now. A call a
+    /// worker holds is taken back on its board first: if the worker had
+    /// started it already, it is running, and the executor kills it.
     pub(crate) fn cancel(&self) -> bool {
         let mut inner = self.lock();
-        let running = match inner.phase {
+        match inner.phase {
             Phase::Cancelled => return true,
             Phase::Finished => return false,
-            Phase::Running if self.on_cancel_running.get().is_none() => return false,
-            Phase::Running => true,
-            Phase::Pending => false,
-        };
+            Phase::Pending => {}
+        }
+        // A call taken back here never starts; one the worker started is
+        // running and can only be stopped by killing its worker.
+        let held = inner
+            .claim
+            .as_ref()
+            .is_some_and(|claim| claim.revoke() || claim.state() == ClaimState::Started);
+        if held && self.on_cancel.get().is_none() {
+            return false;
+        }
         inner.phase = Phase::Cancelled;
         let task = self.task;
         self.complete(inner, Err(Error::Cancelled { task }));
-        if running {
-            if let Some(hook) = self.on_cancel_running.get() {
+        if held {
+            if let Some(hook) = self.on_cancel.get() {
                 hook();
             }
         }
@@ -344,6 +366,8 @@ impl<R> State<R> {
 
     /// Stores the outcome after running the callbacks, then wakes everyone.
     fn complete(&self, mut inner: MutexGuard<'_, Inner<R>>, outcome: Result<R, Error>) {
+        // Settled: its worker's board is no longer its business.
+        inner.claim = None;
         let callbacks = std::mem::take(&mut inner.callbacks);
         if callbacks.is_empty() {
             inner.outcome = Some(outcome);

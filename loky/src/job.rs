@@ -1,23 +1,69 @@
-//! A submitted call as the manager sees it: encoded arguments and a
-//! type-erased handle to complete its future.
+//! A submitted call as the manager sees it: encoded arguments, what is
+//! known of a chunk's elements so far, and a type-erased handle to complete
+//! its future.
 
 use crate::error::Error;
 use crate::future::State;
 use crate::shared::Shared;
 use loky_worker::invoke::serde_stage;
-use loky_worker::protocol::{self, CallKind, ChunkItem, Outcome, Payload, Stage};
+use loky_worker::protocol::{
+    self, Board, CallKind, ChunkItem, Claim as ClaimState, Outcome, Payload, Stage,
+};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One call (or chunk of calls) waiting for or running in a worker.
+/// One call (or chunk of calls) waiting for or held by a worker.
 pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) kind: CallKind,
+    /// For a chunk: the elements not yet settled.
     pub(crate) args: Payload,
     /// How long it may run before its worker is killed.
     pub(crate) timeout: Option<Duration>,
     pub(crate) completion: Arc<dyn Completion>,
+    /// For a chunk: the outcomes known so far.
+    pub(crate) pieces: Pieces,
+}
+
+/// The outcomes of a chunk's elements known so far, in element order.
+#[derive(Default)]
+pub(crate) struct Pieces {
+    pub(crate) settled: Vec<Piece>,
+    /// Outcomes received from the current attempt (elements of `args`).
+    pub(crate) received: usize,
+}
+
+/// Outcomes of consecutive elements of a chunk.
+pub(crate) enum Piece {
+    /// Encoded [`ChunkItem`]s from worker `pid`, of which the first `skip`
+    /// are duplicates to ignore.
+    Items {
+        pid: u32,
+        skip: usize,
+        bytes: Vec<u8>,
+    },
+    /// One element failed in the parent's view (its worker died).
+    Failed(Error),
+}
+
+impl Pieces {
+    /// Records outcomes `first..first + count` of the current attempt,
+    /// ignoring those already received (a worker that died right after
+    /// sending its arena leaves them in the arena too).
+    pub(crate) fn receive(&mut self, pid: u32, first: u64, count: u64, bytes: Vec<u8>) {
+        let received = self.received as u64;
+        let skip = received.saturating_sub(first);
+        if skip >= count {
+            return;
+        }
+        self.received = usize::try_from(first + count).unwrap_or(usize::MAX);
+        self.settled.push(Piece::Items {
+            pid,
+            skip: skip as usize,
+            bytes,
+        });
+    }
 }
 
 impl Job {
@@ -26,25 +72,52 @@ impl Job {
     }
 }
 
+/// Where a call sent to a worker stands: its slot on that worker's board.
+pub(crate) struct Claim {
+    pub(crate) board: Arc<Board>,
+    pub(crate) seq: u64,
+}
+
+impl Claim {
+    pub(crate) fn state(&self) -> ClaimState {
+        self.board.state(self.seq)
+    }
+
+    pub(crate) fn revoke(&self) -> bool {
+        self.board.revoke(self.seq)
+    }
+}
+
 /// What the manager may do to a job's future, whatever its result type.
 pub(crate) trait Completion: Send + Sync {
     fn task(&self) -> &'static str;
-    /// Pending -> Running, when its worker starts it; false if cancelled.
-    fn set_running(&self) -> bool;
-    /// Running -> Pending, for a job its worker never started.
-    fn set_pending(&self);
+    /// The job was sent to a worker under `claim`; false if the future is
+    /// cancelled (or finished), in which case the call must not run.
+    fn attach(&self, claim: Claim) -> bool;
+    /// The job goes back to the queue: no worker holds it.
+    fn detach(&self);
     /// Cancels a pending job.
     fn cancel(&self) -> bool;
     /// Whether the future was cancelled (perhaps while it ran).
     fn cancelled(&self) -> bool;
     /// Fails the job.
     fn fail(&self, error: Error);
-    /// Completes the job with a worker's outcome.
+    /// Completes a single call with a worker's outcome.
     fn finish_remote(&self, pid: u32, outcome: Outcome);
+    /// Completes a chunk with the outcomes of all its elements.
+    fn finish_chunk(&self, pieces: Vec<Piece>);
+}
+
+/// What a decoder gets.
+pub(crate) enum Encoded<'a> {
+    /// The encoded result of a single call.
+    Single(&'a [u8]),
+    /// The outcomes of a chunk's elements.
+    Chunk(Vec<Piece>),
 }
 
 /// Decodes a worker's encoded result into the future's type.
-pub(crate) type Decode<R> = fn(&'static str, u32, &[u8]) -> Result<R, Error>;
+pub(crate) type Decode<R> = fn(&'static str, u32, Encoded<'_>) -> Result<R, Error>;
 
 /// A future's state and the decoder for its result type.
 pub(crate) struct Typed<R> {
@@ -66,12 +139,12 @@ impl<R: Send + 'static> Completion for Typed<R> {
         self.state.task()
     }
 
-    fn set_running(&self) -> bool {
-        self.state.set_running()
+    fn attach(&self, claim: Claim) -> bool {
+        self.state.attach(claim)
     }
 
-    fn set_pending(&self) {
-        self.state.set_pending()
+    fn detach(&self) {
+        self.state.detach()
     }
 
     fn cancel(&self) -> bool {
@@ -89,15 +162,35 @@ impl<R: Send + 'static> Completion for Typed<R> {
     fn finish_remote(&self, pid: u32, outcome: Outcome) {
         let task = self.state.task();
         let result = match outcome {
-            Outcome::Returned(payload) => (self.decode)(task, pid, payload.bytes()),
+            Outcome::Returned(payload) => {
+                (self.decode)(task, pid, Encoded::Single(payload.bytes()))
+            }
             Outcome::Failed(failure) => Err(Error::from_failure(task, Some(pid), failure)),
         };
         self.finish(result);
+    }
+
+    fn finish_chunk(&self, pieces: Vec<Piece>) {
+        let task = self.state.task();
+        self.finish((self.decode)(task, 0, Encoded::Chunk(pieces)));
     }
 }
 
 /// Decodes the result of one call.
 pub(crate) fn decode_single<R: DeserializeOwned>(
+    task: &'static str,
+    pid: u32,
+    encoded: Encoded<'_>,
+) -> Result<R, Error> {
+    match encoded {
+        Encoded::Single(bytes) => decode_bytes(task, pid, bytes),
+        Encoded::Chunk(_) => Err(Error::Broken {
+            reason: "a single call completed as a chunk".to_owned(),
+        }),
+    }
+}
+
+fn decode_bytes<R: DeserializeOwned>(
     task: &'static str,
     pid: u32,
     bytes: &[u8],
@@ -109,17 +202,31 @@ pub(crate) fn decode_single<R: DeserializeOwned>(
 /// Decodes the results of a chunk: each element succeeds or fails alone.
 pub(crate) fn decode_chunk<R: DeserializeOwned>(
     task: &'static str,
-    pid: u32,
-    bytes: &[u8],
+    _pid: u32,
+    encoded: Encoded<'_>,
 ) -> Result<Vec<Result<R, Error>>, Error> {
-    let items: Vec<ChunkItem> = decode_single(task, pid, bytes)?;
-    Ok(items
-        .into_iter()
-        .map(|item| match item {
-            ChunkItem::Returned(bytes) => decode_single(task, pid, &bytes),
-            ChunkItem::Failed(failure) => Err(Error::from_failure(task, Some(pid), failure)),
-        })
-        .collect())
+    let Encoded::Chunk(pieces) = encoded else {
+        return Err(Error::Broken {
+            reason: "a chunk completed as a single call".to_owned(),
+        });
+    };
+    let mut results = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Failed(error) => results.push(Err(error)),
+            Piece::Items { pid, skip, bytes } => {
+                let items = serde_stage(Stage::DecodeResult, || protocol::decode_items(&bytes))
+                    .map_err(|failure| Error::from_failure(task, Some(pid), failure))?;
+                results.extend(items.into_iter().skip(skip).map(|item| match item {
+                    ChunkItem::Returned(bytes) => decode_bytes(task, pid, &bytes),
+                    ChunkItem::Failed(failure) => {
+                        Err(Error::from_failure(task, Some(pid), failure))
+                    }
+                }));
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// Encodes arguments in the submitting thread.

@@ -2,7 +2,7 @@
 //! in flight, so that an endless input works.
 
 use crate::error::Error;
-use crate::executor::{self, Executor};
+use crate::executor::Executor;
 use crate::future::Future;
 use crate::job;
 use crate::task::Task;
@@ -55,7 +55,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
             input,
             chunksize: None,
             timeout: None,
-            max_in_flight: (2 * workers).max(2),
+            max_in_flight: workers.saturating_mul(2).max(2),
             adaptive: 1,
             pending: VecDeque::new(),
             current: Vec::new().into_iter(),
@@ -99,7 +99,9 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
         match self.input.size_hint() {
             (_, Some(remaining)) => {
                 let workers = self.executor.max_workers();
-                remaining.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)
+                remaining
+                    .div_ceil(workers.saturating_mul(4))
+                    .clamp(1, MAX_AUTO_CHUNK)
             }
             (_, None) => self.adaptive,
         }
@@ -144,7 +146,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
                 Ok(future)
             } else {
                 let bytes =
-                    executor::registered(T::ID).and_then(|()| job::encode_args(T::ID, &encoded));
+                    crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &encoded));
                 self.executor.submit_encoded(
                     T::ID,
                     CallKind::Chunk,

@@ -1,6 +1,8 @@
 //! What an executor's handles, its manager thread and its jobs share:
-//! counters for [`Stats`](crate::Stats) and the broken flag.
+//! counters for [`Stats`](crate::Stats), the snapshot of the workers the
+//! manager publishes, and the broken flag.
 
+use crate::stats::Stats;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -10,6 +12,10 @@ pub(crate) struct Shared {
     failed: AtomicU64,
     /// Why the executor is broken, once it is.
     broken: Mutex<Option<String>>,
+    /// What the manager last published: its counts and the live pids. Read
+    /// without asking the manager, so a done-callback (which runs on the
+    /// manager thread) gets true answers.
+    snapshot: Mutex<(Stats, Vec<u32>)>,
 }
 
 impl Shared {
@@ -25,6 +31,35 @@ impl Shared {
             self.done.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// The manager's snapshot, after each of its steps.
+    pub(crate) fn publish(&self, stats: Stats, pids: impl Iterator<Item = u32>) {
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        snapshot.0 = stats;
+        snapshot.1.clear();
+        snapshot.1.extend(pids);
+    }
+
+    /// The last published stats, with the counters of finished tasks.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone();
+        (stats.done, stats.failed) = self.counts();
+        stats
+    }
+
+    /// The pids of the workers alive at the last step.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
     }
 
     pub(crate) fn set_broken(&self, reason: String) {

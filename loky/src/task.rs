@@ -1,6 +1,7 @@
 //! The [`Task`] trait that `#[loky::task]` implements.
 
-use crate::future::Future;
+use crate::error::Error;
+use loky_worker::registry;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -8,7 +9,8 @@ use serde::de::DeserializeOwned;
 ///
 /// The attribute turns `fn square(x: u64) -> u64` into a unit struct
 /// `square` that implements this trait: `square.call(3)` runs it here,
-/// `square.spawn(3)` on the default reusable executor, and
+/// `square.spawn(3)` (an inherent method the attribute adds) on the default
+/// reusable executor, and
 /// `executor.submit(square, 3)` and `executor.map(square, 0..10)` on an
 /// executor. One argument is passed as is, several as a tuple, none as `()`.
 pub trait Task: Copy + Default + Send + Sync + 'static {
@@ -22,9 +24,12 @@ pub trait Task: Copy + Default + Send + Sync + 'static {
 
     /// Runs the task in this process.
     fn call(self, args: Self::Args) -> Self::Output;
+}
 
-    /// Runs the task on the default reusable executor.
-    fn spawn(self, args: Self::Args) -> Future<Self::Output> {
-        crate::reusable::spawn(self, args)
-    }
+/// Checks that exactly one task is registered under `id`.
+pub(crate) fn registered(id: &'static str) -> Result<(), Error> {
+    registry::lookup(id)
+        .entry()
+        .map(|_| ())
+        .map_err(|failure| Error::from_failure(id, None, failure))
 }

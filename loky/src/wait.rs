@@ -50,7 +50,7 @@ pub fn wait<R>(
     timeout: Option<Duration>,
     return_when: ReturnWhen,
 ) -> WaitResult {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let (key, notifications) = watch_all(futures);
     let mut done = vec![false; futures.len()];
     let mut count = 0;
@@ -113,9 +113,12 @@ impl<R> Iterator for AsCompleted<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.remaining > 0 {
-            let index = match self.timeout {
+            let deadline = self
+                .timeout
+                .and_then(|timeout| Some((timeout, self.started.checked_add(timeout)?)));
+            let index = match deadline {
                 None => self.notifications.recv().ok(),
-                Some(timeout) => match self.notifications.recv_deadline(self.started + timeout) {
+                Some((timeout, deadline)) => match self.notifications.recv_deadline(deadline) {
                     Ok(index) => Some(index),
                     Err(_) => {
                         self.remaining = 0;

@@ -1,21 +1,28 @@
 //! The manager: the one thread that owns an executor's workers and its queue
 //! of pending jobs. See `README.md` beside this file for its states.
 
+mod policy;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use crate::config::Config;
-use crate::error::{Error, ExitReason, SpawnError};
-use crate::job::Job;
-use crate::process::{self, WorkerEvent};
+use crate::error::{Error, SpawnError};
+use crate::host::{Backend, Notify, WorkerEvent, WorkerHandle};
+use crate::job::{Claim, Job, Piece};
 use crate::shared::Shared;
 use crate::stats::{Stats, WorkerExits};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use loky_worker::protocol::{Call, CallKind, FromWorker, Outcome, Payload, ToWorker};
+use loky_worker::protocol::{
+    self, Board, Call, CallKind, ChunkArgs, Claim as ClaimState, FromWorker, Outcome, Payload,
+    Setup, ToWorker,
+};
+use policy::{Busy, Settle};
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker::{Retire, Worker, WorkerState};
+use worker::{Cause, InFlight, Kill, Life, Retire, Worker};
 
 /// Everything the manager reacts to.
 pub(crate) enum Event {
@@ -23,19 +30,15 @@ pub(crate) enum Event {
     Submit(Job),
     /// Stop: finish or cancel the queue, then stop the workers.
     Shutdown(ShutdownRequest),
-    /// News from a worker's link thread.
+    /// News from a worker's watchers.
     Worker(u64, WorkerEvent),
-    /// Asks for the pids of the live workers.
-    Pids(Sender<Vec<u32>>),
-    /// The future of this job was cancelled while it was running (or sent
-    /// to a worker): kill the worker if it runs it.
+    /// The future of this job was cancelled while a worker held it: drop
+    /// the call, or kill the worker if it runs it.
     Cancel(u64),
     /// A new `max_workers`.
     Resize(usize),
     /// Start every worker now; answer once none is starting.
     StartWorkers(Sender<Result<(), Error>>),
-    /// Asks for a snapshot of the workers and the queue.
-    Stats(Sender<Stats>),
 }
 
 /// How to shut down.
@@ -48,49 +51,37 @@ pub(crate) struct ShutdownRequest {
 }
 
 impl ShutdownRequest {
-    /// The stronger of two requests.
-    fn merge(self, other: ShutdownRequest) -> ShutdownRequest {
-        let kill = match (self.kill, other.kill) {
-            (Some(libc::SIGKILL), _) | (_, Some(libc::SIGKILL)) => Some(libc::SIGKILL),
-            (Some(signal), _) | (None, Some(signal)) => Some(signal),
-            (None, None) => None,
-        };
-        ShutdownRequest {
-            cancel_futures: self.cancel_futures || other.cancel_futures,
-            kill,
-        }
-    }
-
     fn kills(&self) -> bool {
         self.kill.is_some()
     }
 }
 
 /// How long a worker whose channel closed may take to exit before it is
-/// killed.
+/// killed; also how long SIGTERM has before SIGKILL.
 const CLOSED_GRACE: Duration = Duration::from_secs(1);
-/// How often starting workers are checked for an early death.
-const STARTING_POLL: Duration = Duration::from_millis(5);
+/// How long the channel of a worker that exited may stay open (held by a
+/// process it started outside its group) before it is reaped anyway.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
 /// How long to wait before trying again after a worker failed to start.
 const SPAWN_BACKOFF: Duration = Duration::from_millis(50);
 
+/// `at + after`, or `None` (never) when that overflows.
+fn deadline(at: Instant, after: Duration) -> Option<Instant> {
+    at.checked_add(after)
+}
+
 /// Runs the manager loop until the executor is shut down and every worker
 /// is gone.
-pub(crate) fn run(
+pub(crate) fn run<B: Backend>(
     config: Config,
+    backend: B,
     events: Receiver<Event>,
     events_tx: Sender<Event>,
     shared: Arc<Shared>,
 ) {
-    // RandomState is keyed from the OS's randomness: no other process can
-    // guess the secret that lets a worker in.
-    let secret = std::hash::BuildHasher::hash_one(
-        &std::collections::hash_map::RandomState::new(),
-        (std::process::id(), Instant::now()),
-    );
     Manager {
         config,
-        secret,
+        backend,
         events,
         events_tx,
         shared,
@@ -106,20 +97,19 @@ pub(crate) fn run(
         started: 0,
         exits: WorkerExits::default(),
         init_failures: 0,
-        next_init_call: u64::MAX,
     }
     .run();
 }
 
-struct Manager {
+struct Manager<B: Backend> {
     config: Config,
-    secret: u64,
+    backend: B,
     events: Receiver<Event>,
     events_tx: Sender<Event>,
     shared: Arc<Shared>,
-    /// Jobs not yet sent to a worker, oldest first.
+    /// Jobs not held by any worker, oldest first.
     queue: VecDeque<Job>,
-    workers: BTreeMap<u64, Worker>,
+    workers: BTreeMap<u64, Worker<B::Worker>>,
     next_worker: u64,
     shutdown: Option<ShutdownRequest>,
     spawn_backoff_until: Option<Instant>,
@@ -135,11 +125,9 @@ struct Manager {
     exits: WorkerExits,
     /// Workers in a row whose initializer failed.
     init_failures: usize,
-    /// Ids for initializer calls, counting down: never a job's id.
-    next_init_call: u64,
 }
 
-impl Manager {
+impl<B: Backend> Manager<B> {
     fn run(mut self) {
         loop {
             match panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
@@ -171,8 +159,13 @@ impl Manager {
         while let Ok(event) = self.events.try_recv() {
             self.handle(event);
         }
-        self.check_timers(Instant::now());
+        let now = Instant::now();
+        self.check_timers(now);
+        // Before dispatching: a reaped worker's unstarted calls go back to
+        // the queue.
+        self.reap_ready(now);
         self.dispatch();
+        self.publish();
         self.answer_start_waiters();
         !self.finished()
     }
@@ -188,16 +181,16 @@ impl Manager {
             job.completion.fail(error.clone());
         }
         for (_, mut worker) in std::mem::take(&mut self.workers) {
-            for job in worker.inflight.drain(..) {
-                job.completion.fail(error.clone());
+            for held in std::mem::take(&mut worker.inflight) {
+                held.job.completion.fail(error.clone());
             }
-            worker.process.kill();
             if worker.is_starting() {
-                worker.process.abort_handshake();
+                worker.handle.abort_handshake();
             }
-            let _ = worker.process.child.wait();
+            worker.handle.reap();
         }
         self.broken = Some(error);
+        self.publish();
         self.answer_start_waiters();
     }
 
@@ -205,29 +198,39 @@ impl Manager {
     fn next_wakeup(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut next: Option<Instant> = self.spawn_backoff_until.filter(|_| !self.queue.is_empty());
-        let mut earliest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
-        let idle_timeout = self.config.get_idle_timeout();
+        let mut earliest = |at: Option<Instant>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        };
+        let idle_timeout = self
+            .config
+            .get_idle_timeout()
+            .filter(|_| self.queue.is_empty());
         for worker in self.workers.values() {
-            match worker.state {
-                WorkerState::Starting { deadline } => earliest(deadline.min(now + STARTING_POLL)),
-                WorkerState::Closed {
-                    since,
-                    killed: false,
-                } => earliest(since + CLOSED_GRACE),
-                WorkerState::Closed { killed: true, .. } => {}
-                WorkerState::Ready(_) => {
-                    if let Some(timeout) = worker.inflight.front().and_then(|job| job.timeout) {
-                        earliest(worker.head_since + timeout);
+            match &worker.life {
+                Life::Starting { deadline } => earliest(*deadline),
+                Life::Serving { .. } | Life::Leaving { .. } => {
+                    if let Some(timeout) = worker.inflight.front().and_then(|h| h.job.timeout) {
+                        earliest(deadline(worker.head_since, timeout));
                     }
-                    if let Some(idle) = idle_timeout.filter(|_| worker.is_active()) {
-                        if worker.is_idle() {
-                            earliest(worker.idle_since + idle);
-                        }
+                    if let Some(idle) = idle_timeout.filter(|_| worker.is_idle()) {
+                        earliest(deadline(worker.idle_since, idle));
                     }
                 }
-            }
-            if let Some(at) = worker.escalate_at {
-                earliest(at);
+                Life::Killed { escalate_at, .. } => earliest(*escalate_at),
+                Life::Gone {
+                    closed,
+                    exited,
+                    since,
+                    forced,
+                    ..
+                } => match (closed, exited) {
+                    (true, false) if !forced => earliest(deadline(*since, CLOSED_GRACE)),
+                    (false, true) => earliest(deadline(*since, DRAIN_GRACE)),
+                    _ => {}
+                },
+                Life::Initializing { .. } | Life::Told { .. } => {}
             }
         }
         next.map(|at| at.saturating_duration_since(now))
@@ -242,10 +245,7 @@ impl Manager {
             },
             Event::Shutdown(request) => self.shut_down(request),
             Event::Worker(id, event) => self.worker_event(id, event),
-            Event::Pids(reply) => {
-                let _ = reply.send(self.workers.values().map(|w| w.process.pid).collect());
-            }
-            Event::Cancel(job) => self.cancel_running(job),
+            Event::Cancel(job) => self.cancelled(job),
             Event::Resize(max_workers) => {
                 self.config = self.config.clone().max_workers(max_workers);
                 self.shrink();
@@ -255,35 +255,36 @@ impl Manager {
                 self.fill_pool = true;
                 self.last_spawn_error = None;
             }
-            Event::Stats(reply) => {
-                let _ = reply.send(self.stats());
-            }
         }
     }
 
-    fn stats(&self) -> Stats {
-        Stats {
+    /// Publishes what `Executor::stats` and `worker_pids` report.
+    fn publish(&self) {
+        let stats = Stats {
             workers: self.workers.len(),
             pending: self.queue.len(),
             running: self.workers.values().map(|w| w.inflight.len()).sum(),
             started: self.started,
             exits: self.exits.clone(),
             ..Stats::default()
-        }
+        };
+        self.shared
+            .publish(stats, self.workers.values().map(|w| w.pid));
     }
 
     /// Answers `start_workers` callers once no worker is starting.
     fn answer_start_waiters(&mut self) {
-        if self.start_waiters.is_empty() || self.workers.values().any(Worker::is_starting) {
+        let connecting =
+            |w: &Worker<B::Worker>| w.is_starting() || matches!(w.life, Life::Initializing { .. });
+        if self.start_waiters.is_empty() || self.workers.values().any(connecting) {
             return;
         }
-        let ready = self.workers.values().filter(|w| w.is_ready()).count();
+        let up = self.workers.values().filter(|w| w.is_up()).count();
         let answer = match (&self.broken, &self.last_spawn_error) {
             (Some(error), _) => Err(error.clone()),
-            (None, Some(error)) if ready < self.config.get_max_workers() => {
+            (None, Some(error)) if up < self.config.get_max_workers() => {
                 Err(Error::Spawn(error.clone()))
             }
-            _ if self.shutdown.is_some() => Err(Error::ShutDown),
             _ => Ok(()),
         };
         for waiter in self.start_waiters.drain(..) {
@@ -291,46 +292,78 @@ impl Manager {
         }
     }
 
-    /// Kills the worker that runs `job`, whose future was just cancelled.
-    /// If the job waits behind another in the worker's channel, the worker
-    /// is killed when it reaches it (see `Worker::advance`).
-    fn cancel_running(&mut self, job: u64) {
-        let running = self
-            .workers
-            .values_mut()
-            .find(|w| w.inflight.front().is_some_and(|head| head.id == job));
-        if let Some(worker) = running {
-            worker.doom(None);
+    /// A future was cancelled while a worker held its call: the call was
+    /// taken back (drop it) or it is running (kill the worker).
+    fn cancelled(&mut self, job: u64) {
+        let found = self.workers.iter_mut().find_map(|(&id, worker)| {
+            let position = worker.inflight.iter().position(|h| h.job.id == job)?;
+            Some((id, position))
+        });
+        let Some((id, position)) = found else { return };
+        let worker = self.workers.get_mut(&id).expect("found above");
+        let seq = worker.inflight[position].seq;
+        let state = worker
+            .board
+            .as_ref()
+            .map_or(ClaimState::Gone, |board| board.state(seq));
+        match state {
+            ClaimState::Started => {
+                tracing::info!(
+                    pid = worker.pid,
+                    "running task cancelled: killing its worker"
+                );
+                worker.inflight[position].fate = Some(Error::Cancelled {
+                    task: worker.inflight[position].job.task(),
+                });
+                self.kill_worker(id, Kill::Cancel, libc::SIGKILL);
+            }
+            ClaimState::Revoked | ClaimState::Gone => {
+                worker.inflight.remove(position);
+                if position == 0 {
+                    worker.advance(Instant::now());
+                }
+            }
+            ClaimState::Queued => {}
         }
     }
 
-    /// Retires workers beyond `max_workers`: idle or starting ones first,
-    /// then busy ones, which leave once they have finished their jobs.
+    /// Retires workers beyond `max_workers`.
     fn shrink(&mut self) {
-        let max = self.config.get_max_workers();
-        let mut active: Vec<(u64, usize)> = self
+        let active: Vec<(u64, Busy)> = self
             .workers
             .iter()
             .filter(|(_, w)| w.is_active())
             .map(|(&id, w)| {
                 let busy = if w.is_starting() {
-                    0
+                    Busy::Starting
                 } else if w.is_idle() {
-                    1
+                    Busy::Idle
                 } else {
-                    2
+                    Busy::Working
                 };
                 (id, busy)
             })
             .collect();
-        let surplus = active.len().saturating_sub(max);
-        // Least busy first; among equals, the newest first, so the oldest
-        // workers survive.
-        active.sort_by_key(|&(id, busy)| (busy, std::cmp::Reverse(id)));
-        for &(id, _) in active.iter().take(surplus) {
-            if let Some(worker) = self.workers.get_mut(&id) {
-                worker.retire(Retire::Shrink);
-            }
+        for id in policy::shrink_victims(&active, self.config.get_max_workers()) {
+            self.retire(id, Retire::Shrink);
+        }
+    }
+
+    /// Retires a worker: a connected one leaves once drained; a starting
+    /// one is killed (no user code runs in it yet).
+    fn retire(&mut self, id: u64, why: Retire) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.is_starting() {
+            worker.handle.signal(libc::SIGKILL);
+            worker.handle.abort_handshake();
+            worker.life = Life::Killed {
+                why: Kill::Retired(why),
+                escalate_at: None,
+            };
+        } else {
+            worker.retire(why);
         }
     }
 
@@ -346,31 +379,74 @@ impl Manager {
             for job in self.queue.drain(..) {
                 job.completion.fail(Error::ShutDown);
             }
-            let now = Instant::now();
-            for worker in self.workers.values_mut() {
-                worker.retire(Retire::Shutdown);
-                let mut inflight = worker.inflight.drain(..);
-                let running = if worker.doomed { None } else { inflight.next() };
-                if let Some(job) = running {
-                    job.completion.fail(Error::ShutDown);
+            let ids: Vec<u64> = self.workers.keys().copied().collect();
+            for id in ids {
+                let starting = self.workers.get(&id).is_some_and(Worker::is_starting);
+                if starting {
+                    self.retire(id, Retire::Shutdown);
+                } else {
+                    self.kill_worker(id, Kill::Shutdown, signal);
                 }
-                // Never started: cancelled if asked, like queued ones.
-                for job in inflight {
-                    job.completion.set_pending();
-                    if !merged.cancel_futures || !job.completion.cancel() {
+            }
+        }
+    }
+
+    /// Kills a worker on purpose. Its calls not started are taken back at
+    /// once and run elsewhere (or, when shutting down, are cancelled or
+    /// fail); the running one is settled by `why`: it timed out, was
+    /// cancelled, or (shutdown) fails with `ShutDown`.
+    fn kill_worker(&mut self, id: u64, why: Kill, signal: i32) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if matches!(worker.life, Life::Killed { .. } | Life::Gone { .. }) {
+            if signal == libc::SIGKILL {
+                worker.handle.signal(signal);
+            }
+            return;
+        }
+        worker.handle.signal(signal);
+        let escalate_at = (signal != libc::SIGKILL)
+            .then(|| deadline(Instant::now(), CLOSED_GRACE))
+            .flatten();
+        let shutting_down = matches!(why, Kill::Shutdown);
+        worker.life = Life::Killed { why, escalate_at };
+        let board = worker.board.clone();
+        let mut requeue = Vec::new();
+        for held in std::mem::take(&mut worker.inflight) {
+            let state = board
+                .as_ref()
+                .map_or(ClaimState::Queued, |b| b.state(held.seq));
+            match state {
+                ClaimState::Queued if board.as_ref().is_none_or(|b| b.revoke(held.seq)) => {
+                    held.job.completion.detach();
+                    requeue.push(held.job);
+                }
+                ClaimState::Started if shutting_down && held.job.kind == CallKind::Single => {
+                    held.job.completion.fail(Error::ShutDown);
+                }
+                ClaimState::Revoked | ClaimState::Gone => {}
+                // Running (or started just now): settled when reaped.
+                _ => worker.inflight.push_back(held),
+            }
+        }
+        self.requeue(requeue);
+    }
+
+    /// Puts jobs that never started back at the front of the queue, in
+    /// order; when shutting down with a kill, they are cancelled or fail.
+    fn requeue(&mut self, jobs: Vec<Job>) {
+        match self.shutdown {
+            Some(request) if request.kills() => {
+                for job in jobs {
+                    if !request.cancel_futures || !job.completion.cancel() {
                         job.completion.fail(Error::ShutDown);
                     }
                 }
-                if worker.is_starting() {
-                    // No user code runs yet: nothing to be gentle with.
-                    worker.process.kill();
-                    worker.process.abort_handshake();
-                    worker.told_to_exit = true;
-                } else {
-                    worker.process.signal(signal);
-                    if signal != libc::SIGKILL && worker.escalate_at.is_none() {
-                        worker.escalate_at = Some(now + CLOSED_GRACE);
-                    }
+            }
+            _ => {
+                for job in jobs.into_iter().rev() {
+                    self.queue.push_front(job);
                 }
             }
         }
@@ -378,103 +454,159 @@ impl Manager {
 
     fn worker_event(&mut self, id: u64, event: WorkerEvent) {
         let Some(worker) = self.workers.get_mut(&id) else {
-            // A worker already given up on (failed handshake, early exit).
+            // A worker reaped already.
             return;
         };
+        let now = Instant::now();
         match event {
             WorkerEvent::Ready(Ok(calls)) => {
                 if worker.is_starting() {
-                    worker.state = WorkerState::Ready(calls);
-                    worker.idle_since = Instant::now();
-                    self.spawn_backoff_until = None;
-                    self.initialize(id);
+                    self.connected(id, calls);
                 }
             }
             WorkerEvent::Ready(Err(error)) => {
-                let mut worker = self.workers.remove(&id).expect("present above");
-                worker.process.kill();
-                let _ = worker.process.child.wait();
-                self.exits.failed_to_start += 1;
-                self.spawn_failed(error);
-            }
-            WorkerEvent::Message(FromWorker::Done {
-                id: call_id,
-                outcome,
-            }) if worker.initializing == Some(call_id) => {
-                worker.initializing = None;
-                worker.idle_since = Instant::now();
-                let pid = worker.process.pid;
-                match outcome {
-                    Outcome::Returned(_) => self.init_failures = 0,
-                    Outcome::Failed(failure) => {
-                        worker.retire(Retire::InitFailed);
-                        let task = self.initializer_task();
-                        let error = Error::from_failure(task, Some(pid), failure);
-                        self.initializer_failed(error.to_string());
-                    }
+                if worker.is_starting() {
+                    self.handshake_failed(id, error);
                 }
             }
-            WorkerEvent::Message(FromWorker::Done {
-                id: job_id,
-                outcome,
+            WorkerEvent::Message(FromWorker::Done { seq, outcome }) => {
+                if matches!(worker.life, Life::Initializing { seq: init, .. } if init == seq) {
+                    let placeholder = Life::Told {
+                        why: Retire::InitFailed,
+                    };
+                    let Life::Initializing { calls, .. } =
+                        std::mem::replace(&mut worker.life, placeholder)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    self.initialized(id, calls, outcome);
+                    return;
+                }
+                let Some(position) = worker.inflight.iter().position(|h| h.seq == seq) else {
+                    return;
+                };
+                let held = worker.inflight.remove(position).expect("found above");
+                let pid = worker.pid;
+                if position == 0 {
+                    worker.advance(now);
+                }
+                complete(held, pid, outcome);
+            }
+            WorkerEvent::Message(FromWorker::Items {
+                seq,
+                first,
+                count,
+                items,
             }) => {
-                let position = worker.inflight.iter().position(|job| job.id == job_id);
-                if let Some(job) = position.and_then(|p| worker.inflight.remove(p)) {
-                    job.completion.finish_remote(worker.process.pid, outcome);
-                    if position == Some(0) {
-                        worker.advance(Instant::now());
-                    }
+                let pid = worker.pid;
+                if let Some(held) = worker.inflight.iter_mut().find(|h| h.seq == seq) {
+                    held.job
+                        .pieces
+                        .receive(pid, first, count, items.bytes().to_vec());
                 }
             }
             WorkerEvent::Message(FromWorker::Retire(reason)) => {
                 tracing::info!(
-                    pid = worker.process.pid,
+                    pid = worker.pid,
                     ?reason,
                     "worker over its memory limit: replacing it"
                 );
                 worker.retire(Retire::Memory);
             }
-            WorkerEvent::Closed => {
-                worker.state = WorkerState::Closed {
-                    since: Instant::now(),
-                    killed: false,
-                };
-            }
+            WorkerEvent::Closed => worker.gone(true, now),
             WorkerEvent::Exited => {
-                let mut worker = self.workers.remove(&id).expect("present above");
-                self.reap(&mut worker);
+                worker.gone(false, now);
+                // Dead but not reaped: its group is still ours. Kill what
+                // it left behind, so that nothing keeps its channel open.
+                worker.handle.signal(libc::SIGKILL);
+            }
+        }
+    }
+
+    /// A worker completed its handshake: give it its board, then its
+    /// initializer or its first jobs.
+    fn connected(&mut self, id: u64, calls: crate::host::Calls) {
+        let worker = self.workers.get_mut(&id).expect("checked by the caller");
+        // Sharing the board maps it once more, and ipc-channel panics when
+        // the OS refuses (out of descriptors or memory): a spawn failure.
+        let setup = Board::new().and_then(|board| {
+            let shared = panic::catch_unwind(AssertUnwindSafe(|| {
+                calls.send(ToWorker::Setup(Setup {
+                    board: board.share(),
+                }))
+            }));
+            match shared {
+                // If the send fails the worker is gone: its watchers say so.
+                Ok(_) => Ok(Arc::new(board)),
+                Err(payload) => Err(loky_worker::panic::payload_message(&*payload)),
+            }
+        });
+        let board = match setup {
+            Ok(board) => board,
+            Err(message) => {
+                let error = SpawnError::io(
+                    "could not create a worker's board",
+                    std::io::Error::other(message),
+                );
+                self.handshake_failed(id, error);
+                return;
+            }
+        };
+        worker.board = Some(Arc::clone(&board));
+        worker.idle_since = Instant::now();
+        self.spawn_backoff_until = None;
+        worker.life = match self.config.get_initializer() {
+            Some(init) => {
+                let seq = worker.next_seq;
+                worker.next_seq += 1;
+                board.queue(seq);
+                let _ = calls.send(ToWorker::Call(Call {
+                    seq,
+                    task: init.task.to_owned(),
+                    kind: CallKind::Single,
+                    args: Payload::pack_args(init.args.clone().unwrap_or_default()),
+                }));
+                Life::Initializing { calls, seq }
+            }
+            None => Life::Serving { calls },
+        };
+    }
+
+    /// A starting worker failed its handshake (or it took too long): it is
+    /// killed, and counts as a spawn failure at once, so that no
+    /// replacement starts before the backoff.
+    fn handshake_failed(&mut self, id: u64, error: SpawnError) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        worker.handle.signal(libc::SIGKILL);
+        worker.handle.abort_handshake();
+        worker.life = Life::Killed {
+            why: Kill::Handshake,
+            escalate_at: None,
+        };
+        self.exits.failed_to_start += 1;
+        self.spawn_failed(error);
+    }
+
+    /// A worker's initializer returned (or failed).
+    fn initialized(&mut self, id: u64, calls: crate::host::Calls, outcome: Outcome) {
+        let task = self.initializer_task();
+        let worker = self.workers.get_mut(&id).expect("checked by the caller");
+        worker.idle_since = Instant::now();
+        worker.life = Life::Serving { calls };
+        match outcome {
+            Outcome::Returned(_) => self.init_failures = 0,
+            Outcome::Failed(failure) => {
+                worker.retire(Retire::InitFailed);
+                let error = Error::from_failure(task, Some(worker.pid), failure);
+                self.initializer_failed(error.to_string());
             }
         }
     }
 
     fn initializer_task(&self) -> &'static str {
         self.config.get_initializer().map_or("", |init| init.task)
-    }
-
-    /// Sends the initializer, if there is one, to a worker that just
-    /// connected. It takes no job until it has run it.
-    fn initialize(&mut self, id: u64) {
-        let Some(init) = self.config.get_initializer() else {
-            return;
-        };
-        let Some(worker) = self.workers.get_mut(&id) else {
-            return;
-        };
-        let WorkerState::Ready(calls) = &worker.state else {
-            return;
-        };
-        let call_id = self.next_init_call;
-        self.next_init_call -= 1;
-        let args = init.args.clone().unwrap_or_default();
-        let call = ToWorker::Call(Call {
-            id: call_id,
-            task: init.task.to_owned(),
-            kind: CallKind::Single,
-            args: Payload::pack_args(args),
-        });
-        if calls.send(call).is_ok() {
-            worker.initializing = Some(call_id);
-        }
     }
 
     /// A worker failed its initializer: after too many in a row, the
@@ -491,73 +623,203 @@ impl Manager {
             reason,
             "worker initializer failed"
         );
-        if self.init_failures >= max {
+        if policy::initializer_breaks(self.init_failures, max) {
             let task = self.initializer_task();
             self.break_down(format!(
                 "the initializer `{task}` failed in {} workers in a row; last: {reason}",
                 self.init_failures
             ));
         } else {
-            self.spawn_backoff_until = Some(Instant::now() + SPAWN_BACKOFF);
+            self.spawn_backoff_until = deadline(Instant::now(), SPAWN_BACKOFF);
         }
     }
 
-    /// Collects a dead worker's status, fails the job it was running and
-    /// requeues the ones it had not started.
-    fn reap(&mut self, worker: &mut Worker) {
-        let pid = worker.process.pid;
-        // The worker is dead but not reaped, so its process group is still
-        // ours: kill what its tasks started and left behind.
-        worker.process.kill();
-        let reason = match worker.process.child.wait() {
-            Ok(status) => ExitReason::from_status(status),
-            Err(error) => {
-                tracing::error!(pid, %error, "could not reap worker");
-                ExitReason::Code(-1)
-            }
+    /// Reaps the workers that are gone: exited with their channel drained
+    /// (or its grace over).
+    fn reap_ready(&mut self, now: Instant) {
+        let ready: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| match &w.life {
+                // A worker that never connected has no channel to drain.
+                Life::Gone {
+                    exited: true,
+                    closed,
+                    since,
+                    ..
+                } => {
+                    *closed
+                        || w.board.is_none()
+                        || deadline(*since, DRAIN_GRACE).is_none_or(|at| now >= at)
+                }
+                _ => false,
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ready {
+            let worker = self.workers.remove(&id).expect("listed above");
+            self.reap(worker);
+        }
+    }
+
+    /// Collects a dead worker's status (its group killed first), settles
+    /// the calls it held by their claims, and counts its exit.
+    fn reap(&mut self, worker: Worker<B::Worker>) {
+        let Worker {
+            handle,
+            pid,
+            life,
+            board,
+            inflight,
+            ..
+        } = worker;
+        let cause = match life {
+            Life::Gone { cause, .. } => cause,
+            _ => unreachable!("only gone workers are reaped"),
         };
-        match (worker.doomed, worker.retiring) {
-            (true, _) => self.exits.killed += 1,
-            (false, Some(Retire::Idle)) => self.exits.idle += 1,
-            (false, Some(Retire::MaxTasks)) => self.exits.max_tasks += 1,
-            (false, Some(Retire::Memory)) => self.exits.memory += 1,
-            (false, Some(Retire::Shrink | Retire::Shutdown)) => self.exits.retired += 1,
-            // Counted when its initializer failed.
-            (false, Some(Retire::InitFailed)) => {}
-            (false, None) => self.exits.crashed += 1,
+        if matches!(
+            cause,
+            Cause::DiedStarting | Cause::Killed(Kill::Handshake | Kill::Retired(_))
+        ) {
+            handle.abort_handshake();
         }
-        if worker.initializing.is_some() {
-            let task = self.initializer_task();
-            self.initializer_failed(format!(
-                "worker {pid} running the initializer `{task}` {reason}"
-            ));
+        let reason = handle.reap();
+        let killed_for_another = matches!(cause, Cause::Killed(Kill::Timeout | Kill::Cancel));
+        let mut blamed = false;
+        let mut requeue = Vec::new();
+        for held in inflight {
+            let state = board
+                .as_ref()
+                .map_or(ClaimState::Queued, |b| b.state(held.seq));
+            let fated = held.fate.is_some();
+            match policy::settle(state, killed_for_another && !fated) {
+                Settle::Drop => {}
+                Settle::Requeue
+                    if held.job.kind == CallKind::Chunk && state == ClaimState::Started =>
+                {
+                    requeue.extend(self.split_chunk(held, pid, board.as_deref(), None));
+                }
+                Settle::Requeue => {
+                    if let Some(board) = &board {
+                        board.revoke(held.seq);
+                    }
+                    held.job.completion.detach();
+                    requeue.push(held.job);
+                }
+                Settle::Blame => {
+                    blamed = true;
+                    let task = held.job.task();
+                    let error = match (&cause, &held.fate) {
+                        (_, Some(fate)) => fate.clone(),
+                        (Cause::Killed(Kill::Shutdown), None) => Error::ShutDown,
+                        _ => {
+                            tracing::warn!(pid, task, %reason, "worker died while running a task");
+                            Error::WorkerDied { task, pid, reason }
+                        }
+                    };
+                    if held.job.kind == CallKind::Chunk {
+                        requeue.extend(self.split_chunk(held, pid, board.as_deref(), Some(error)));
+                    } else {
+                        held.job.completion.fail(error);
+                    }
+                }
+            }
         }
-        let mut inflight = std::mem::take(&mut worker.inflight).into_iter();
-        let running = if worker.doomed { None } else { inflight.next() };
-        if let Some(running) = running {
-            let task = running.task();
-            tracing::warn!(pid, task, %reason, "worker died while running a task");
-            running
-                .completion
-                .fail(Error::WorkerDied { task, pid, reason });
-        } else if worker.retiring.is_none() && !worker.doomed {
-            tracing::warn!(pid, %reason, "idle worker died");
+        match cause {
+            Cause::DiedStarting => {
+                self.exits.failed_to_start += 1;
+                self.spawn_failed(SpawnError::ExitedEarly { pid, reason });
+            }
+            // Counted when its handshake failed.
+            Cause::Killed(Kill::Handshake) => {}
+            Cause::DiedInitializing => {
+                let task = self.initializer_task();
+                self.initializer_failed(format!(
+                    "worker {pid} running the initializer `{task}` {reason}"
+                ));
+            }
+            Cause::Killed(Kill::Timeout | Kill::Cancel) => self.exits.killed += 1,
+            Cause::Killed(Kill::Shutdown) => self.exits.retired += 1,
+            Cause::Retired(_) | Cause::Unasked if blamed => self.exits.crashed += 1,
+            Cause::Retired(why) | Cause::Killed(Kill::Retired(why)) => match why {
+                Retire::Idle => self.exits.idle += 1,
+                Retire::MaxTasks => self.exits.max_tasks += 1,
+                Retire::Memory => self.exits.memory += 1,
+                Retire::Shrink | Retire::Shutdown => self.exits.retired += 1,
+                // Counted when its initializer failed.
+                Retire::InitFailed => {}
+            },
+            Cause::Unasked => {
+                tracing::warn!(pid, %reason, "idle worker died");
+                self.exits.crashed += 1;
+            }
         }
-        for job in inflight.rev() {
-            job.completion.set_pending();
-            self.queue.push_front(job);
+        self.requeue(requeue);
+    }
+
+    /// Settles a chunk whose worker died in it: the outcomes it delivered
+    /// (in messages or in the board's arena) are kept, the running element
+    /// gets `error` (or, with none, runs again), and the elements that
+    /// never started come back as a job of their own.
+    fn split_chunk(
+        &mut self,
+        held: InFlight,
+        pid: u32,
+        board: Option<&Board>,
+        error: Option<Error>,
+    ) -> Option<Job> {
+        let InFlight { seq, mut job, .. } = held;
+        if let Some(progress) = board.and_then(|b| b.chunk_progress(seq)) {
+            job.pieces
+                .receive(pid, progress.first, progress.count, progress.items);
+            let elements: ChunkArgs = match protocol::decode(job.args.bytes()) {
+                Ok(elements) => elements,
+                Err(message) => {
+                    job.completion.fail(Error::Broken {
+                        reason: format!("a chunk's own arguments: {message}"),
+                    });
+                    return None;
+                }
+            };
+            let started = usize::try_from(progress.started).unwrap_or(usize::MAX);
+            let split = policy::chunk_split(elements.len(), job.pieces.received, started);
+            let rest = match (split.running, error) {
+                (Some(_), Some(error)) => {
+                    job.pieces.settled.push(Piece::Failed(error));
+                    split.rest
+                }
+                (running, _) => running.unwrap_or(split.rest),
+            };
+            if rest >= elements.len() {
+                job.completion.finish_chunk(job.pieces.settled);
+                return None;
+            }
+            let remaining: ChunkArgs = elements[rest..].to_vec();
+            match protocol::encode(&remaining) {
+                Ok(bytes) => job.args = Payload::pack_args(bytes),
+                Err(message) => {
+                    job.completion.fail(Error::Broken {
+                        reason: format!("re-encoding a chunk: {message}"),
+                    });
+                    return None;
+                }
+            }
+            job.pieces.received = 0;
+        } else if let Some(error) = error {
+            // It died before it began the chunk's first element.
+            job.completion.fail(error);
+            return None;
         }
+        job.completion.detach();
+        Some(job)
     }
 
     fn spawn_failed(&mut self, error: SpawnError) {
         tracing::error!(%error, "a worker failed to start");
-        self.spawn_backoff_until = Some(Instant::now() + SPAWN_BACKOFF);
+        self.spawn_backoff_until = deadline(Instant::now(), SPAWN_BACKOFF);
         self.last_spawn_error = Some(error.clone());
         self.fill_pool = false;
-        let any_alive = self
-            .workers
-            .values()
-            .any(|w| w.is_starting() || w.is_ready());
+        let any_alive = self.workers.values().any(Worker::is_active);
         if !any_alive {
             // Nobody can run the queue: tell its futures why.
             for job in self.queue.drain(..) {
@@ -567,159 +829,155 @@ impl Manager {
     }
 
     fn check_timers(&mut self, now: Instant) {
-        let mut failed = Vec::new();
-        let idle_timeout = self.config.get_idle_timeout();
+        let idle_timeout = self
+            .config
+            .get_idle_timeout()
+            .filter(|_| self.queue.is_empty());
+        let mut expired = Vec::new();
+        let mut idle = Vec::new();
+        let mut late = Vec::new();
         for (&id, worker) in &mut self.workers {
-            match &mut worker.state {
-                WorkerState::Starting { deadline } => {
-                    let pid = worker.process.pid;
-                    let error = match worker.process.child.try_wait() {
-                        Ok(Some(status)) => Some(SpawnError::ExitedEarly {
-                            pid,
-                            reason: ExitReason::from_status(status),
-                        }),
-                        _ if now >= *deadline => {
-                            worker.process.kill();
-                            let _ = worker.process.child.wait();
-                            Some(SpawnError::HandshakeTimeout {
-                                pid,
-                                timeout: self.config.get_handshake_timeout(),
-                            })
+            match &mut worker.life {
+                Life::Starting { deadline: Some(at) } if now >= *at => {
+                    late.push((id, worker.pid));
+                }
+                Life::Serving { .. } | Life::Leaving { .. } => {
+                    let head = worker.inflight.front();
+                    if let Some(timeout) = head.and_then(|h| h.job.timeout) {
+                        if deadline(worker.head_since, timeout).is_none_or(|at| now >= at) {
+                            expired.push((id, timeout));
                         }
-                        _ => None,
-                    };
-                    if let Some(error) = error {
-                        worker.process.abort_handshake();
-                        failed.push((id, error));
                     }
-                }
-                WorkerState::Closed { since, killed } => {
-                    if !*killed && now >= *since + CLOSED_GRACE {
-                        // Its channel closed but it lives on: make sure.
-                        worker.process.kill();
-                        *killed = true;
-                    }
-                }
-                WorkerState::Ready(_) => {
-                    let expired = worker.inflight.front().and_then(|job| {
-                        let timeout = job.timeout?;
-                        (now >= worker.head_since + timeout).then_some((job.task(), timeout))
-                    });
-                    if let (false, Some((task, timeout))) = (worker.doomed, expired) {
-                        let pid = worker.process.pid;
-                        tracing::warn!(pid, task, ?timeout, "task timed out: killing its worker");
-                        worker.doom(Some(Error::TimedOut { task, pid, timeout }));
-                    }
-                    if let Some(idle) = idle_timeout {
-                        if worker.is_active() && worker.is_idle() && now >= worker.idle_since + idle
-                        {
-                            worker.retire(Retire::Idle);
+                    if let Some(after) = idle_timeout.filter(|_| worker.is_idle()) {
+                        if deadline(worker.idle_since, after).is_some_and(|at| now >= at) {
+                            idle.push(id);
                         }
                     }
                 }
-            }
-            if worker.escalate_at.is_some_and(|at| now >= at) {
-                worker.process.kill();
-                worker.escalate_at = None;
+                Life::Killed { escalate_at, .. } if escalate_at.is_some_and(|at| now >= at) => {
+                    worker.handle.signal(libc::SIGKILL);
+                    *escalate_at = None;
+                }
+                Life::Gone {
+                    closed: true,
+                    exited: false,
+                    since,
+                    forced,
+                    ..
+                } if !*forced && deadline(*since, CLOSED_GRACE).is_some_and(|at| now >= at) => {
+                    // Its channel closed but it lives on: make sure.
+                    worker.handle.signal(libc::SIGKILL);
+                    *forced = true;
+                }
+                _ => {}
             }
         }
-        for (id, error) in failed {
-            if let Some(mut worker) = self.workers.remove(&id) {
-                // A worker that dies before its handshake ran nothing.
-                for job in worker.inflight.drain(..).rev() {
-                    job.completion.set_pending();
-                    self.queue.push_front(job);
-                }
+        for (id, timeout) in expired {
+            let worker = self.workers.get_mut(&id).expect("listed above");
+            let head = worker.inflight.front_mut().expect("it has a head");
+            let task = head.job.task();
+            let pid = worker.pid;
+            tracing::warn!(pid, task, ?timeout, "task timed out: killing its worker");
+            let error = Error::TimedOut { task, pid, timeout };
+            if head.job.kind == CallKind::Single {
+                head.job.completion.fail(error.clone());
             }
-            self.exits.failed_to_start += 1;
-            self.spawn_failed(error);
+            head.fate = Some(error);
+            self.kill_worker(id, Kill::Timeout, libc::SIGKILL);
+        }
+        for id in idle {
+            self.retire(id, Retire::Idle);
+        }
+        for (id, pid) in late {
+            let timeout = self.config.get_handshake_timeout();
+            self.handshake_failed(id, SpawnError::HandshakeTimeout { pid, timeout });
         }
     }
 
-    /// Sends queued jobs to workers with room, starts workers as needed,
-    /// and tells leaving workers to exit once they are done.
+    /// Sends queued jobs to workers with room, gives idle workers the jobs
+    /// busy ones have not started, starts workers as needed, and tells
+    /// leaving workers to exit once they are done.
     fn dispatch(&mut self) {
-        let capacity = 1 + self.config.get_prefetch();
+        loop {
+            self.send_queued();
+            if !self.queue.is_empty() || !self.steal() {
+                break;
+            }
+        }
+        self.spawn_as_needed();
+        if self.shutdown.is_some() && self.queue.is_empty() {
+            let ids: Vec<u64> = self.workers.keys().copied().collect();
+            for id in ids {
+                self.retire(id, Retire::Shutdown);
+            }
+        }
+        for worker in self.workers.values_mut() {
+            if let Life::Leaving { calls, why } = &worker.life {
+                if worker.inflight.is_empty() {
+                    // If the send fails the worker is gone already.
+                    let _ = calls.send(ToWorker::Shutdown);
+                    worker.life = Life::Told { why: *why };
+                }
+            }
+        }
+    }
+
+    fn send_queued(&mut self) {
         let max_tasks = self.config.get_max_tasks_per_child();
         let starting = self.workers.values().filter(|w| w.is_starting()).count();
         while !self.queue.is_empty() {
-            // An idle worker first; a busy one's prefetch slots only for
-            // jobs that the workers still starting will not take.
-            let limit = if self.queue.len() > starting {
-                capacity
-            } else {
-                1
-            };
-            let target = self
+            let limit = policy::hold_limit(self.queue.len(), starting, self.config.get_prefetch());
+            let candidates = self
                 .workers
                 .iter()
                 .filter(|(_, w)| w.can_take(limit, max_tasks))
-                .min_by_key(|(_, w)| w.inflight.len())
-                .map(|(&id, _)| id);
-            let Some(target) = target else { break };
+                .map(|(&id, w)| (id, w.inflight.len()));
+            let Some(target) = policy::pick_worker(candidates) else {
+                break;
+            };
             let job = self.queue.pop_front().expect("not empty");
             if job.completion.cancelled() {
                 // Cancelled while queued: its future is settled.
                 continue;
             }
             let worker = self.workers.get_mut(&target).expect("picked above");
-            let WorkerState::Ready(calls) = &worker.state else {
-                unreachable!("picked a ready worker")
-            };
-            let call = ToWorker::Call(Call {
-                id: job.id,
-                task: job.task().to_owned(),
-                kind: job.kind,
-                args: job.args.clone(),
-            });
-            match calls.send(call) {
-                Ok(()) => {
-                    worker.inflight.push_back(job);
-                    if worker.inflight.len() == 1 {
-                        // It runs now; jobs behind it stay pending until
-                        // the worker reaches them.
-                        worker.start_head(Instant::now());
-                    }
-                    worker.sent += 1;
-                    if max_tasks.is_some_and(|max| worker.sent >= max) {
-                        worker.retire(Retire::MaxTasks);
-                    }
-                }
-                Err(error) => {
-                    // Not delivered: the worker is gone. Its link thread
-                    // reports the exit; this job runs elsewhere.
-                    tracing::debug!(pid = worker.process.pid, %error, "send to worker failed");
-                    worker.state = WorkerState::Closed {
-                        since: Instant::now(),
-                        killed: false,
-                    };
-                    job.completion.set_pending();
-                    self.queue.push_front(job);
-                }
+            if let Err(job) = send(worker, job, max_tasks) {
+                self.queue.push_front(job);
             }
         }
-        self.spawn_as_needed();
-        if self.shutdown.is_some() && self.queue.is_empty() {
-            for worker in self.workers.values_mut() {
-                worker.retire(Retire::Shutdown);
-            }
+    }
+
+    /// When a worker is idle and nothing is queued, takes back the newest
+    /// unstarted call of the busiest worker so that the idle one runs it.
+    /// True if a call was taken back.
+    fn steal(&mut self) -> bool {
+        let max_tasks = self.config.get_max_tasks_per_child();
+        if !self
+            .workers
+            .values()
+            .any(|w| w.is_idle() && w.can_take(1, max_tasks))
+        {
+            return false;
         }
-        for worker in self.workers.values_mut() {
-            worker.tell_to_exit_if_drained();
-        }
-        // Starting workers that were killed will not report: reap them.
-        let killed: Vec<u64> = self
+        let busy = self
             .workers
             .iter()
-            .filter(|(_, w)| w.told_to_exit && w.is_starting())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in killed {
-            if let Some(mut worker) = self.workers.remove(&id) {
-                let _ = worker.process.child.wait();
-                self.exits.retired += 1;
-            }
+            .filter(|(_, w)| matches!(w.life, Life::Serving { .. } | Life::Leaving { .. }))
+            .map(|(&id, w)| (id, w.inflight.len().saturating_sub(1)));
+        let Some(victim) = policy::steal_from(busy) else {
+            return false;
+        };
+        let worker = self.workers.get_mut(&victim).expect("picked above");
+        let board = worker.board.clone().expect("filtered above");
+        let newest = worker.inflight.back().expect("it has waiting calls");
+        if !board.revoke(newest.seq) {
+            // It started meanwhile (its predecessors finished).
+            return false;
         }
+        let held = worker.inflight.pop_back().expect("checked above");
+        held.job.completion.detach();
+        self.queue.push_back(held.job);
+        true
     }
 
     /// Starts workers while queued jobs outnumber the workers that could
@@ -736,20 +994,25 @@ impl Manager {
         }
         let active = self.workers.values().filter(|w| w.is_active()).count();
         let starting = self.workers.values().filter(|w| w.is_starting()).count();
-        let room = self.config.get_max_workers().saturating_sub(active);
-        let wanted = if self.fill_pool {
-            room
-        } else {
-            self.queue.len().saturating_sub(starting)
-        };
+        let wanted = policy::spawn_count(
+            self.queue.len(),
+            starting,
+            active,
+            self.config.get_max_workers(),
+            self.fill_pool,
+        );
         self.fill_pool = false;
-        for _ in 0..wanted.min(room) {
+        for _ in 0..wanted {
             let id = self.next_worker;
             self.next_worker += 1;
-            match process::spawn(&self.config, self.secret, id, self.events_tx.clone()) {
-                Ok(process) => {
-                    let deadline = Instant::now() + self.config.get_handshake_timeout();
-                    self.workers.insert(id, Worker::new(process, deadline));
+            let events = self.events_tx.clone();
+            let notify: Notify =
+                Box::new(move |event| events.send(Event::Worker(id, event)).is_ok());
+            match self.backend.spawn(&self.config, notify) {
+                Ok(handle) => {
+                    let pid = handle.pid();
+                    let deadline = deadline(Instant::now(), self.config.get_handshake_timeout());
+                    self.workers.insert(id, Worker::new(handle, pid, deadline));
                     self.started += 1;
                 }
                 Err(error) => {
@@ -763,5 +1026,91 @@ impl Manager {
 
     fn finished(&self) -> bool {
         self.shutdown.is_some() && self.queue.is_empty() && self.workers.is_empty()
+    }
+}
+
+/// Sends a job to a worker that can take it; gives it back if the worker
+/// turned out to be gone.
+fn send<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) -> Result<(), Job> {
+    let board = worker.board.clone().expect("a serving worker has a board");
+    let seq = worker.next_seq;
+    worker.next_seq += 1;
+    board.queue(seq);
+    if !job.completion.attach(Claim {
+        board: Arc::clone(&board),
+        seq,
+    }) {
+        // Cancelled just now: it never runs.
+        board.revoke(seq);
+        return Ok(());
+    }
+    let call = ToWorker::Call(Call {
+        seq,
+        task: job.task().to_owned(),
+        kind: job.kind,
+        args: job.args.clone(),
+    });
+    let calls = worker.calls().expect("a serving worker takes calls");
+    match calls.send(call) {
+        Ok(()) => {
+            if worker.inflight.is_empty() {
+                worker.head_since = Instant::now();
+            }
+            worker.inflight.push_back(InFlight {
+                seq,
+                job,
+                fate: None,
+            });
+            worker.sent += 1;
+            if max_tasks.is_some_and(|max| worker.sent >= max) {
+                worker.retire(Retire::MaxTasks);
+            }
+            Ok(())
+        }
+        Err(error) => {
+            // Not delivered: the worker is gone, and its watchers will say
+            // so. This job runs elsewhere.
+            tracing::debug!(pid = worker.pid, %error, "send to worker failed");
+            board.revoke(seq);
+            job.completion.detach();
+            worker.gone(true, Instant::now());
+            Err(job)
+        }
+    }
+}
+
+/// Completes a call its worker finished.
+fn complete(held: InFlight, pid: u32, outcome: Outcome) {
+    let InFlight { mut job, fate, .. } = held;
+    match (job.kind, outcome) {
+        // Failed already when it timed out, as it finished.
+        (CallKind::Single, _) if fate.is_some() => {}
+        (CallKind::Single, outcome) => job.completion.finish_remote(pid, outcome),
+        (CallKind::Chunk, Outcome::Returned(payload)) => {
+            // The outcomes the worker had not sent yet: all of them are
+            // known, even if it timed out as it finished.
+            job.pieces.settled.push(Piece::Items {
+                pid,
+                skip: 0,
+                bytes: payload.bytes().to_vec(),
+            });
+            job.completion.finish_chunk(job.pieces.settled);
+        }
+        (CallKind::Chunk, Outcome::Failed(failure)) => {
+            let task = job.task();
+            job.completion
+                .fail(Error::from_failure(task, Some(pid), failure));
+        }
+    }
+}
+
+impl<W> Worker<W> {
+    /// The running call finished (or was dropped): the next one runs now.
+    fn advance(&mut self, now: Instant) {
+        if self.inflight.is_empty() {
+            self.idle_since = now;
+        } else {
+            self.head_since = now;
+        }
     }
 }

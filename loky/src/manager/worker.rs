@@ -1,48 +1,77 @@
-//! One worker as the manager sees it: its process, its state, the jobs it
-//! holds, and why it is leaving, if it is.
+//! One worker as the manager sees it: its handle, its [`Life`], its board
+//! and the calls it holds.
 
 use crate::error::Error;
+use crate::host::Calls;
 use crate::job::Job;
-use crate::process::Process;
-use ipc_channel::ipc::IpcSender;
-use loky_worker::protocol::ToWorker;
+use loky_worker::protocol::{Board, SLOTS};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
-pub(super) struct Worker {
-    pub(super) process: Process,
-    pub(super) state: WorkerState,
-    /// Jobs sent to this worker, in the order it runs them: the first one
-    /// is running, the others wait in its channel.
-    pub(super) inflight: VecDeque<Job>,
-    /// When the first job in `inflight` started running.
+pub(super) struct Worker<W> {
+    pub(super) handle: W,
+    pub(super) pid: u32,
+    pub(super) life: Life,
+    /// Its board, once connected.
+    pub(super) board: Option<Arc<Board>>,
+    /// Calls sent to it and not settled, in the order it runs them.
+    pub(super) inflight: VecDeque<InFlight>,
+    /// The number of its next call.
+    pub(super) next_seq: u64,
+    /// When the first call in `inflight` started running (as far as the
+    /// manager knows: when the one before it finished).
     pub(super) head_since: Instant,
     /// Since when it has had nothing to do.
     pub(super) idle_since: Instant,
     /// How many jobs were sent to it.
     pub(super) sent: usize,
-    /// Leaving, and why: it gets no new job, and is told to exit once it
-    /// has finished the ones it holds. Its exit is not a crash.
-    pub(super) retiring: Option<Retire>,
-    /// `ToWorker::Shutdown` was sent.
-    pub(super) told_to_exit: bool,
-    /// Killed on purpose because of its running job (timed out or
-    /// cancelled), which is already settled: the jobs left in `inflight`
-    /// never ran.
-    pub(super) doomed: bool,
-    /// Sent a gentle signal: kill it if it lives on past this instant.
-    pub(super) escalate_at: Option<Instant>,
-    /// The id of the initializer call it is running, if it is.
-    pub(super) initializing: Option<u64>,
 }
 
-pub(super) enum WorkerState {
-    /// Started; the handshake is not done.
-    Starting { deadline: Instant },
-    /// Connected: takes calls here.
-    Ready(IpcSender<ToWorker>),
-    /// Its channel closed; waiting for its exit status.
-    Closed { since: Instant, killed: bool },
+/// A call sent to a worker.
+pub(super) struct InFlight {
+    pub(super) seq: u64,
+    pub(super) job: Job,
+    /// Decided already: the error its running part gets when the worker is
+    /// reaped (it timed out; or it was cancelled, and this is moot).
+    pub(super) fate: Option<Error>,
+}
+
+/// A worker's life, one state at a time.
+///
+/// ```text
+///  Starting ──Ready──> Initializing ──init ok──> Serving ──retire──> Leaving ──drained──> Told
+///     │                    │ init failed ────────────────────────────> Leaving(InitFailed)
+///     │ timeout, Ready(Err), retire                    │ timeout, cancel, kill
+///     └──────────────────────────> Killed <────────────┘
+///  any state ──Closed or Exited──> Gone ──both seen (or grace over)──> reaped
+/// ```
+pub(super) enum Life {
+    /// The process exists; its handshake is not done. `None`: no deadline.
+    Starting { deadline: Option<Instant> },
+    /// Connected, running the initializer (call `seq`); takes no job.
+    Initializing { calls: Calls, seq: u64 },
+    /// Takes jobs.
+    Serving { calls: Calls },
+    /// Takes no new job; is told to exit once it holds none.
+    Leaving { calls: Calls, why: Retire },
+    /// Told to exit (`ToWorker::Shutdown`): waits for it to go.
+    Told { why: Retire },
+    /// Signalled on purpose; SIGKILL follows at `escalate_at` if set.
+    Killed {
+        why: Kill,
+        escalate_at: Option<Instant>,
+    },
+    /// Its channel closed or its process exited (or both): reaped once
+    /// both are seen, or when the grace for the other runs out.
+    Gone {
+        cause: Cause,
+        closed: bool,
+        exited: bool,
+        since: Instant,
+        /// Killed because it lived on with its channel closed.
+        forced: bool,
+    },
 }
 
 /// Why a worker is leaving.
@@ -56,116 +85,144 @@ pub(super) enum Retire {
     InitFailed,
 }
 
-impl Worker {
-    pub(super) fn new(process: Process, deadline: Instant) -> Worker {
+/// Why a worker was killed.
+#[derive(Debug, Clone)]
+pub(super) enum Kill {
+    /// Its running call ran past its timeout.
+    Timeout,
+    /// Its running call was cancelled.
+    Cancel,
+    /// `shutdown(kill_workers)`, `kill_workers`, `terminate_workers`.
+    Shutdown,
+    /// Retired before it had connected.
+    Retired(Retire),
+    /// Its handshake failed or took too long.
+    Handshake,
+}
+
+/// Why a worker ended, as known when it is reaped.
+#[derive(Debug, Clone)]
+pub(super) enum Cause {
+    /// Died before its handshake.
+    DiedStarting,
+    /// Died running its initializer.
+    DiedInitializing,
+    /// Died unasked while serving.
+    Unasked,
+    /// Left, or died while leaving.
+    Retired(Retire),
+    /// Killed on purpose.
+    Killed(Kill),
+}
+
+impl Life {
+    /// Why it ends if it ends now.
+    fn cause(&self) -> Cause {
+        match self {
+            Life::Starting { .. } => Cause::DiedStarting,
+            Life::Initializing { .. } => Cause::DiedInitializing,
+            Life::Serving { .. } => Cause::Unasked,
+            Life::Leaving { why, .. } | Life::Told { why } => Cause::Retired(*why),
+            Life::Killed { why, .. } => Cause::Killed(why.clone()),
+            Life::Gone { cause, .. } => cause.clone(),
+        }
+    }
+}
+
+impl<W> Worker<W> {
+    pub(super) fn new(handle: W, pid: u32, deadline: Option<Instant>) -> Worker<W> {
         let now = Instant::now();
         Worker {
-            process,
-            state: WorkerState::Starting { deadline },
+            handle,
+            pid,
+            life: Life::Starting { deadline },
+            board: None,
             inflight: VecDeque::new(),
+            next_seq: 0,
             head_since: now,
             idle_since: now,
             sent: 0,
-            retiring: None,
-            told_to_exit: false,
-            doomed: false,
-            escalate_at: None,
-            initializing: None,
         }
     }
 
     pub(super) fn is_starting(&self) -> bool {
-        matches!(self.state, WorkerState::Starting { .. })
+        matches!(self.life, Life::Starting { .. })
     }
 
-    pub(super) fn is_ready(&self) -> bool {
-        matches!(self.state, WorkerState::Ready(_))
+    /// Connected and not leaving: initializing or serving.
+    pub(super) fn is_up(&self) -> bool {
+        matches!(self.life, Life::Initializing { .. } | Life::Serving { .. })
     }
 
-    /// Counts toward `max_workers`: not leaving, not dead.
+    /// Counts toward `max_workers`: starting, initializing or serving.
     pub(super) fn is_active(&self) -> bool {
-        self.retiring.is_none() && !self.doomed && !matches!(self.state, WorkerState::Closed { .. })
+        self.is_starting() || self.is_up()
     }
 
-    /// Can take a job now, holding fewer than `limit`.
+    /// Idle: serving and holding no call.
+    pub(super) fn is_idle(&self) -> bool {
+        matches!(self.life, Life::Serving { .. }) && self.inflight.is_empty()
+    }
+
+    /// Can take a job now, holding fewer than `limit`, with a free board
+    /// slot, and below `max_tasks`.
     pub(super) fn can_take(&self, limit: usize, max_tasks: Option<usize>) -> bool {
-        self.is_active()
-            && self.is_ready()
-            && self.initializing.is_none()
+        let slot_free = self
+            .inflight
+            .front()
+            .is_none_or(|oldest| self.next_seq - oldest.seq < SLOTS as u64);
+        matches!(self.life, Life::Serving { .. })
             && self.inflight.len() < limit
+            && slot_free
             && max_tasks.is_none_or(|max| self.sent < max)
     }
 
-    /// Idle: connected, initialized and holding no job.
-    pub(super) fn is_idle(&self) -> bool {
-        self.is_ready() && self.inflight.is_empty() && self.initializing.is_none()
+    /// Where calls go, while it takes them.
+    pub(super) fn calls(&self) -> Option<&Calls> {
+        match &self.life {
+            Life::Initializing { calls, .. }
+            | Life::Serving { calls }
+            | Life::Leaving { calls, .. } => Some(calls),
+            _ => None,
+        }
     }
 
-    /// Marks it as leaving; the first reason sticks.
+    /// Marks it as leaving; the first reason sticks. A connected worker
+    /// keeps its calls; the caller kills a starting one.
     pub(super) fn retire(&mut self, why: Retire) {
-        if self.retiring.is_none() {
-            tracing::debug!(pid = self.process.pid, ?why, "retiring worker");
-            self.retiring = Some(why);
-        }
-    }
-
-    /// Tells a leaving worker to exit once it has finished its jobs; kills
-    /// one still starting.
-    pub(super) fn tell_to_exit_if_drained(&mut self) {
-        if self.retiring.is_none() || self.told_to_exit || self.doomed {
-            return;
-        }
-        match &self.state {
-            WorkerState::Ready(calls) if self.inflight.is_empty() => {
-                // If the send fails the worker is gone already.
-                let _ = calls.send(ToWorker::Shutdown);
-                self.told_to_exit = true;
+        let life = std::mem::replace(&mut self.life, Life::Told { why });
+        self.life = match life {
+            Life::Initializing { calls, .. } | Life::Serving { calls } => {
+                tracing::debug!(pid = self.pid, ?why, "retiring worker");
+                Life::Leaving { calls, why }
             }
-            WorkerState::Starting { .. } => {
-                self.process.kill();
-                self.process.abort_handshake();
-                self.told_to_exit = true;
-            }
-            _ => {}
-        }
+            other => other,
+        };
     }
 
-    /// The running job finished: the next one in `inflight` starts now.
-    pub(super) fn advance(&mut self, now: Instant) {
-        if self.inflight.is_empty() {
-            self.idle_since = now;
-        } else {
-            self.start_head(now);
-        }
-    }
-
-    /// The first job in `inflight` starts running: its future says so. If
-    /// it was cancelled while it waited in the worker's channel, the worker
-    /// is killed at once, since it cannot skip it.
-    pub(super) fn start_head(&mut self, now: Instant) {
-        self.head_since = now;
-        if self
-            .inflight
-            .front()
-            .is_some_and(|job| !job.completion.set_running())
-        {
-            self.doom(None);
-        }
-    }
-
-    /// Kills this worker because of its running job, which fails with
-    /// `error` (or was cancelled already). The jobs behind it never ran:
-    /// when the worker is reaped they go back to the queue.
-    pub(super) fn doom(&mut self, error: Option<Error>) {
-        if self.doomed {
-            return;
-        }
-        if let Some(job) = self.inflight.pop_front() {
-            if let Some(error) = error {
-                job.completion.fail(error);
-            }
-        }
-        self.doomed = true;
-        self.process.kill();
+    /// Its channel closed (`closed`) or its process exited.
+    pub(super) fn gone(&mut self, closed: bool, now: Instant) {
+        self.life = match &self.life {
+            Life::Gone {
+                cause,
+                closed: was_closed,
+                exited: was_exited,
+                since,
+                forced,
+            } => Life::Gone {
+                cause: cause.clone(),
+                closed: *was_closed || closed,
+                exited: *was_exited || !closed,
+                since: *since,
+                forced: *forced,
+            },
+            other => Life::Gone {
+                cause: other.cause(),
+                closed,
+                exited: !closed,
+                since: now,
+                forced: false,
+            },
+        };
     }
 }

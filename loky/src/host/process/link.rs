@@ -1,52 +1,38 @@
-//! The link thread of one worker: accepts its handshake, then forwards each
-//! message from it to the manager, then reports when its channel closes and
-//! when the process has exited.
+//! The link thread of one worker process: accepts its handshake, then
+//! forwards each message from it, then reports when its channel closes.
+//! Its exit is the exit watcher's to report.
 
+use super::super::{Calls, Notify, WorkerEvent};
 use crate::error::SpawnError;
-use crate::manager::Event;
-use crossbeam_channel::Sender;
 use ipc_channel::IpcError;
-use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
-use loky_worker::protocol::{Bootstrap, FromWorker, PROTOCOL_VERSION, ToWorker};
+use ipc_channel::ipc::IpcOneShotServer;
+use loky_worker::protocol::{Bootstrap, PROTOCOL_VERSION};
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
-
-/// What a link thread tells the manager about its worker.
-pub(crate) enum WorkerEvent {
-    /// The handshake succeeded: where to send calls. Or why it failed.
-    Ready(Result<IpcSender<ToWorker>, SpawnError>),
-    /// A message from the worker.
-    Message(FromWorker),
-    /// The worker's channel closed: it died or is dying.
-    Closed,
-    /// The worker process has exited and can be reaped without blocking.
-    Exited,
-}
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(super) fn run(
-    worker: u64,
     pid: u32,
     secret: u64,
     server: IpcOneShotServer<Bootstrap>,
-    events: Sender<Event>,
+    accepting: &AtomicBool,
+    notify: &Notify,
 ) {
     let connected = Cell::new(false);
     let served = panic::catch_unwind(AssertUnwindSafe(|| {
-        serve(worker, pid, secret, server, &events, &connected);
+        serve(pid, secret, server, accepting, notify, &connected);
     }));
+    accepting.store(false, Ordering::Release);
     let Err(payload) = served else { return };
     // ipc-channel panics on some OS errors. The manager must still hear
     // how this worker ends, or it would wait for it forever.
     let message = loky_worker::panic::payload_message(&*payload);
     tracing::error!(pid, message, "link thread panicked");
-    let send = |event| events.send(Event::Worker(worker, event)).is_ok();
     if connected.get() {
         // The manager kills the worker if it does not exit by itself.
-        send(WorkerEvent::Closed);
-        super::wait_exit_no_reap(pid);
-        send(WorkerEvent::Exited);
+        notify(WorkerEvent::Closed);
     } else {
-        send(WorkerEvent::Ready(Err(SpawnError::Handshake {
+        notify(WorkerEvent::Ready(Err(SpawnError::Handshake {
             pid,
             message: format!("the link thread panicked: {message}"),
         })));
@@ -54,15 +40,16 @@ pub(super) fn run(
 }
 
 fn serve(
-    worker: u64,
     pid: u32,
     secret: u64,
     server: IpcOneShotServer<Bootstrap>,
-    events: &Sender<Event>,
+    accepting: &AtomicBool,
+    notify: &Notify,
     connected: &Cell<bool>,
 ) {
-    let send = |event| events.send(Event::Worker(worker, event)).is_ok();
-    let hello = match server.accept() {
+    let accepted = server.accept();
+    accepting.store(false, Ordering::Release);
+    let hello = match accepted {
         Ok((_, Bootstrap::Hello(hello))) => hello,
         // The manager gave up on this worker.
         Ok((_, Bootstrap::Abort)) => return,
@@ -73,7 +60,7 @@ fn serve(
                 }
                 other => other.to_string(),
             };
-            send(WorkerEvent::Ready(Err(SpawnError::Handshake {
+            notify(WorkerEvent::Ready(Err(SpawnError::Handshake {
                 pid,
                 message,
             })));
@@ -100,17 +87,19 @@ fn serve(
         None
     };
     if let Some(refusal) = refusal {
-        send(WorkerEvent::Ready(Err(refusal)));
+        notify(WorkerEvent::Ready(Err(refusal)));
         return;
     }
-    if !send(WorkerEvent::Ready(Ok(hello.calls))) {
+    let calls = hello.calls;
+    let calls = Calls::new(move |message| calls.send(message).map_err(|e| e.to_string()));
+    if !notify(WorkerEvent::Ready(Ok(calls))) {
         return;
     }
     connected.set(true);
     loop {
         match hello.results.recv() {
             Ok(message) => {
-                if !send(WorkerEvent::Message(message)) {
+                if !notify(WorkerEvent::Message(message)) {
                     return;
                 }
             }
@@ -121,7 +110,5 @@ fn serve(
             }
         }
     }
-    send(WorkerEvent::Closed);
-    super::wait_exit_no_reap(pid);
-    send(WorkerEvent::Exited);
+    notify(WorkerEvent::Closed);
 }

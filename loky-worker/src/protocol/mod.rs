@@ -14,23 +14,30 @@
 //!   | spawn with LOKY_WORKER_SERVER=name ---> |
 //!   |                                         | connect(name)
 //!   | <------ Bootstrap::Hello{version, ...}  | (carries both channels)
-//!   | ToWorker::Call ------------------------> |
+//!   | ToWorker::Setup{board} ----------------> |
+//!   | ToWorker::Call{seq} -------------------> | claims seq on the board
+//!   | <------ FromWorker::Items (chunks only) | when its arena is full
 //!   | <------------------- FromWorker::Done   |
 //!   | <------- FromWorker::Retire (optional)  | over its memory limit:
 //!   |                                         | keeps serving until...
 //!   | ToWorker::Shutdown --------------------> | exits with code 0
 //! ```
 //!
-//! A worker runs calls strictly one at a time in the order received, so the
-//! parent knows which call was running when a worker died: the oldest one
-//! without a `Done`.
+//! Right after the hello the parent sends [`ToWorker::Setup`] with the
+//! worker's [`board`]: the shared page on which the two sides agree, call
+//! by call, whether it started (see `board.rs`). A worker runs calls
+//! strictly one at a time in the order received, skipping those taken back.
+
+mod board;
+
+pub use board::{ARENA, BOARD_BYTES, Board, ChunkProgress, Claim, SLOTS};
 
 use ipc_channel::ipc::{IpcReceiver, IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
@@ -50,13 +57,6 @@ pub const ENV_DEPTH: &str = "LOKY_DEPTH";
 
 /// Exit code of a worker that could not complete its handshake.
 pub const EXIT_HANDSHAKE_FAILED: i32 = 70;
-/// Environment variable that makes a worker misbehave before its handshake,
-/// for tests of the parent's defences: `exit:N` exits with code N, `hang`
-/// never connects, `version:N` introduces itself with protocol version N,
-/// `forget:ID` acts as if no task were registered under ID (as a worker
-/// built from other sources would).
-#[doc(hidden)]
-pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
 
 /// Exit code of a worker that received a message it could not decode.
 pub const EXIT_PROTOCOL_ERROR: i32 = 71;
@@ -117,17 +117,27 @@ pub struct Hello {
 /// Parent to worker.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum ToWorker {
-    /// Run a task.
+    /// Run a task, unless it was taken back on the board.
     Call(Call),
     /// Finish and exit with code 0.
     Shutdown,
+    /// The first message after the hello: the worker's board.
+    Setup(Setup),
+}
+
+/// What a worker needs before its first call.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Setup {
+    /// The shared page of claims and chunk progress: [`Board`].
+    pub board: IpcSharedMemory,
 }
 
 /// One call of a registered task.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Call {
-    /// The parent's id for this call, echoed in [`FromWorker::Done`].
-    pub id: u64,
+    /// The call's number on this worker: its claim slot on the board, and
+    /// echoed in [`FromWorker::Done`].
+    pub seq: u64,
     /// The task's registered id.
     pub task: String,
     /// One call, or a chunk of calls of the same task.
@@ -141,18 +151,22 @@ pub struct Call {
 pub enum CallKind {
     /// One call: the outcome is the encoded result.
     Single,
-    /// A chunk: the arguments are a `Vec<ByteBuf>` and the outcome is a
-    /// `Vec<ChunkItem>`, one per argument, in order.
+    /// A chunk: the arguments are a `Vec<ByteBuf>` and the outcomes are
+    /// [`ChunkItem`]s, one per argument, in order.
     Chunk,
 }
+
+/// The encoded arguments of a chunk.
+pub type ChunkArgs = Vec<serde_bytes::ByteBuf>;
 
 /// Worker to parent.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum FromWorker {
-    /// A call finished, one way or another.
+    /// A call finished, one way or another. For a chunk, the outcome
+    /// carries the element outcomes not yet sent in [`FromWorker::Items`].
     Done {
-        /// The call's id.
-        id: u64,
+        /// The call's number.
+        seq: u64,
         /// What happened.
         outcome: Outcome,
     },
@@ -160,6 +174,18 @@ pub enum FromWorker {
     /// sent until the parent answers with [`ToWorker::Shutdown`], so no
     /// call is lost.
     Retire(RetireReason),
+    /// Outcomes of chunk elements `first..first + count`, sent before the
+    /// chunk is done because the board's arena was full.
+    Items {
+        /// The chunk's call number.
+        seq: u64,
+        /// The index of the first element.
+        first: u64,
+        /// How many outcomes `items` holds.
+        count: u64,
+        /// Encoded [`ChunkItem`]s, one after the other.
+        items: Payload,
+    },
 }
 
 /// Why a worker asks to be replaced.
@@ -183,8 +209,8 @@ pub enum RetireReason {
 /// What became of one call.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Outcome {
-    /// The task returned; its postcard-encoded result (for a chunk, the
-    /// encoded `Vec<ChunkItem>`).
+    /// The task returned; its postcard-encoded result (for a chunk, encoded
+    /// [`ChunkItem`]s one after the other).
     Returned(Payload),
     /// The call failed inside the worker, which lives on.
     Failed(Failure),
@@ -352,4 +378,15 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String>
         }
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// Decodes encoded [`ChunkItem`]s laid one after the other.
+pub fn decode_items(mut bytes: &[u8]) -> Result<Vec<ChunkItem>, String> {
+    let mut items = Vec::new();
+    while !bytes.is_empty() {
+        let (item, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+        items.push(item);
+        bytes = rest;
+    }
+    Ok(items)
 }

@@ -1,0 +1,69 @@
+//! Faults a worker can be told to commit, for tests of the parent's
+//! defences. Compiled only with the `test-hooks` feature (the test suite
+//! enables it); without it, [`ENV_FAULT`] is ignored.
+//!
+//! `LOKY_WORKER_FAULT` values, all acted on before the handshake except
+//! `forget`:
+//! - `exit:N`: exit with code N;
+//! - `orphan-exit:N`: start `sleep 1000` (in the worker's process group),
+//!   write its pid to the file named by [`ENV_FAULT_FILE`], exit with N;
+//! - `hang`: never connect;
+//! - `version:N`: introduce itself with protocol version N;
+//! - `forget:ID`: act as if no task were registered under ID, as a worker
+//!   built from other sources would.
+
+/// The variable naming the fault.
+pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
+/// Where `orphan-exit` writes the pid of the process it leaves behind.
+pub const ENV_FAULT_FILE: &str = "LOKY_WORKER_FAULT_FILE";
+
+/// Acts on a handshake fault; returns the protocol version to announce.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn before_handshake(version: u32) -> u32 {
+    let Ok(fault) = std::env::var(ENV_FAULT) else {
+        return version;
+    };
+    if let Some(code) = fault.strip_prefix("exit:") {
+        std::process::exit(code.parse().unwrap_or(1));
+    } else if let Some(code) = fault.strip_prefix("orphan-exit:") {
+        if let Ok(child) = std::process::Command::new("sleep").arg("1000").spawn() {
+            if let Ok(path) = std::env::var(ENV_FAULT_FILE) {
+                let _ = std::fs::write(path, child.id().to_string());
+            }
+            std::mem::forget(child);
+        }
+        std::process::exit(code.parse().unwrap_or(1));
+    } else if fault == "hang" {
+        loop {
+            std::thread::park();
+        }
+    } else if let Some(other) = fault.strip_prefix("version:") {
+        return other.parse().unwrap_or(0);
+    }
+    version
+}
+
+/// Without the feature: no fault.
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn before_handshake(version: u32) -> u32 {
+    version
+}
+
+/// Whether the `forget:ID` fault hides this task id.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn forgotten(task: &str) -> bool {
+    static FORGOTTEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FORGOTTEN
+        .get_or_init(|| {
+            let fault = std::env::var(ENV_FAULT).ok()?;
+            fault.strip_prefix("forget:").map(str::to_owned)
+        })
+        .as_deref()
+        == Some(task)
+}
+
+/// Without the feature: no fault.
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn forgotten(_task: &str) -> bool {
+    false
+}

@@ -1,0 +1,313 @@
+//! The board: one page of shared memory per worker, written by both sides
+//! with atomic operations, so that the parent and the worker agree on which
+//! calls started without a message per call.
+//!
+//! Layout (every field a little-endian `u64` word):
+//!
+//! ```text
+//! word 0 .. SLOTS            claim words, one per call in flight: seq << 2 | state
+//! word SLOTS + CHUNK_SEQ      the chunk whose progress follows (its seq + 1; 0: none)
+//! word SLOTS + CHUNK_STARTED  elements of that chunk started so far
+//! word SLOTS + ARENA_FIRST    index of the first element whose outcome is in the arena
+//! word SLOTS + ARENA_COUNT    outcomes in the arena (published last)
+//! word SLOTS + ARENA_BYTES    bytes of the arena in use
+//! byte HEADER ..              the arena: encoded `ChunkItem`s, one after the other
+//! ```
+//!
+//! **Claims.** The parent writes `seq, QUEUED` into slot `seq % SLOTS`
+//! before it sends call `seq`. Before running it, the worker moves the word
+//! from `seq, QUEUED` to `seq, STARTED`; the parent takes a call back (to
+//! cancel it or give it to an idle worker) by moving the same word from
+//! `seq, QUEUED` to `seq, REVOKED`. Both are compare-and-swaps on one word:
+//! exactly one side wins, so a call that was taken back never starts and a
+//! call that started is known to have started. A worker that finds any
+//! other word in the slot (revoked, or reused for a later call after a
+//! revocation) skips the call without a reply.
+//!
+//! **Chunks.** A worker running a chunk counts the elements it starts and
+//! appends each element's encoded outcome to the arena; when the arena is
+//! full it sends what it holds as a `FromWorker::Items` message first. So
+//! when a worker dies in a chunk, the parent reads, from memory that
+//! outlives the process, which element was running and the outcomes of
+//! those that finished.
+
+use ipc_channel::ipc::IpcSharedMemory;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Claim slots: at most this many calls are in flight on one worker.
+pub const SLOTS: usize = 256;
+const CHUNK_SEQ: usize = SLOTS;
+const CHUNK_STARTED: usize = SLOTS + 1;
+const ARENA_FIRST: usize = SLOTS + 2;
+const ARENA_COUNT: usize = SLOTS + 3;
+const ARENA_BYTES: usize = SLOTS + 4;
+/// Bytes before the arena.
+const HEADER: usize = (SLOTS + 8) * 8;
+/// Bytes of chunk outcomes the arena holds before a flush.
+pub const ARENA: usize = 64 * 1024;
+/// The board's size in bytes.
+pub const BOARD_BYTES: usize = HEADER + ARENA;
+
+const QUEUED: u64 = 1;
+const STARTED: u64 = 2;
+const REVOKED: u64 = 3;
+
+/// Where a call stands, as the board says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Sent, not started: it can still be taken back.
+    Queued,
+    /// The worker started it.
+    Started,
+    /// Taken back: it never runs.
+    Revoked,
+    /// The slot holds another call: this one was resolved long ago.
+    Gone,
+}
+
+/// The progress of the chunk a dead worker was running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkProgress {
+    /// Elements started.
+    pub started: u64,
+    /// Index of the first outcome in `items`.
+    pub first: u64,
+    /// How many outcomes `items` holds.
+    pub count: u64,
+    /// Encoded `ChunkItem`s, one after the other.
+    pub items: Vec<u8>,
+}
+
+/// One worker's board, mapped in this process.
+pub struct Board {
+    /// Keeps the mapping alive.
+    memory: IpcSharedMemory,
+    /// The mapping, writable: every access goes through atomics, or (the
+    /// arena) is ordered by them.
+    base: *mut u8,
+}
+
+// SAFETY: the mapping lives as long as `memory`; the words are only
+// accessed through atomics, and the arena only by the worker while it is
+// alive and by the parent after it died.
+unsafe impl Send for Board {}
+// SAFETY: as above.
+unsafe impl Sync for Board {}
+
+impl Board {
+    /// A fresh board, all zeros. Fails when the OS refuses shared memory
+    /// (ipc-channel panics then).
+    pub fn new() -> Result<Board, String> {
+        let memory = std::panic::catch_unwind(|| IpcSharedMemory::from_byte(0, BOARD_BYTES))
+            .map_err(|payload| crate::panic::payload_message(&*payload))?;
+        Board::from_shared(memory)
+    }
+
+    /// The board received from the parent.
+    pub fn from_shared(mut memory: IpcSharedMemory) -> Result<Board, String> {
+        if memory.len() != BOARD_BYTES {
+            return Err(format!(
+                "a board of {} bytes, expected {BOARD_BYTES}",
+                memory.len()
+            ));
+        }
+        // SAFETY: nothing else in this process reads or writes this mapping
+        // except through `base`, with atomics.
+        let base = unsafe { memory.deref_mut() }.as_mut_ptr();
+        if base as usize % 8 != 0 {
+            return Err("a misaligned board".to_owned());
+        }
+        Ok(Board { memory, base })
+    }
+
+    /// A handle to the same memory, to send to the worker.
+    pub fn share(&self) -> IpcSharedMemory {
+        self.memory.clone()
+    }
+
+    fn word(&self, index: usize) -> &AtomicU64 {
+        debug_assert!(index * 8 < HEADER);
+        // SAFETY: in bounds (the header is part of the mapping), aligned
+        // (checked when built), and only ever accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.base.add(index * 8).cast()) }
+    }
+
+    fn slot(&self, seq: u64) -> &AtomicU64 {
+        self.word((seq % SLOTS as u64) as usize)
+    }
+
+    /// Parent: call `seq` is about to be sent.
+    pub fn queue(&self, seq: u64) {
+        self.slot(seq).store(seq << 2 | QUEUED, Ordering::Release);
+    }
+
+    /// Worker: starts call `seq` if it was not taken back.
+    pub fn claim(&self, seq: u64) -> bool {
+        self.swap(seq, STARTED)
+    }
+
+    /// Parent: takes call `seq` back if it has not started.
+    pub fn revoke(&self, seq: u64) -> bool {
+        self.swap(seq, REVOKED)
+    }
+
+    fn swap(&self, seq: u64, to: u64) -> bool {
+        self.slot(seq)
+            .compare_exchange(
+                seq << 2 | QUEUED,
+                seq << 2 | to,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Where call `seq` stands.
+    pub fn state(&self, seq: u64) -> Claim {
+        let word = self.slot(seq).load(Ordering::Acquire);
+        if word >> 2 != seq {
+            return Claim::Gone;
+        }
+        match word & 3 {
+            QUEUED => Claim::Queued,
+            STARTED => Claim::Started,
+            REVOKED => Claim::Revoked,
+            _ => Claim::Gone,
+        }
+    }
+
+    /// Worker: chunk `seq` starts; the arena is empty.
+    pub fn chunk_begin(&self, seq: u64) {
+        self.word(CHUNK_STARTED).store(0, Ordering::Relaxed);
+        self.word(ARENA_FIRST).store(0, Ordering::Relaxed);
+        self.word(ARENA_BYTES).store(0, Ordering::Relaxed);
+        self.word(ARENA_COUNT).store(0, Ordering::Relaxed);
+        self.word(CHUNK_SEQ).store(seq + 1, Ordering::Release);
+    }
+
+    /// Worker: element `index` of the current chunk starts.
+    pub fn element_started(&self, index: u64) {
+        self.word(CHUNK_STARTED).store(index + 1, Ordering::Release);
+    }
+
+    /// Worker: appends one encoded outcome; false if it does not fit.
+    pub fn arena_push(&self, item: &[u8]) -> bool {
+        let used = self.word(ARENA_BYTES).load(Ordering::Relaxed) as usize;
+        if item.len() > ARENA - used {
+            return false;
+        }
+        // SAFETY: `HEADER + used .. + item.len()` lies within the mapping
+        // (checked above); only this worker writes the arena, and the
+        // parent reads it only after this process is dead.
+        unsafe {
+            std::ptr::copy_nonoverlapping(item.as_ptr(), self.base.add(HEADER + used), item.len());
+        }
+        self.word(ARENA_BYTES)
+            .store((used + item.len()) as u64, Ordering::Release);
+        self.word(ARENA_COUNT).fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// Worker: the outcomes in the arena, as (first index, count, bytes).
+    pub fn arena_items(&self) -> (u64, u64, Vec<u8>) {
+        let first = self.word(ARENA_FIRST).load(Ordering::Relaxed);
+        let count = self.word(ARENA_COUNT).load(Ordering::Acquire);
+        (first, count, self.arena_bytes())
+    }
+
+    fn arena_bytes(&self) -> Vec<u8> {
+        let used = (self.word(ARENA_BYTES).load(Ordering::Acquire) as usize).min(ARENA);
+        // SAFETY: within the mapping; no one writes the arena concurrently
+        // (the worker reads its own writes, the parent reads a dead
+        // worker's).
+        unsafe { std::slice::from_raw_parts(self.base.add(HEADER), used) }.to_vec()
+    }
+
+    /// Worker: the arena was delivered; the next outcome has index `next`.
+    pub fn arena_reset(&self, next: u64) {
+        self.word(ARENA_COUNT).store(0, Ordering::Release);
+        self.word(ARENA_BYTES).store(0, Ordering::Release);
+        self.word(ARENA_FIRST).store(next, Ordering::Release);
+    }
+
+    /// Parent, once the worker is dead: the progress of chunk `seq`, if
+    /// it was the last chunk the worker began.
+    pub fn chunk_progress(&self, seq: u64) -> Option<ChunkProgress> {
+        if self.word(CHUNK_SEQ).load(Ordering::Acquire) != seq + 1 {
+            return None;
+        }
+        let started = self.word(CHUNK_STARTED).load(Ordering::Acquire);
+        let (first, count, items) = self.arena_items();
+        Some(ChunkProgress {
+            started,
+            first,
+            count,
+            items,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_side_wins_a_claim() {
+        let board = Board::new().unwrap();
+        board.queue(7);
+        assert_eq!(board.state(7), Claim::Queued);
+        assert!(board.claim(7));
+        assert!(!board.revoke(7));
+        assert_eq!(board.state(7), Claim::Started);
+        board.queue(8);
+        assert!(board.revoke(8));
+        assert!(!board.claim(8));
+        assert_eq!(board.state(8), Claim::Revoked);
+    }
+
+    #[test]
+    fn a_reused_slot_is_not_the_old_call() {
+        let board = Board::new().unwrap();
+        board.queue(3);
+        assert!(board.revoke(3));
+        board.queue(3 + SLOTS as u64);
+        assert_eq!(board.state(3), Claim::Gone);
+        assert!(!board.claim(3), "the worker skips the revoked call");
+        assert!(board.claim(3 + SLOTS as u64));
+    }
+
+    #[test]
+    fn both_mappings_see_the_same_words() {
+        let parent = Board::new().unwrap();
+        let worker = Board::from_shared(parent.share()).unwrap();
+        parent.queue(1);
+        assert!(worker.claim(1));
+        assert_eq!(parent.state(1), Claim::Started);
+        worker.chunk_begin(1);
+        worker.element_started(0);
+        assert!(worker.arena_push(b"abc"));
+        worker.element_started(1);
+        let progress = parent.chunk_progress(1).unwrap();
+        assert_eq!(
+            progress,
+            ChunkProgress {
+                started: 2,
+                first: 0,
+                count: 1,
+                items: b"abc".to_vec()
+            }
+        );
+        assert_eq!(parent.chunk_progress(0), None);
+    }
+
+    #[test]
+    fn a_full_arena_refuses_and_resets() {
+        let board = Board::new().unwrap();
+        board.chunk_begin(0);
+        assert!(board.arena_push(&vec![1; ARENA - 1]));
+        assert!(!board.arena_push(&[1, 2]));
+        assert!(board.arena_push(&[1]));
+        board.arena_reset(5);
+        assert_eq!(board.arena_items(), (5, 0, Vec::new()));
+    }
+}

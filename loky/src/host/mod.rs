@@ -1,0 +1,75 @@
+//! The seam between the manager and its workers: how a worker is started,
+//! talked to, signalled and reaped, whatever it is.
+//!
+//! Two backends, chosen when the executor is built, as ipc-channel chooses
+//! its platform:
+//! - [`process`]: a re-executed copy of this binary (what users get);
+//! - `thread` (unit tests only): a thread of this process running the same
+//!   worker loop over channels, whose death the test decides.
+//!
+//! A worker on another machine is a third implementation of the same two
+//! traits. The manager names neither `Child` nor `IpcSender`, and
+//! [`WorkerHandle::reap`] takes the handle by value, so nothing can signal a
+//! worker after reaping it.
+
+pub(crate) mod process;
+#[cfg(test)]
+pub(crate) mod thread;
+
+use crate::config::Config;
+use crate::error::{ExitReason, SpawnError};
+use loky_worker::protocol::{FromWorker, ToWorker};
+
+/// Starts workers.
+pub(crate) trait Backend: Send + 'static {
+    /// A started worker.
+    type Worker: WorkerHandle;
+
+    /// Starts a worker. Everything it says afterwards, from its handshake
+    /// to its exit, reaches `notify`, from other threads.
+    fn spawn(&mut self, config: &Config, notify: Notify) -> Result<Self::Worker, SpawnError>;
+}
+
+/// A started worker, until it is reaped.
+pub(crate) trait WorkerHandle: Send + 'static {
+    /// Its process id (a made-up one for a thread).
+    fn pid(&self) -> u32;
+    /// Sends `signal` to it and to everything it started.
+    fn signal(&self, signal: i32);
+    /// Stops waiting for a handshake that will not come.
+    fn abort_handshake(&self);
+    /// Kills what it left behind and collects its exit status. Blocks
+    /// until it has exited: call it after [`WorkerEvent::Exited`] or a
+    /// SIGKILL.
+    fn reap(self) -> ExitReason;
+}
+
+/// What a worker's watchers tell the manager, in this order for one
+/// worker: `Ready`, then `Message`s, then `Closed`; `Exited` at any point.
+pub(crate) enum WorkerEvent {
+    /// The handshake succeeded: where to send calls. Or why it failed.
+    Ready(Result<Calls, SpawnError>),
+    /// A message from the worker.
+    Message(FromWorker),
+    /// Its channel closed: it died, or something it left holds no end.
+    Closed,
+    /// The process has exited (it can be reaped without blocking).
+    Exited,
+}
+
+/// Where a worker's events go; false once nobody listens.
+pub(crate) type Notify = Box<dyn Fn(WorkerEvent) -> bool + Send + Sync>;
+
+/// The sending end of a worker's call channel.
+pub(crate) struct Calls(Box<dyn Fn(ToWorker) -> Result<(), String> + Send>);
+
+impl Calls {
+    pub(crate) fn new(send: impl Fn(ToWorker) -> Result<(), String> + Send + 'static) -> Calls {
+        Calls(Box::new(send))
+    }
+
+    /// Sends a message; `Err` if the worker is gone.
+    pub(crate) fn send(&self, message: ToWorker) -> Result<(), String> {
+        (self.0)(message)
+    }
+}

@@ -1,0 +1,226 @@
+//! The OS backend: a worker is this very binary, re-executed, connected
+//! through a handshake, watched by two threads, killed and reaped.
+//!
+//! Per worker, a link thread accepts the handshake and forwards each
+//! message, then `Closed`; an exit watcher waits for the process itself
+//! (`waitid` with `WNOWAIT`, which leaves it unreaped) and reports
+//! `Exited`. So a death is seen at once even when something the worker
+//! started still holds its channel open.
+//!
+//! Architecture Invariant: only the manager thread signals and reaps worker
+//! processes, and it reaps only through [`WorkerHandle::reap`], which
+//! consumes the handle: a pid is never signalled after it was reaped (and
+//! so never reused under our feet).
+
+mod link;
+
+use super::{Backend, Notify, WorkerEvent, WorkerHandle};
+use crate::config::Config;
+use crate::error::{ExitReason, SpawnError};
+use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
+use loky_worker::protocol::{Bootstrap, ENV_DEPTH, ENV_MEMORY, ENV_PARENT, ENV_SECRET, ENV_SERVER};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Starts workers as processes.
+pub(crate) struct ProcessBackend {
+    /// Lets only the workers we started in.
+    secret: u64,
+}
+
+impl ProcessBackend {
+    pub(crate) fn new() -> ProcessBackend {
+        // RandomState is keyed from the OS's randomness: no other process
+        // can guess the secret that lets a worker in.
+        let secret = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (std::process::id(), std::time::Instant::now()),
+        );
+        ProcessBackend { secret }
+    }
+}
+
+impl Backend for ProcessBackend {
+    type Worker = Process;
+
+    fn spawn(&mut self, config: &Config, notify: Notify) -> Result<Process, SpawnError> {
+        spawn(config, self.secret, notify)
+    }
+}
+
+/// A worker process that was started and has not been reaped.
+pub(crate) struct Process {
+    child: Child,
+    pid: u32,
+    /// The name of the one-shot server its link thread accepts on.
+    server: String,
+    /// Whether its link thread still waits in `accept`.
+    accepting: Arc<AtomicBool>,
+}
+
+/// The program a worker runs: this very binary.
+fn worker_program() -> std::path::PathBuf {
+    if cfg!(target_os = "linux") {
+        // Still this binary's inode even if the file was replaced on disk.
+        "/proc/self/exe".into()
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into())
+    }
+}
+
+/// Initializes, once per process, what ipc-channel computes lazily and
+/// would panic on (forever after, as its `LazyLock` is then poisoned) if it
+/// first ran when file descriptors are exhausted: the socket buffer size,
+/// which the first send measures with a fresh socket.
+pub(crate) fn prepare_ipc() -> Result<(), SpawnError> {
+    static PREPARED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if PREPARED.get().is_some() {
+        return Ok(());
+    }
+    let attempt = || -> Result<(), String> {
+        let (tx, rx) = ipc_channel::ipc::channel::<u8>().map_err(|e| e.to_string())?;
+        match std::panic::catch_unwind(|| tx.send(0)) {
+            Ok(Ok(())) => rx.recv().map(drop).map_err(|e| e.to_string()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(payload) => Err(loky_worker::panic::payload_message(&*payload)),
+        }
+    };
+    attempt().map_err(|message| {
+        SpawnError::io(
+            "could not set up inter-process channels",
+            std::io::Error::other(message),
+        )
+    })?;
+    let _ = PREPARED.set(());
+    Ok(())
+}
+
+/// Starts a worker, its link thread and its exit watcher.
+fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnError> {
+    let (server, name) = IpcOneShotServer::<Bootstrap>::new()
+        .map_err(|e| SpawnError::io("could not create the handshake socket", e))?;
+    let mut command = Command::new(worker_program());
+    if let Some(arg0) = std::env::args_os().next() {
+        command.arg0(arg0);
+    }
+    command
+        .envs(config.get_env().iter().map(|(k, v)| (k, v)))
+        .env(ENV_SERVER, &name)
+        .env(ENV_SECRET, format!("{secret:x}"))
+        .env(ENV_PARENT, std::process::id().to_string())
+        .env(ENV_DEPTH, (crate::depth::current() + 1).to_string())
+        .env(ENV_MEMORY, {
+            let memory = config.get_memory();
+            format!(
+                "{},{}",
+                memory.leak_threshold.unwrap_or(0),
+                memory.rss_cap.unwrap_or(0)
+            )
+        })
+        .stdin(Stdio::null())
+        // Its own process group, so that killing a worker kills whatever
+        // it started too.
+        .process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|e| SpawnError::io(format!("could not start {:?}", worker_program()), e))?;
+    let pid = child.id();
+    let accepting = Arc::new(AtomicBool::new(true));
+    let process = Process {
+        child,
+        pid,
+        server: name,
+        accepting: Arc::clone(&accepting),
+    };
+    let notify: Arc<Notify> = Arc::new(notify);
+    let link_notify = Arc::clone(&notify);
+    let linked = std::thread::Builder::new()
+        .name(format!("loky-link-{pid}"))
+        .spawn(move || link::run(pid, secret, server, &accepting, &link_notify));
+    if let Err(error) = linked {
+        let _ = process.reap();
+        return Err(SpawnError::io("could not start a link thread", error));
+    }
+    let watched = std::thread::Builder::new()
+        .name(format!("loky-exit-{pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            wait_exit_no_reap(pid);
+            notify(WorkerEvent::Exited);
+        });
+    if let Err(error) = watched {
+        process.abort_handshake();
+        let _ = process.reap();
+        return Err(SpawnError::io("could not start an exit watcher", error));
+    }
+    Ok(process)
+}
+
+impl WorkerHandle for Process {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Signals the worker's whole process group: the worker and every
+    /// process it started that did not leave the group.
+    fn signal(&self, signal: i32) {
+        let group = -(self.pid as libc::pid_t);
+        // SAFETY: kill has no memory-safety preconditions. The process is
+        // not reaped by us yet (`reap` consumes the handle), so the group
+        // is ours. (If the program ignores SIGCHLD the kernel reaps it as
+        // soon as it exits; its group lives on while anything it started
+        // does, and a pid is not reused while it names a live group.)
+        unsafe { libc::kill(group, signal) };
+    }
+
+    /// Stops the link thread's wait for a handshake that will not come.
+    fn abort_handshake(&self) {
+        // Only while it waits: ipc-channel leaks the socket of a connect
+        // that fails, as it does once the server is gone.
+        if !self.accepting.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(sender) = IpcSender::<Bootstrap>::connect(self.server.clone()) {
+            let _ = sender.send(Bootstrap::Abort);
+        }
+    }
+
+    /// Kills the process group first (the worker is dead or dying but not
+    /// reaped, so the group is still ours), then reaps.
+    fn reap(mut self) -> ExitReason {
+        self.signal(libc::SIGKILL);
+        match self.child.wait() {
+            Ok(status) => ExitReason::from_status(status),
+            Err(error) => {
+                // ECHILD: someone else collected it, as the kernel does
+                // when the program ignores SIGCHLD. Say so; invent nothing.
+                tracing::warn!(pid = self.pid, %error, "worker's exit status was reaped elsewhere");
+                ExitReason::Unknown
+            }
+        }
+    }
+}
+
+/// Blocks until `pid` has exited, without reaping it. Returns at once if
+/// it is not our child any more (reaped elsewhere).
+fn wait_exit_no_reap(pid: u32) {
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid output buffer for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only into `info`; WNOWAIT leaves the child
+        // for the manager to reap.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}

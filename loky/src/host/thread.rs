@@ -1,0 +1,194 @@
+//! The in-process backend, for the manager's unit tests: a worker is a
+//! thread of this process running the real worker loop over channels. It
+//! "dies" when the test says so ([`Fake::die`]) or when it is signalled:
+//! from then on nothing it sends arrives, and the manager sees `Closed`
+//! and `Exited` as from a dead process. The thread itself finishes its
+//! current task in the background, unseen.
+
+use super::{Backend, Calls, Notify, WorkerEvent, WorkerHandle};
+use crate::config::Config;
+use crate::error::{ExitReason, SpawnError};
+use loky_worker::main_loop::{self, Inbox, Outbox};
+use loky_worker::protocol::{FromWorker, ToWorker};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Starts thread workers; the test keeps a [`Control`].
+pub(crate) struct ThreadBackend {
+    control: Arc<Control>,
+}
+
+/// What a test sees of the workers started so far, and how it steers them.
+#[derive(Default)]
+pub(crate) struct Control {
+    workers: Mutex<Vec<Arc<Fake>>>,
+    /// How many of the next spawns fail.
+    refuse: AtomicUsize,
+    next_pid: AtomicU32,
+}
+
+/// One thread worker, as the test sees it.
+pub(crate) struct Fake {
+    pub(crate) pid: u32,
+    notify: Notify,
+    /// How it ended, once it did.
+    death: Mutex<Option<ExitReason>>,
+}
+
+/// The manager's handle on a thread worker.
+pub(crate) struct ThreadWorker {
+    fake: Arc<Fake>,
+}
+
+impl ThreadBackend {
+    pub(crate) fn new() -> (ThreadBackend, Arc<Control>) {
+        let control = Arc::new(Control {
+            next_pid: AtomicU32::new(1_000_000),
+            ..Control::default()
+        });
+        (
+            ThreadBackend {
+                control: Arc::clone(&control),
+            },
+            control,
+        )
+    }
+}
+
+impl Control {
+    /// Every worker started so far, oldest first.
+    pub(crate) fn workers(&self) -> Vec<Arc<Fake>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The next `count` spawns fail as the OS would refuse them.
+    pub(crate) fn refuse_spawns(&self, count: usize) {
+        self.refuse.store(count, Ordering::SeqCst);
+    }
+}
+
+impl Fake {
+    /// Ends this worker as a process would end with `reason`.
+    pub(crate) fn die(&self, reason: ExitReason) {
+        let mut death = self.death.lock().unwrap_or_else(PoisonError::into_inner);
+        if death.is_some() {
+            return;
+        }
+        *death = Some(reason);
+        (self.notify)(WorkerEvent::Closed);
+        (self.notify)(WorkerEvent::Exited);
+    }
+
+    /// Whether it has ended.
+    pub(crate) fn dead(&self) -> bool {
+        self.death
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+}
+
+impl Backend for ThreadBackend {
+    type Worker = ThreadWorker;
+
+    fn spawn(&mut self, _config: &Config, notify: Notify) -> Result<ThreadWorker, SpawnError> {
+        let refused = self
+            .control
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            return Err(SpawnError::io(
+                "could not start a thread worker",
+                std::io::Error::from_raw_os_error(libc::EAGAIN),
+            ));
+        }
+        let pid = self.control.next_pid.fetch_add(1, Ordering::Relaxed);
+        let fake = Arc::new(Fake {
+            pid,
+            notify,
+            death: Mutex::new(None),
+        });
+        let (calls_tx, calls_rx) = crossbeam_channel::unbounded::<ToWorker>();
+        let inbox = ThreadInbox {
+            calls: calls_rx,
+            fake: Arc::clone(&fake),
+        };
+        let outbox = ThreadOutbox {
+            fake: Arc::clone(&fake),
+        };
+        let ended = Arc::clone(&fake);
+        std::thread::Builder::new()
+            .name(format!("loky-thread-worker-{pid}"))
+            .spawn(move || {
+                let code = main_loop::serve(inbox, &outbox, None);
+                ended.die(ExitReason::Code(code));
+            })
+            .map_err(|e| SpawnError::io("could not start a thread worker", e))?;
+        let calls = Calls::new(move |message| calls_tx.send(message).map_err(|e| e.to_string()));
+        (fake.notify)(WorkerEvent::Ready(Ok(calls)));
+        self.control
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&fake));
+        Ok(ThreadWorker { fake })
+    }
+}
+
+impl WorkerHandle for ThreadWorker {
+    fn pid(&self) -> u32 {
+        self.fake.pid
+    }
+
+    fn signal(&self, signal: i32) {
+        self.fake.die(ExitReason::Signal {
+            signal,
+            core_dumped: false,
+        });
+    }
+
+    fn abort_handshake(&self) {}
+
+    fn reap(self) -> ExitReason {
+        self.signal(libc::SIGKILL);
+        self.fake
+            .death
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expect("dead after SIGKILL")
+    }
+}
+
+struct ThreadInbox {
+    calls: crossbeam_channel::Receiver<ToWorker>,
+    fake: Arc<Fake>,
+}
+
+impl Inbox for ThreadInbox {
+    fn recv(&mut self) -> Result<Option<ToWorker>, String> {
+        if self.fake.dead() {
+            return Ok(None);
+        }
+        Ok(self.calls.recv().ok())
+    }
+}
+
+struct ThreadOutbox {
+    fake: Arc<Fake>,
+}
+
+impl Outbox for ThreadOutbox {
+    fn send(&self, message: FromWorker) -> bool {
+        // Under the death lock, so nothing arrives after `Closed`.
+        let death = self
+            .fake
+            .death
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        death.is_none() && (self.fake.notify)(WorkerEvent::Message(message))
+    }
+}

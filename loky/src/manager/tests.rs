@@ -1,0 +1,308 @@
+//! The manager's scheduling and settling, on in-process thread workers
+//! (`host::thread`): each test runs in milliseconds, and decides itself
+//! when a worker dies. The same promises are tested across real processes
+//! in `tests/`.
+
+use crate::error::{Error, ExitReason};
+use crate::host::thread::{Control, ThreadBackend};
+use crate::{Config, Executor, Shutdown};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Gates that tasks wait on, by key: each test uses its own keys.
+static GATES: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+static GATE_OPENED: Condvar = Condvar::new();
+/// What `record` saw, by key.
+static RECORDED: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+
+fn open(key: u64) {
+    GATES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key);
+    GATE_OPENED.notify_all();
+}
+
+fn recorded(key: u64) -> bool {
+    RECORDED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&key)
+}
+
+/// Waits until gate `key` opens (at most `BOUND`), then returns `key`.
+#[loky::task]
+fn wait_gate(key: u64) -> u64 {
+    let mut gates = GATES.lock().unwrap_or_else(PoisonError::into_inner);
+    let deadline = Instant::now() + BOUND;
+    while !gates.contains(&key) && Instant::now() < deadline {
+        gates = GATE_OPENED
+            .wait_timeout(gates, Duration::from_millis(10))
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    key
+}
+
+/// Records that it ran.
+#[loky::task]
+fn record(key: u64) -> u64 {
+    RECORDED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key);
+    key
+}
+
+#[loky::task]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// An executor over thread workers, and the test's control of them.
+fn executor(config: Config) -> (Executor, Arc<Control>) {
+    let (backend, control) = ThreadBackend::new();
+    (Executor::start(config, backend).unwrap(), control)
+}
+
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + BOUND;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+#[test]
+fn a_free_worker_takes_the_next_task_from_a_busy_ones_queue() {
+    let (executor, _control) = executor(Config::new().max_workers(2).prefetch(4));
+    executor.start_workers().unwrap();
+    let long = executor.submit(sleep_ms, 400).unwrap();
+    let shorts: Vec<_> = (0..6)
+        .map(|_| executor.submit(sleep_ms, 10).unwrap())
+        .collect();
+    for short in shorts {
+        assert_eq!(short.result_timeout(BOUND).unwrap(), 10);
+    }
+    assert!(
+        !long.done(),
+        "every short task finished before the long one"
+    );
+    assert_eq!(long.result_timeout(BOUND).unwrap(), 400);
+}
+
+#[test]
+fn a_task_cancelled_before_it_started_never_runs() {
+    let (executor, control) = executor(Config::new().max_workers(1).prefetch(2));
+    let blocker = executor.submit(wait_gate, 100).unwrap();
+    let victim = executor.submit(record, 101).unwrap();
+    assert!(eventually(|| blocker.running()));
+    assert!(!victim.running());
+    assert!(victim.cancel());
+    assert!(matches!(victim.result(), Err(Error::Cancelled { .. })));
+    open(100);
+    assert_eq!(blocker.result_timeout(BOUND).unwrap(), 100);
+    assert_eq!(
+        executor
+            .submit(record, 102)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        102
+    );
+    assert!(!recorded(101), "the cancelled task ran");
+    assert_eq!(control.workers().len(), 1, "no worker was killed");
+}
+
+#[test]
+fn cancelling_a_running_task_kills_only_its_worker() {
+    let (executor, control) = executor(Config::new().max_workers(1));
+    let running = executor.submit(wait_gate, 200).unwrap();
+    let next = executor.submit(record, 201).unwrap();
+    assert!(eventually(|| running.running()));
+    assert!(running.cancel());
+    assert!(matches!(running.result(), Err(Error::Cancelled { .. })));
+    assert_eq!(next.result_timeout(BOUND).unwrap(), 201);
+    let workers = control.workers();
+    assert_eq!(workers.len(), 2);
+    assert!(workers[0].dead());
+    open(200);
+    assert_eq!(executor.stats().exits.killed, 1);
+}
+
+#[test]
+fn shutdown_cancelling_futures_never_runs_a_held_task() {
+    let (executor, _control) = executor(Config::new().max_workers(1).prefetch(2));
+    let blocker = executor.submit(wait_gate, 300).unwrap();
+    let held = executor.submit(record, 301).unwrap();
+    assert!(eventually(|| blocker.running()));
+    let shutdown = {
+        let executor = executor.clone();
+        std::thread::spawn(move || {
+            executor.shutdown(Shutdown {
+                wait: true,
+                cancel_futures: true,
+                kill_workers: false,
+            })
+        })
+    };
+    assert!(held.cancel() || held.cancelled());
+    open(300);
+    assert_eq!(blocker.result_timeout(BOUND).unwrap(), 300);
+    shutdown.join().unwrap();
+    assert!(
+        !recorded(301),
+        "a task held by a worker ran after its cancellation"
+    );
+}
+
+#[test]
+fn a_death_fails_the_running_task_and_requeues_the_rest() {
+    let (executor, control) = executor(Config::new().max_workers(1).prefetch(3));
+    let running = executor.submit(wait_gate, 400).unwrap();
+    let queued: Vec<_> = (401..404)
+        .map(|key| executor.submit(record, key).unwrap())
+        .collect();
+    assert!(eventually(|| running.running()));
+    let pid = control.workers()[0].pid;
+    control.workers()[0].die(ExitReason::Signal {
+        signal: libc::SIGSEGV,
+        core_dumped: false,
+    });
+    match running.result_timeout(BOUND) {
+        Err(Error::WorkerDied {
+            pid: died,
+            reason: ExitReason::Signal { signal, .. },
+            ..
+        }) => {
+            assert_eq!((died, signal), (pid, libc::SIGSEGV));
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    for (future, key) in queued.into_iter().zip(401..) {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), key);
+    }
+    assert_eq!(executor.stats().exits.crashed, 1);
+    open(400);
+}
+
+#[test]
+fn a_chunk_death_keeps_finished_elements_and_reruns_unstarted_ones() {
+    let (executor, control) = executor(Config::new().max_workers(1));
+    // Elements 500..505 finish, 505 blocks until its worker dies, the rest
+    // never start on that worker.
+    let keys: Vec<u64> = (500..510).collect();
+    let inputs = keys.clone();
+    let killer = std::thread::spawn(move || {
+        assert!(eventually(|| recorded(504)));
+        std::thread::sleep(Duration::from_millis(20));
+        control.workers()[0].die(ExitReason::Signal {
+            signal: libc::SIGABRT,
+            core_dumped: false,
+        });
+        control
+    });
+    let results: Vec<_> = executor.map(record_or_wait, inputs).chunksize(10).collect();
+    let control = killer.join().unwrap();
+    for (key, result) in keys.iter().zip(&results) {
+        match (key, result) {
+            (505, Err(Error::WorkerDied { reason, .. })) => {
+                assert_eq!(reason.signal_name(), Some("SIGABRT"));
+            }
+            (505, other) => panic!("element 505: expected WorkerDied, got {other:?}"),
+            (key, Ok(value)) => assert_eq!(key, value),
+            (key, Err(error)) => panic!("element {key} failed: {error}"),
+        }
+    }
+    assert_eq!(control.workers().len(), 2);
+    open(505);
+}
+
+/// Records `key`; for key 505, waits on its gate first.
+#[loky::task]
+fn record_or_wait(key: u64) -> u64 {
+    if key == 505 {
+        wait_gate.call(key);
+    }
+    record.call(key)
+}
+
+#[test]
+fn a_refused_spawn_fails_the_queue_and_the_next_submission_heals() {
+    let (executor, control) = executor(Config::new().max_workers(1));
+    control.refuse_spawns(1);
+    let refused = executor.submit(record, 600).unwrap();
+    assert!(matches!(
+        refused.result_timeout(BOUND),
+        Err(Error::Spawn(_))
+    ));
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(
+        executor
+            .submit(record, 601)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        601
+    );
+}
+
+#[test]
+fn a_zero_idle_timeout_runs_the_queue_without_a_storm() {
+    let (executor, _control) = executor(Config::new().max_workers(2).idle_timeout(Duration::ZERO));
+    let futures: Vec<_> = (700..720)
+        .map(|key| executor.submit(record, key).unwrap())
+        .collect();
+    for (future, key) in futures.into_iter().zip(700..) {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), key);
+    }
+    let started = executor.stats().started;
+    assert!(started <= 20, "{started} workers started for 20 tasks");
+}
+
+#[test]
+fn a_done_callback_sees_true_stats_and_pids() {
+    let (executor, _control) = executor(Config::new().max_workers(1));
+    assert_eq!(
+        executor
+            .submit(record, 800)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        800
+    );
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let inside = executor.clone();
+    executor
+        .submit(record, 801)
+        .unwrap()
+        .add_done_callback(move |_| {
+            let _ = tx.send((inside.worker_pids(), inside.stats().workers));
+        });
+    let (pids, workers) = rx.recv_timeout(BOUND).unwrap();
+    assert_eq!((pids.len(), workers), (1, 1));
+}
+
+#[test]
+fn a_task_past_its_timeout_is_killed_and_the_rest_run_elsewhere() {
+    let (executor, control) = executor(Config::new().max_workers(1).prefetch(2));
+    let slow = executor
+        .submit_timeout(wait_gate, 900, Duration::from_millis(50))
+        .unwrap();
+    let next = executor.submit(record, 901).unwrap();
+    assert!(matches!(
+        slow.result_timeout(BOUND),
+        Err(Error::TimedOut { .. })
+    ));
+    assert_eq!(next.result_timeout(BOUND).unwrap(), 901);
+    assert!(control.workers()[0].dead());
+    assert_eq!(executor.stats().exits.killed, 1);
+    open(900);
+}
