@@ -24,7 +24,7 @@
 //! ```
 //!
 //! Right after the hello the parent sends [`ToWorker::Setup`] with the
-//! worker's [`board`]: the shared page on which the two sides agree, call
+//! worker's [`Board`]: the shared page on which the two sides agree, call
 //! by call, whether it started (see `board.rs`). A worker runs calls
 //! strictly one at a time in the order received, skipping those taken back.
 
