@@ -267,3 +267,33 @@ fn resizing_with_jobs_pending_loses_none() {
     assert_eq!(executor.stats().exits.crashed, 0);
     assert!(matches!(executor.resize(0), Err(Error::Config(_))));
 }
+
+/// Panics while the file `marker` exists.
+#[loky::task]
+fn init_unless_marker_gone(marker: std::path::PathBuf) {
+    assert!(!marker.exists(), "marker present: cannot initialize");
+}
+
+/// Regression: once broken, the reusable executor failed every
+/// `task.spawn` with `Broken` until someone called `get_reusable_executor`.
+#[test]
+fn a_broken_reusable_executor_replaces_itself_on_spawn() {
+    let _serial = serial();
+    let marker = std::env::temp_dir().join(format!("loky-reusable-marker-{}", std::process::id()));
+    std::fs::write(&marker, "").unwrap();
+    let config = config(1).initializer(init_unless_marker_gone, marker.clone());
+    let broken = get_reusable_executor(config).unwrap();
+    let failed = worker_pid.spawn(()).result_timeout(BOUND);
+    assert!(matches!(failed, Err(Error::Broken { .. })), "{failed:?}");
+    assert!(eventually(BOUND, || broken.broken().is_some()));
+    std::fs::remove_file(&marker).unwrap();
+    let pid = worker_pid.spawn(()).result_timeout(BOUND).unwrap();
+    assert!(pid > 0);
+    let current = get_reusable_executor_with(broken.config(), Reuse::Force, false).unwrap();
+    assert_ne!(current.id(), broken.id(), "replaced");
+    assert_eq!(
+        current.config(),
+        broken.config(),
+        "with the same configuration"
+    );
+}

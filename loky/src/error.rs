@@ -286,13 +286,24 @@ fn signal_info(signal: i32) -> Option<(&'static str, &'static str)> {
 }
 
 /// A refused submission: the reason, and the arguments handed back.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` does not print the arguments, so `submit(..).unwrap()` and
+/// `?` into `Box<dyn Error>` or `anyhow` work whatever their type.
+#[derive(thiserror::Error)]
 #[error("{reason}")]
 pub struct SubmitError<A> {
     /// The arguments that were not submitted.
     pub args: A,
     /// Why: the executor is shut down or broken.
     pub reason: Error,
+}
+
+impl<A> fmt::Debug for SubmitError<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<A> From<SubmitError<A>> for Error {

@@ -219,6 +219,11 @@ impl<R> Future<R> {
     /// Waits for the outcome, up to `deadline`, and moves it out.
     fn take(&self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
         let mut inner = self.state.lock();
+        // Awaited to completion already: nothing will ever come.
+        assert!(
+            !inner.taken,
+            "loky::Future: the result was already taken by awaiting the future"
+        );
         loop {
             if !inner.lent {
                 if let Some(outcome) = inner.outcome.take() {

@@ -111,7 +111,8 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     fn fill(&mut self) {
         while !self.input_done && self.pending.len() < self.max_in_flight {
             let size = self.next_chunk_size();
-            let mut encoded = Vec::with_capacity(size);
+            // A huge explicit chunksize must not reserve its whole size up front.
+            let mut encoded = Vec::with_capacity(size.min(MAX_AUTO_CHUNK));
             let mut early = Vec::new();
             let mut len = 0;
             while len < size {

@@ -77,15 +77,20 @@ pub fn get_reusable_executor_with(
     Ok(executor)
 }
 
-/// The reusable executor as it is, or a default one if there is none.
+/// The reusable executor as it is; replaced, with the same configuration,
+/// if it is shut down or broken; a default one if there is none.
 fn current() -> Result<Executor, Error> {
-    {
+    let config = {
         let slot = REUSABLE.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(executor) = slot.as_ref().filter(|e| !e.is_shutdown()) {
-            return Ok(executor.clone());
+        match slot.as_ref() {
+            Some(executor) if !executor.is_shutdown() && executor.broken().is_none() => {
+                return Ok(executor.clone());
+            }
+            Some(executor) => executor.config(),
+            None => Config::default(),
         }
-    }
-    get_reusable_executor(Config::default())
+    };
+    get_reusable_executor(config)
 }
 
 /// Submits to the reusable executor; every failure lands in the future.

@@ -374,6 +374,24 @@ impl<B: Backend> Manager<B> {
             for job in self.queue.drain(..) {
                 job.completion.cancel();
             }
+            // Calls workers hold but have not started are taken back too:
+            // a cancelled future's call never runs.
+            for worker in self.workers.values_mut() {
+                let Some(board) = worker.board.clone() else {
+                    continue;
+                };
+                let head_before = worker.inflight.front().map(|h| h.seq);
+                worker.inflight.retain(|held| {
+                    let taken = board.revoke(held.seq);
+                    if taken {
+                        held.job.completion.cancel();
+                    }
+                    !taken
+                });
+                if worker.inflight.front().map(|h| h.seq) != head_before {
+                    worker.advance(Instant::now());
+                }
+            }
         }
         if let Some(signal) = merged.kill {
             for job in self.queue.drain(..) {

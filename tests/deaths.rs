@@ -1,0 +1,100 @@
+//! Deaths are seen at once and reported honestly, whatever the worker
+//! leaves behind: a forked child holding its channel, a process started
+//! before the handshake.
+
+mod common;
+
+use common::{BOUND, process_state, run};
+use loky::{Config, Error, Executor, ExitReason, SpawnError};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[loky::task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+/// Forks a child that sleeps 20 s holding every descriptor of the worker
+/// (its channel included), writes its pid to `path`, then aborts.
+#[loky::task]
+fn fork_then_abort(path: PathBuf) {
+    // SAFETY: the child only calls async-signal-safe functions.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: sleep and _exit are async-signal-safe.
+        unsafe {
+            libc::sleep(20);
+            libc::_exit(0);
+        }
+    }
+    std::fs::write(&path, child.to_string()).unwrap();
+    std::process::abort();
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("loky-deaths-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn dead(pid: u32) -> bool {
+    matches!(process_state(pid), None | Some('Z'))
+}
+
+fn eventually_dead(pid: u32) -> bool {
+    common::eventually(Duration::from_secs(5), || dead(pid))
+}
+
+/// Regression: the death was reported only when the forked child exited,
+/// because it held the worker's channel open.
+#[test]
+fn a_death_is_seen_even_when_a_forked_child_holds_the_channel() {
+    let executor = Executor::new(Config::new().max_workers(1)).unwrap();
+    let path = temp_path("fork");
+    let started = Instant::now();
+    let result = executor
+        .submit(fork_then_abort, path.clone())
+        .unwrap()
+        .result_timeout(Duration::from_secs(10));
+    let took = started.elapsed();
+    match result {
+        Err(Error::WorkerDied { reason, .. }) => assert_eq!(reason.signal_name(), Some("SIGABRT")),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(
+        took < Duration::from_secs(3),
+        "the death took {took:?} to be seen"
+    );
+    let child: u32 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    assert!(
+        eventually_dead(child),
+        "the forked child {child} outlived its worker"
+    );
+    assert_eq!(run(&executor, add, (2, 3)), 5);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Regression: a worker that exited before its handshake was reaped
+/// without its process group being killed, leaving what it started.
+#[test]
+fn a_worker_that_exits_before_its_handshake_leaves_no_process() {
+    let path = temp_path("orphan");
+    let config = Config::new()
+        .max_workers(1)
+        .env("LOKY_WORKER_FAULT", "orphan-exit:3")
+        .env("LOKY_WORKER_FAULT_FILE", &path);
+    let executor = Executor::new(config).unwrap();
+    let result = executor.submit(add, (1, 1)).unwrap().result_timeout(BOUND);
+    match result {
+        Err(Error::Spawn(SpawnError::ExitedEarly { reason, .. })) => {
+            assert_eq!(reason, ExitReason::Code(3));
+        }
+        other => panic!("expected ExitedEarly, got {other:?}"),
+    }
+    let left: u32 = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    assert!(
+        eventually_dead(left),
+        "the process {left} outlived its worker"
+    );
+    let _ = std::fs::remove_file(path);
+}
