@@ -19,33 +19,60 @@ use crate::{main_loop, panic};
 ///
 /// `#[loky::main]` calls this first thing in `main`.
 pub fn main_entry() {
-    if let Some(exit_code) = become_worker() {
-        std::process::exit(exit_code);
-    }
+    // SAFETY: `#[loky::main]` calls this first thing in `main`, before any
+    // user code; the Rust runtime starts no thread before `main`. (A C
+    // library's constructor could have started one; none of ours does.)
+    let Some(link) = (unsafe { take_link() }) else {
+        return;
+    };
+    std::process::exit(become_worker(link));
 }
 
-/// Runs the worker loop if this process is a worker and returns its exit
-/// code, or `None` if it is not a worker.
-fn become_worker() -> Option<i32> {
+/// What the parent passed in the environment.
+struct Link {
+    server: String,
+    secret: Option<String>,
+    parent: Option<String>,
+}
+
+/// Reads and removes the worker's variables, so that a process a task
+/// starts (or a pool it builds) never mistakes them for its own; `None` if
+/// this process is not a worker.
+///
+/// # Safety
+/// No other thread may read or write the environment meanwhile.
+unsafe fn take_link() -> Option<Link> {
     let server = std::env::var(ENV_SERVER).ok()?;
     let secret = std::env::var(ENV_SECRET).ok();
     let parent = std::env::var(ENV_PARENT).ok();
-    // SAFETY: called before the worker starts any thread, from the
-    // constructor (where only the main thread exists) or first thing in
-    // `main`. Removing the variables keeps a pool created inside a task
-    // from mistaking its own children's environment for ours.
+    // SAFETY: the caller guarantees that no other thread touches the
+    // environment.
     unsafe {
         std::env::remove_var(ENV_SERVER);
         std::env::remove_var(ENV_SECRET);
         std::env::remove_var(ENV_PARENT);
     }
+    Some(Link {
+        server,
+        secret,
+        parent,
+    })
+}
+
+/// Runs the worker loop and returns its exit code.
+fn become_worker(link: Link) -> i32 {
+    let Link {
+        server,
+        secret,
+        parent,
+    } = link;
     let Some(secret) = secret.and_then(|s| u64::from_str_radix(&s, 16).ok()) else {
         eprintln!("loky worker: {ENV_SECRET} is missing or malformed");
-        return Some(EXIT_HANDSHAKE_FAILED);
+        return EXIT_HANDSHAKE_FAILED;
     };
     prepare_process(parent.and_then(|p| p.parse().ok()));
     panic::install_hook();
-    Some(main_loop::run(server, secret))
+    main_loop::run(server, secret)
 }
 
 /// Arms the parent-death signal and restores the signal dispositions that
@@ -106,14 +133,19 @@ mod init_array {
 
     /// glibc calls `.init_array` entries with `argc`, `argv` and `envp`.
     unsafe extern "C" fn hook(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) {
-        if std::env::var_os(crate::protocol::ENV_SERVER).is_none() {
+        // SAFETY: before `main` and before every constructor after ours: the
+        // Rust runtime has started no thread, and neither have we. (A C
+        // library's constructor linked before ours could have; none of
+        // loky's dependencies does.) So the variables are taken before any
+        // later constructor can start a thread.
+        let Some(link) = (unsafe { super::take_link() }) else {
             return;
-        }
+        };
         // SAFETY: we forward glibc's own arguments, in glibc's order, to
         // the constructors glibc would have called next; since the worker
         // exits below, glibc never calls them a second time.
         unsafe { run_later_constructors(argc, argv, envp) };
-        super::main_entry();
+        std::process::exit(super::become_worker(link));
     }
 
     /// Runs the `.init_array` entries that follow this hook's own entry.
