@@ -179,9 +179,7 @@ impl WorkerHandle for Process {
     fn abort_handshake(&self) {
         // Only while it waits: ipc-channel leaks the socket of a connect
         // that fails, as it does once the server is gone.
-        // At most once per worker: a second attempt would find the server
-        // gone.
-        if !self.accepting.swap(false, Ordering::AcqRel) {
+        if !self.accepting.load(Ordering::Acquire) {
             return;
         }
         if let Ok(sender) = IpcSender::<Bootstrap>::connect(self.server.clone()) {
