@@ -13,6 +13,12 @@ fn double(x: u64) -> u64 {
     2 * x
 }
 
+#[loky::task]
+fn nap_then_double(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(2));
+    2 * x
+}
+
 const EXTREME_DURATIONS: [Duration; 3] = [Duration::ZERO, Duration::from_nanos(1), Duration::MAX];
 
 /// Runs 20 tasks on an executor built with `config` (if it is accepted),
@@ -120,6 +126,29 @@ fn every_config_knob_at_its_extremes() {
             all_ok,
         );
     }
+}
+
+/// A timeout too long to be a deadline (`Instant + Duration::MAX`
+/// overflows) never expires, however long the task is watched.
+#[test]
+fn a_timeout_past_the_end_of_time_never_expires() {
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    let futures: Vec<_> = (0..40)
+        .map(|x| {
+            executor
+                .submit_timeout(nap_then_double, x, Duration::MAX)
+                .unwrap()
+        })
+        .collect();
+    for (x, future) in (0..).zip(futures) {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), 2 * x);
+    }
+    let mapped: Vec<u64> = executor
+        .map(nap_then_double, 0..40)
+        .timeout(Duration::MAX)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(mapped, (0..40).map(|x| 2 * x).collect::<Vec<_>>());
 }
 
 #[test]

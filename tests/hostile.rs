@@ -232,6 +232,20 @@ fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
 }
 
+/// Each open descriptor with what it points at, to name a leak.
+fn fd_table() -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|entry| {
+            let target = std::fs::read_link(entry.path())
+                .map(|target| target.display().to_string())
+                .unwrap_or_default();
+            (entry.file_name().to_string_lossy().into_owned(), target)
+        })
+        .collect()
+}
+
 fn set_limit(resource: libc::__rlimit_resource_t, soft: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -295,7 +309,7 @@ fn fd_role() {
     };
     // SAFETY: writes only `original`.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut original) };
-    let baseline = open_fds();
+    let baseline = fd_table();
     let mut refused = 0;
     for slack in 0..12 {
         refused += usize::from(run_short_of(
@@ -306,8 +320,12 @@ fn fd_role() {
         ));
     }
     assert!(refused > 0, "no limit was tight enough to refuse a worker");
-    let leaked = open_fds().saturating_sub(baseline);
-    assert_eq!(leaked, 0, "{leaked} file descriptors leaked");
+    let after = fd_table();
+    let leaked: Vec<_> = after
+        .iter()
+        .filter(|(fd, target)| baseline.get(*fd) != Some(target))
+        .collect();
+    assert!(leaked.is_empty(), "file descriptors leaked: {leaked:?}");
 }
 
 fn threads_of(uid: u32) -> u64 {

@@ -94,9 +94,6 @@ fn threshold_override() -> Option<usize> {
 pub enum Bootstrap {
     /// The worker introduces itself. Never reordered, never changed.
     Hello(Hello),
-    /// Sent by the parent to its own server to stop waiting for a worker
-    /// that died or timed out before it connected.
-    Abort,
 }
 
 /// A worker's introduction: who it is and the two channels of the link.

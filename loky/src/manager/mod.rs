@@ -862,7 +862,7 @@ impl<B: Backend> Manager<B> {
                 Life::Serving { .. } | Life::Leaving { .. } => {
                     let head = worker.inflight.front();
                     if let Some(timeout) = head.and_then(|h| h.job.timeout) {
-                        if deadline(worker.head_since, timeout).is_none_or(|at| now >= at) {
+                        if deadline(worker.head_since, timeout).is_some_and(|at| now >= at) {
                             expired.push((id, timeout));
                         }
                     }

@@ -15,14 +15,13 @@ pub(super) fn run(
     pid: u32,
     secret: u64,
     server: IpcOneShotServer<Bootstrap>,
-    accepting: &AtomicBool,
+    aborted: &AtomicBool,
     notify: &Notify,
 ) {
     let connected = Cell::new(false);
     let served = panic::catch_unwind(AssertUnwindSafe(|| {
-        serve(pid, secret, server, accepting, notify, &connected);
+        serve(pid, secret, server, aborted, notify, &connected);
     }));
-    accepting.store(false, Ordering::Release);
     let Err(payload) = served else { return };
     // ipc-channel panics on some OS errors. The manager must still hear
     // how this worker ends, or it would wait for it forever.
@@ -43,16 +42,15 @@ fn serve(
     pid: u32,
     secret: u64,
     server: IpcOneShotServer<Bootstrap>,
-    accepting: &AtomicBool,
+    aborted: &AtomicBool,
     notify: &Notify,
     connected: &Cell<bool>,
 ) {
-    let accepted = server.accept();
-    accepting.store(false, Ordering::Release);
-    let hello = match accepted {
+    let hello = match server.accept() {
         Ok((_, Bootstrap::Hello(hello))) => hello,
-        // The manager gave up on this worker.
-        Ok((_, Bootstrap::Abort)) => return,
+        // The manager gave up on this worker and woke us: it expects
+        // nothing more from this thread.
+        Err(_) if aborted.load(Ordering::Acquire) => return,
         Err(error) => {
             let message = match error {
                 IpcError::SerializationError(e) => {

@@ -17,7 +17,7 @@ mod link;
 use super::{Backend, Notify, WorkerEvent, WorkerHandle};
 use crate::config::Config;
 use crate::error::{ExitReason, SpawnError};
-use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
+use ipc_channel::ipc::IpcOneShotServer;
 use loky_worker::protocol::{Bootstrap, ENV_DEPTH, ENV_MEMORY, ENV_PARENT, ENV_SECRET, ENV_SERVER};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -54,10 +54,12 @@ impl Backend for ProcessBackend {
 pub(crate) struct Process {
     child: Child,
     pid: u32,
-    /// The name of the one-shot server its link thread accepts on.
+    /// The path of the one-shot server its link thread accepts on.
     server: String,
-    /// Whether its link thread still waits in `accept`.
-    accepting: Arc<AtomicBool>,
+    /// Set before the manager wakes the link thread out of `accept`, so
+    /// that the link reads the failed accept as "given up", not as a
+    /// broken handshake.
+    aborted: Arc<AtomicBool>,
 }
 
 /// The program a worker runs: this very binary.
@@ -127,18 +129,18 @@ fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnE
         .spawn()
         .map_err(|e| SpawnError::io(format!("could not start {:?}", worker_program()), e))?;
     let pid = child.id();
-    let accepting = Arc::new(AtomicBool::new(true));
+    let aborted = Arc::new(AtomicBool::new(false));
     let process = Process {
         child,
         pid,
         server: name,
-        accepting: Arc::clone(&accepting),
+        aborted: Arc::clone(&aborted),
     };
     let notify: Arc<Notify> = Arc::new(notify);
     let link_notify = Arc::clone(&notify);
     let linked = std::thread::Builder::new()
         .name(format!("loky-link-{pid}"))
-        .spawn(move || link::run(pid, secret, server, &accepting, &link_notify));
+        .spawn(move || link::run(pid, secret, server, &aborted, &link_notify));
     if let Err(error) = linked {
         let _ = process.reap();
         return Err(SpawnError::io("could not start a link thread", error));
@@ -175,16 +177,29 @@ impl WorkerHandle for Process {
         unsafe { libc::kill(group, signal) };
     }
 
-    /// Stops the link thread's wait for a handshake that will not come.
+    /// Stops the link thread's wait for a handshake that will not come:
+    /// connects to its server and hangs up at once, so that its `accept`
+    /// returns with a closed connection.
+    ///
+    /// A plain socket, not `IpcSender::connect`: that one leaks its socket
+    /// when the connect fails, as it does whenever the link thread has
+    /// already left `accept` (the server is gone). Here the descriptor is
+    /// owned and closed on every path, and a refused connect is harmless.
     fn abort_handshake(&self) {
-        // Only while it waits: ipc-channel leaks the socket of a connect
-        // that fails, as it does once the server is gone.
-        if !self.accepting.load(Ordering::Acquire) {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        self.aborted.store(true, Ordering::Release);
+        let Ok(address) = SocketAddrUnix::new(self.server.as_str()) else {
             return;
-        }
-        if let Ok(sender) = IpcSender::<Bootstrap>::connect(self.server.clone()) {
-            let _ = sender.send(Bootstrap::Abort);
-        }
+        };
+        let Ok(socket) = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        ) else {
+            return;
+        };
+        let _ = rustix::net::connect(&socket, &address);
     }
 
     /// Kills the process group first (the worker is dead or dying but not
