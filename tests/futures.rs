@@ -421,3 +421,55 @@ fn dropping_the_executor_finishes_the_work_then_stops_the_workers() {
         assert!(wait_gone(pid, BOUND), "worker {pid} survived the executor");
     }
 }
+
+/// Where each [`Traced`] was decoded.
+static DECODED_ON: Mutex<Vec<std::thread::ThreadId>> = Mutex::new(Vec::new());
+
+/// A result that records which thread of the parent decodes it.
+#[derive(serde::Serialize)]
+struct Traced(u64);
+
+impl<'de> serde::Deserialize<'de> for Traced {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(deserializer)?;
+        DECODED_ON.lock().unwrap().push(std::thread::current().id());
+        Ok(Traced(value))
+    }
+}
+
+#[loky::task]
+fn traced(x: u64) -> Traced {
+    Traced(x)
+}
+
+/// Results are decoded by the thread that takes them (never on the
+/// executor's manager thread, where a slow `Deserialize` would hold up
+/// timeouts and dispatch), for single calls and for `map` chunks alike.
+#[test]
+fn results_are_decoded_by_the_thread_that_takes_them() {
+    let executor = executor(2);
+    let futures: Vec<_> = (0..10)
+        .map(|x| executor.submit(traced, x).unwrap())
+        .collect();
+    // Let them all finish before anyone takes a result.
+    for future in &futures {
+        assert!(future.wait_timeout(BOUND));
+    }
+    assert!(DECODED_ON.lock().unwrap().is_empty());
+    let taker = std::thread::spawn(move || {
+        for (x, future) in (0..).zip(futures) {
+            assert_eq!(future.result_timeout(BOUND).unwrap().0, x);
+        }
+        let mapped: Vec<u64> = executor
+            .map(traced, 0..100)
+            .chunksize(7)
+            .map(|result| result.unwrap().0)
+            .collect();
+        assert_eq!(mapped, (0..100).collect::<Vec<_>>());
+        std::thread::current().id()
+    });
+    let taker = taker.join().unwrap();
+    let decoded_on = DECODED_ON.lock().unwrap();
+    assert_eq!(decoded_on.len(), 110);
+    assert!(decoded_on.iter().all(|&thread| thread == taker));
+}

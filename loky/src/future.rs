@@ -8,6 +8,12 @@
 //! call never runs; if the worker won, it is running and its worker is
 //! killed.
 //!
+//! A worker's result is stored as it arrived, encoded, and decoded by the
+//! thread that takes it (`result`, `.await`, a waiter), so that a slow
+//! `Deserialize` never holds up the manager's timers and dispatch. Only
+//! done-callbacks, which need the value where the future completes, have it
+//! decoded there.
+//!
 //! Architecture Invariant: a future finishes exactly once; every callback
 //! runs exactly once, after the outcome is known and outside any lock.
 //! While callbacks run, the outcome is lent to them: `result` waits until
@@ -38,6 +44,24 @@ pub struct Future<R> {
 
 type Callback<R> = Box<dyn FnOnce(&Result<R, Error>) + Send>;
 
+/// An outcome as a future holds it.
+pub(crate) enum Held<R> {
+    /// Known as a value (or an error).
+    Ready(Result<R, Error>),
+    /// A worker's result, decoded when first needed, outside any lock
+    /// where it can be.
+    Encoded(Box<dyn FnOnce() -> Result<R, Error> + Send>),
+}
+
+impl<R> Held<R> {
+    fn decode(self) -> Result<R, Error> {
+        match self {
+            Held::Ready(outcome) => outcome,
+            Held::Encoded(decode) => decode(),
+        }
+    }
+}
+
 pub(crate) struct State<R> {
     task: &'static str,
     inner: Mutex<Inner<R>>,
@@ -53,7 +77,7 @@ struct Inner<R> {
     /// Where the call stands on its worker's board, while a worker holds it.
     claim: Option<Claim>,
     /// The outcome, once finished, until it is moved out or lent out.
-    outcome: Option<Result<R, Error>>,
+    outcome: Option<Held<R>>,
     /// Callbacks currently hold the outcome.
     lent: bool,
     /// The outcome was moved out by `poll`.
@@ -106,7 +130,7 @@ impl<R> Future<R> {
     /// A future that has already failed.
     pub(crate) fn failed(task: &'static str, error: Error) -> Future<R> {
         let (future, state) = Future::new(task);
-        state.finish(Err(error));
+        state.finish(Held::Ready(Err(error)));
         future
     }
 
@@ -139,11 +163,22 @@ impl<R> Future<R> {
     }
 
     /// Whether the task finished with an error (including cancellation).
+    /// Decodes a result not decoded yet, in this thread: a result that
+    /// cannot be decoded is an error too.
     pub(crate) fn failed_now(&self) -> bool {
-        let inner = self.state.lock();
+        let mut inner = self.state.lock();
         match inner.phase {
             Phase::Cancelled => true,
-            Phase::Finished => inner.outcome.as_ref().is_some_and(Result::is_err),
+            Phase::Finished => match inner.outcome.take() {
+                Some(held) => {
+                    let outcome = held.decode();
+                    let failed = outcome.is_err();
+                    inner.outcome = Some(Held::Ready(outcome));
+                    failed
+                }
+                // Lent to callbacks or taken: it was decoded, and seen.
+                None => false,
+            },
             Phase::Pending => false,
         }
     }
@@ -213,11 +248,17 @@ impl<R> Future<R> {
             .expect("a finished future has an outcome");
         inner.lent = true;
         drop(inner);
-        self.state.run_callbacks(vec![Box::new(callback)], outcome);
+        self.state
+            .run_callbacks(vec![Box::new(callback)], outcome.decode());
     }
 
-    /// Waits for the outcome, up to `deadline`, and moves it out.
+    /// Waits for the outcome, up to `deadline`, moves it out and decodes it
+    /// in this thread.
     fn take(&self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
+        self.take_held(deadline).map(Held::decode)
+    }
+
+    fn take_held(&self, deadline: Option<Instant>) -> Option<Held<R>> {
         let mut inner = self.state.lock();
         // Awaited to completion already: nothing will ever come.
         assert!(
@@ -332,7 +373,7 @@ impl<R> State<R> {
         }
         inner.phase = Phase::Cancelled;
         let task = self.task;
-        self.complete(inner, Err(Error::Cancelled { task }));
+        self.complete(inner, Held::Ready(Err(Error::Cancelled { task })));
         if held {
             if let Some(hook) = self.on_cancel.get() {
                 hook();
@@ -348,29 +389,27 @@ impl<R> State<R> {
 
     /// Finishes the future with `outcome`, unless it is done already.
     /// Returns whether this call finished it.
-    pub(crate) fn finish(&self, outcome: Result<R, Error>) -> bool {
+    pub(crate) fn finish(&self, outcome: Held<R>) -> bool {
         self.finish_counted(outcome, |_| {})
     }
 
-    /// Like `finish`; `count` learns whether it succeeded before anyone
-    /// waiting on the future does.
-    pub(crate) fn finish_counted(
-        &self,
-        outcome: Result<R, Error>,
-        count: impl FnOnce(bool),
-    ) -> bool {
+    /// Like `finish`; `count` learns whether it succeeded (an encoded
+    /// result is a success: the task returned) before anyone waiting on
+    /// the future does.
+    pub(crate) fn finish_counted(&self, outcome: Held<R>, count: impl FnOnce(bool)) -> bool {
         let mut inner = self.lock();
         if matches!(inner.phase, Phase::Finished | Phase::Cancelled) {
             return false;
         }
         inner.phase = Phase::Finished;
-        count(outcome.is_ok());
+        count(!matches!(outcome, Held::Ready(Err(_))));
         self.complete(inner, outcome);
         true
     }
 
-    /// Stores the outcome after running the callbacks, then wakes everyone.
-    fn complete(&self, mut inner: MutexGuard<'_, Inner<R>>, outcome: Result<R, Error>) {
+    /// Stores the outcome, or decodes it and runs the callbacks with it
+    /// first, then wakes everyone.
+    fn complete(&self, mut inner: MutexGuard<'_, Inner<R>>, outcome: Held<R>) {
         // Settled: its worker's board is no longer its business.
         inner.claim = None;
         let callbacks = std::mem::take(&mut inner.callbacks);
@@ -380,7 +419,7 @@ impl<R> State<R> {
         } else {
             inner.lent = true;
             drop(inner);
-            self.run_callbacks(callbacks, outcome);
+            self.run_callbacks(callbacks, outcome.decode());
         }
     }
 
@@ -396,7 +435,7 @@ impl<R> State<R> {
             }
             let mut inner = self.lock();
             if inner.callbacks.is_empty() {
-                inner.outcome = Some(outcome);
+                inner.outcome = Some(Held::Ready(outcome));
                 inner.lent = false;
                 self.publish(inner);
                 return;
@@ -428,7 +467,8 @@ impl<R> std::future::Future for Future<R> {
         if !inner.lent {
             if let Some(outcome) = inner.outcome.take() {
                 inner.taken = true;
-                return Poll::Ready(outcome);
+                drop(inner);
+                return Poll::Ready(outcome.decode());
             }
             assert!(!inner.taken, "a loky::Future polled after it completed");
         }

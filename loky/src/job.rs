@@ -3,7 +3,7 @@
 //! its future.
 
 use crate::error::Error;
-use crate::future::State;
+use crate::future::{Held, State};
 use crate::shared::Shared;
 use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{
@@ -128,9 +128,9 @@ pub(crate) struct Typed<R> {
 }
 
 impl<R> Typed<R> {
-    fn finish(&self, result: Result<R, Error>) {
+    fn finish(&self, outcome: Held<R>) {
         self.state
-            .finish_counted(result, |ok| self.shared.count(ok));
+            .finish_counted(outcome, |ok| self.shared.count(ok));
     }
 }
 
@@ -156,23 +156,30 @@ impl<R: Send + 'static> Completion for Typed<R> {
     }
 
     fn fail(&self, error: Error) {
-        self.finish(Err(error));
+        self.finish(Held::Ready(Err(error)));
     }
 
+    /// Leaves the result encoded: the thread that takes it decodes it.
     fn finish_remote(&self, pid: u32, outcome: Outcome) {
         let task = self.state.task();
-        let result = match outcome {
-            Outcome::Returned(payload) => {
-                (self.decode)(task, pid, Encoded::Single(payload.bytes()))
+        let decode = self.decode;
+        self.finish(match outcome {
+            Outcome::Returned(payload) => Held::Encoded(Box::new(move || {
+                decode(task, pid, Encoded::Single(payload.bytes()))
+            })),
+            Outcome::Failed(failure) => {
+                Held::Ready(Err(Error::from_failure(task, Some(pid), failure)))
             }
-            Outcome::Failed(failure) => Err(Error::from_failure(task, Some(pid), failure)),
-        };
-        self.finish(result);
+        });
     }
 
+    /// Leaves the elements' results encoded, as `finish_remote` does.
     fn finish_chunk(&self, pieces: Vec<Piece>) {
         let task = self.state.task();
-        self.finish((self.decode)(task, 0, Encoded::Chunk(pieces)));
+        let decode = self.decode;
+        self.finish(Held::Encoded(Box::new(move || {
+            decode(task, 0, Encoded::Chunk(pieces))
+        })));
     }
 }
 

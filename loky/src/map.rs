@@ -143,7 +143,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
             let future = if encoded.is_empty() {
                 // Every element failed before it could be sent.
                 let (future, state) = Future::new(T::ID);
-                state.finish(Ok(Vec::new()));
+                state.finish(crate::future::Held::Ready(Ok(Vec::new())));
                 Ok(future)
             } else {
                 let bytes =
