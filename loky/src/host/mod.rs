@@ -38,6 +38,10 @@ pub(crate) trait WorkerHandle: Send + 'static {
     fn signal(&self, signal: i32);
     /// Stops waiting for a handshake that will not come.
     fn abort_handshake(&self);
+    /// Whether it has exited already, so that [`reap`](Self::reap) would
+    /// not block; reaps nothing. Lets the manager reap at `Closed` without
+    /// waiting for the `Exited` that is on its way.
+    fn exited(&self) -> bool;
     /// Kills what it left behind and collects its exit status. Blocks
     /// until it has exited: call it after [`WorkerEvent::Exited`] or a
     /// SIGKILL.

@@ -153,6 +153,10 @@ impl WorkerHandle for ThreadWorker {
 
     fn abort_handshake(&self) {}
 
+    fn exited(&self) -> bool {
+        self.fake.dead()
+    }
+
     fn reap(self) -> ExitReason {
         self.signal(libc::SIGKILL);
         self.fake

@@ -531,7 +531,14 @@ impl<B: Backend> Manager<B> {
                 );
                 worker.retire(Retire::Memory);
             }
-            WorkerEvent::Closed => worker.gone(true, now),
+            WorkerEvent::Closed => {
+                worker.gone(true, now);
+                // It usually has exited by now: reap in this step rather
+                // than wake again for its `Exited`.
+                if worker.handle.exited() {
+                    worker.gone(false, now);
+                }
+            }
             WorkerEvent::Exited => {
                 worker.gone(false, now);
                 // Dead but not reaped: its group is still ours. Kill what

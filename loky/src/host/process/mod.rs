@@ -202,6 +202,19 @@ impl WorkerHandle for Process {
         let _ = rustix::net::connect(&socket, &address);
     }
 
+    fn exited(&self) -> bool {
+        use rustix::process::{Pid, WaitId, WaitIdOptions};
+        let Some(pid) = Pid::from_raw(self.pid as i32) else {
+            return true;
+        };
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+        match rustix::process::waitid(WaitId::Pid(pid), options) {
+            Ok(status) => status.is_some(),
+            // ECHILD: collected elsewhere, so it has exited.
+            Err(_) => true,
+        }
+    }
+
     /// Kills the process group first (the worker is dead or dying but not
     /// reaped, so the group is still ours), then reaps.
     fn reap(mut self) -> ExitReason {
@@ -218,24 +231,14 @@ impl WorkerHandle for Process {
     }
 }
 
-/// Blocks until `pid` has exited, without reaping it. Returns at once if
-/// it is not our child any more (reaped elsewhere).
+/// Blocks until `pid` has exited, without reaping it (`WNOWAIT` leaves it
+/// for the manager). Returns at once if it is not our child any more
+/// (reaped elsewhere).
 fn wait_exit_no_reap(pid: u32) {
-    loop {
-        // SAFETY: a zeroed siginfo_t is a valid output buffer for waitid.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid writes only into `info`; WNOWAIT leaves the child
-        // for the manager to reap.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
-        }
-    }
+    use rustix::process::{Pid, WaitId, WaitIdOptions};
+    let Some(pid) = Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+    while let Err(rustix::io::Errno::INTR) = rustix::process::waitid(WaitId::Pid(pid), options) {}
 }
