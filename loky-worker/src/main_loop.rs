@@ -10,9 +10,8 @@ use crate::fault;
 use crate::invoke;
 use crate::memory::MemoryWatch;
 use crate::protocol::{
-    self, Board, Bootstrap, Call, CallKind, ChunkArgs, ChunkItem, EXIT_HANDSHAKE_FAILED,
-    EXIT_PROTOCOL_ERROR, Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Payload, Stage,
-    ToWorker,
+    self, Board, Bootstrap, Call, CallKind, ChunkItem, EXIT_HANDSHAKE_FAILED, EXIT_PROTOCOL_ERROR,
+    Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Payload, Stage, ToWorker,
 };
 use crate::registry;
 use ipc_channel::IpcError;
@@ -161,28 +160,32 @@ fn run_chunk(
     board: &Board,
     results: &impl Outbox,
 ) -> Result<Vec<u8>, Failure> {
-    let elements: ChunkArgs = invoke::serde_stage(Stage::DecodeArgs, || protocol::decode(args))?;
+    let elements = invoke::serde_stage(Stage::DecodeArgs, || protocol::decode_chunk_args(args))?;
     board.chunk_begin(seq);
-    for (index, one) in (0u64..).zip(&elements) {
+    // One buffer for every element's encoded outcome.
+    let mut encoded = Vec::new();
+    for (index, one) in (0u64..).zip(elements) {
         board.element_started(index);
         let item = match invoke(one) {
-            Ok(bytes) => ChunkItem::Returned(bytes),
+            Ok(bytes) => ChunkItem::Returned(bytes.into()),
             Err(failure) => ChunkItem::Failed(failure),
         };
-        let encoded = protocol::encode(&item).unwrap_or_else(|message| {
-            protocol::encode(&ChunkItem::Failed(Failure::Serde {
-                stage: Stage::EncodeResult,
-                message,
-            }))
-            .expect("a failure encodes")
-        });
+        encoded.clear();
+        encoded =
+            protocol::encode_item(&item, std::mem::take(&mut encoded)).unwrap_or_else(|message| {
+                let failure = ChunkItem::Failed(Failure::Serde {
+                    stage: Stage::EncodeResult,
+                    message,
+                });
+                protocol::encode_item(&failure, Vec::new()).expect("a failure encodes")
+            });
         if board.arena_push(&encoded) {
             continue;
         }
         flush(seq, board, results);
         if !board.arena_push(&encoded) {
             // Larger than the whole arena: straight to the parent.
-            let items = Payload::pack_result(encoded);
+            let items = Payload::pack_result(std::mem::take(&mut encoded));
             let sent = results.send(FromWorker::Items {
                 seq,
                 first: index,

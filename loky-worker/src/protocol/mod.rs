@@ -156,6 +156,16 @@ pub enum CallKind {
 /// The encoded arguments of a chunk.
 pub type ChunkArgs = Vec<serde_bytes::ByteBuf>;
 
+/// Decodes [`ChunkArgs`], borrowing each element's bytes from `bytes`.
+pub fn decode_chunk_args(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let elements: Vec<&serde_bytes::Bytes> = match postcard::take_from_bytes(bytes) {
+        Ok((elements, [])) => elements,
+        Ok((_, rest)) => return Err(format!("{} unexpected trailing bytes", rest.len())),
+        Err(error) => return Err(error.to_string()),
+    };
+    Ok(elements.into_iter().map(|one| &**one).collect())
+}
+
 /// Worker to parent.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum FromWorker {
@@ -213,11 +223,12 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-/// The outcome of one element of a chunk.
+/// The outcome of one element of a chunk. Owned where a worker builds
+/// it, borrowed from the received bytes where the parent reads it.
 #[derive(Serialize, Deserialize, Debug)]
-pub enum ChunkItem {
+pub enum ChunkItem<'a> {
     /// The postcard-encoded result.
-    Returned(#[serde(with = "serde_bytes")] Vec<u8>),
+    Returned(#[serde(borrow, with = "serde_bytes")] std::borrow::Cow<'a, [u8]>),
     /// The element failed.
     Failed(Failure),
 }
@@ -377,8 +388,14 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String>
     }
 }
 
-/// Decodes encoded [`ChunkItem`]s laid one after the other.
-pub fn decode_items(mut bytes: &[u8]) -> Result<Vec<ChunkItem>, String> {
+/// Appends the encoding of `item` to `buffer`.
+pub fn encode_item(item: &ChunkItem<'_>, buffer: Vec<u8>) -> Result<Vec<u8>, String> {
+    postcard::to_extend(item, buffer).map_err(|e| e.to_string())
+}
+
+/// Decodes encoded [`ChunkItem`]s laid one after the other, borrowing
+/// each result's bytes from `bytes`.
+pub fn decode_items(mut bytes: &[u8]) -> Result<Vec<ChunkItem<'_>>, String> {
     let mut items = Vec::new();
     while !bytes.is_empty() {
         let (item, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
@@ -386,4 +403,50 @@ pub fn decode_items(mut bytes: &[u8]) -> Result<Vec<ChunkItem>, String> {
         bytes = rest;
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_args_encoded_owned_decode_borrowed() {
+        let args: ChunkArgs = vec![
+            serde_bytes::ByteBuf::from(vec![1, 2]),
+            serde_bytes::ByteBuf::from(Vec::new()),
+            serde_bytes::ByteBuf::from(vec![3; 300]),
+        ];
+        let bytes = encode(&args).unwrap();
+        let decoded = decode_chunk_args(&bytes).unwrap();
+        assert_eq!(decoded, [&[1, 2][..], &[], &[3; 300][..]]);
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(
+            decode_chunk_args(&trailing).unwrap_err(),
+            "1 unexpected trailing bytes"
+        );
+        assert!(decode_chunk_args(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn chunk_items_laid_end_to_end_decode_in_order() {
+        let mut bytes = Vec::new();
+        for item in [
+            ChunkItem::Returned(vec![7, 8, 9].into()),
+            ChunkItem::Failed(Failure::UnknownTask),
+            ChunkItem::Returned(Vec::new().into()),
+        ] {
+            bytes = encode_item(&item, bytes).unwrap();
+        }
+        let items = decode_items(&bytes).unwrap();
+        assert!(
+            matches!(&items[..], [
+                ChunkItem::Returned(first),
+                ChunkItem::Failed(Failure::UnknownTask),
+                ChunkItem::Returned(last),
+            ] if **first == [7, 8, 9] && last.is_empty()),
+            "{items:?}"
+        );
+        assert!(decode_items(&bytes[..bytes.len() - 1]).is_err());
+    }
 }
