@@ -1017,12 +1017,11 @@ impl<B: Backend> Manager<B> {
         {
             return;
         }
-        let active = self.workers.values().filter(|w| w.is_active()).count();
         let starting = self.workers.values().filter(|w| w.is_starting()).count();
         let wanted = policy::spawn_count(
             self.queue.len(),
             starting,
-            active,
+            self.workers.len(),
             self.config.get_max_workers(),
             self.fill_pool,
         );

@@ -35,15 +35,18 @@ pub(super) fn steal_from(busy: impl IntoIterator<Item = (u64, usize)>) -> Option
         .map(|(id, _)| id)
 }
 
-/// How many workers to start now.
+/// How many workers to start now. `live` counts every worker not yet
+/// reaped, leaving and dying ones included: `max_workers` bounds the
+/// processes that exist, as in Python's pools, so a pool that shrank grows
+/// back only as its retired workers exit.
 pub(super) fn spawn_count(
     queued: usize,
     starting: usize,
-    active: usize,
+    live: usize,
     max_workers: usize,
     fill_pool: bool,
 ) -> usize {
-    let room = max_workers.saturating_sub(active);
+    let room = max_workers.saturating_sub(live);
     let wanted = if fill_pool {
         room
     } else {
@@ -186,7 +189,7 @@ mod tests {
 
     #[test]
     fn spawn_count_follows_the_queue_within_room() {
-        for (queued, starting, active, max, fill, expected) in [
+        for (queued, starting, live, max, fill, expected) in [
             (0, 0, 0, 4, false, 0),
             (3, 0, 0, 4, false, 3),
             (10, 0, 0, 4, false, 4),
@@ -194,12 +197,14 @@ mod tests {
             (3, 3, 3, 4, false, 0),
             (0, 0, 1, 4, true, 3),
             (0, 0, 5, 4, true, 0),
+            // Two retiring workers still exist: no room under max 2.
+            (5, 0, 2, 2, false, 0),
             (20, 0, 0, usize::MAX, false, 20),
         ] {
             assert_eq!(
-                spawn_count(queued, starting, active, max, fill),
+                spawn_count(queued, starting, live, max, fill),
                 expected,
-                "{queued} queued, {starting} starting, {active} active, max {max}, fill {fill}"
+                "{queued} queued, {starting} starting, {live} live, max {max}, fill {fill}"
             );
         }
     }

@@ -306,3 +306,30 @@ fn a_task_past_its_timeout_is_killed_and_the_rest_run_elsewhere() {
     assert_eq!(executor.stats().exits.killed, 1);
     open(900);
 }
+
+#[test]
+fn a_pool_that_shrank_grows_back_only_as_retired_workers_exit() {
+    // No prefetch: a busy worker takes nothing more, so only a new worker
+    // could run the next task.
+    let (executor, control) = executor(Config::new().max_workers(2).prefetch(0));
+    let held: Vec<_> = [910, 911]
+        .map(|key| executor.submit(wait_gate, key).unwrap())
+        .into();
+    assert!(eventually(|| executor.stats().running == 2));
+    // One of the two busy workers is retired; it finishes its task first.
+    executor.resize(1).unwrap();
+    executor.resize(2).unwrap();
+    let more = executor.submit(record, 912).unwrap();
+    // Two processes exist (one serving, one leaving): room for none more.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(control.workers().len(), 2);
+    assert!(!more.done());
+    open(910);
+    open(911);
+    for (future, key) in held.into_iter().zip([910, 911]) {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), key);
+    }
+    assert_eq!(more.result_timeout(BOUND).unwrap(), 912);
+    let alive = control.workers().iter().filter(|w| !w.dead()).count();
+    assert!(alive <= 2, "{alive} workers alive with max_workers 2");
+}
