@@ -12,12 +12,12 @@ use serde::de::DeserializeOwned;
 /// The `#[loky::task]` expansion registers a monomorphic instance of this.
 pub fn run<A, R>(f: impl FnOnce(A) -> R, input: &[u8]) -> Result<Vec<u8>, Failure>
 where
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
-    let args: A = serde_stage(Stage::DecodeArgs, || protocol::decode(input))?;
+    let args: A = serde_stage(Stage::DecodeArgs, || protocol::decode_value(input))?;
     let result = panic::catch(|| f(args)).map_err(Failure::Panicked)?;
-    serde_stage(Stage::EncodeResult, || protocol::encode(&result))
+    serde_stage(Stage::EncodeResult, || protocol::encode_value(&result))
 }
 
 /// Runs a serde step, turning its error or panic into a [`Failure::Serde`].

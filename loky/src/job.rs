@@ -184,7 +184,7 @@ impl<R: Send + 'static> Completion for Typed<R> {
 }
 
 /// Decodes the result of one call.
-pub(crate) fn decode_single<R: DeserializeOwned>(
+pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
     task: &'static str,
     pid: u32,
     encoded: Encoded<'_>,
@@ -197,17 +197,17 @@ pub(crate) fn decode_single<R: DeserializeOwned>(
     }
 }
 
-fn decode_bytes<R: DeserializeOwned>(
+fn decode_bytes<R: DeserializeOwned + 'static>(
     task: &'static str,
     pid: u32,
     bytes: &[u8],
 ) -> Result<R, Error> {
-    serde_stage(Stage::DecodeResult, || protocol::decode(bytes))
+    serde_stage(Stage::DecodeResult, || protocol::decode_value(bytes))
         .map_err(|failure| Error::from_failure(task, Some(pid), failure))
 }
 
 /// Decodes the results of a chunk: each element succeeds or fails alone.
-pub(crate) fn decode_chunk<R: DeserializeOwned>(
+pub(crate) fn decode_chunk<R: DeserializeOwned + 'static>(
     task: &'static str,
     _pid: u32,
     encoded: Encoded<'_>,
@@ -237,10 +237,10 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(
 }
 
 /// Encodes arguments in the submitting thread.
-pub(crate) fn encode_args<A: serde::Serialize>(
+pub(crate) fn encode_args<A: serde::Serialize + 'static>(
     task: &'static str,
     args: &A,
 ) -> Result<Vec<u8>, Error> {
-    serde_stage(Stage::EncodeArgs, || protocol::encode(args))
+    serde_stage(Stage::EncodeArgs, || protocol::encode_value(args))
         .map_err(|failure| Error::from_failure(task, None, failure))
 }

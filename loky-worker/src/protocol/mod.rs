@@ -29,8 +29,10 @@
 //! strictly one at a time in the order received, skipping those taken back.
 
 mod board;
+mod bytes;
 
 pub use board::{ARENA, BOARD_BYTES, Board, ChunkProgress, Claim, SLOTS};
+pub use bytes::{decode_value, encode_value};
 
 use ipc_channel::ipc::{IpcReceiver, IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
