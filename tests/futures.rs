@@ -344,6 +344,27 @@ fn map_is_lazy_with_a_bounded_window_over_an_endless_input() {
     assert!(pulled <= 10 + 3 * 5, "pulled {pulled} inputs");
 }
 
+/// The default window grows while chunks are small, but stays bounded:
+/// 128 elements per worker in flight (plus the chunk being filled).
+#[test]
+fn map_default_window_is_deeper_for_small_chunks_and_still_bounded() {
+    let executor = executor(2);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&pulled);
+    let inputs = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut map = executor.map(double, inputs).chunksize(1);
+    let first: Vec<u64> = map.by_ref().take(10).map(Result::unwrap).collect();
+    assert_eq!(first, (0..10).map(|x| 2 * x).collect::<Vec<_>>());
+    let pulled = pulled.load(Ordering::SeqCst);
+    assert!(
+        pulled > 10 + 4,
+        "the window stayed at 4 chunks: {pulled} pulled"
+    );
+    assert!(pulled <= 10 + 2 * 128 + 1, "pulled {pulled} inputs");
+}
+
 #[test]
 fn map_reports_a_panicking_input_iterator() {
     let executor = executor(2);

@@ -57,6 +57,26 @@ fn temp_path(name: &str) -> PathBuf {
     path
 }
 
+/// After many short tasks the automatic prefetch queues deeply; a long
+/// task must still not hold the tasks queued behind it, and a pool that
+/// has room grows rather than queueing (one worker served the warm-up).
+#[test]
+fn after_short_tasks_a_long_one_still_finishes_last() {
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    for _ in 0..300 {
+        assert_eq!(run(&executor, sleep_ms, 0), 0);
+    }
+    let long = executor.submit(sleep_ms, 1500).unwrap();
+    let shorts: Vec<_> = (0..10)
+        .map(|_| executor.submit(sleep_ms, 5).unwrap())
+        .collect();
+    for short in shorts {
+        assert_eq!(short.result_timeout(BOUND).unwrap(), 5);
+    }
+    assert!(!long.done(), "the long task finishes last");
+    assert_eq!(long.result_timeout(BOUND).unwrap(), 1500);
+}
+
 /// Regression: one 10 ms task waited behind the 800 ms task in that
 /// worker's channel while the other worker sat idle.
 #[test]

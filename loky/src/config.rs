@@ -20,7 +20,7 @@ use std::time::Duration;
 pub struct Config {
     max_workers: usize,
     handshake_timeout: Duration,
-    prefetch: usize,
+    prefetch: Option<usize>,
     env: Vec<(OsString, OsString)>,
     /// `None`: not set (a plain executor keeps idle workers, the reusable
     /// one lets them go after [`REUSABLE_IDLE_TIMEOUT`]).
@@ -62,7 +62,7 @@ impl Default for Config {
         Config {
             max_workers: crate::cpu_count(),
             handshake_timeout: Duration::from_secs(20),
-            prefetch: 1,
+            prefetch: None,
             env: Vec::new(),
             idle_timeout: None,
             max_tasks_per_child: None,
@@ -97,9 +97,12 @@ impl Config {
 
     /// How many tasks may wait in a busy worker's queue behind the one it
     /// runs. More keeps workers busy with short tasks; fewer balances long
-    /// tasks better. Default 1.
+    /// tasks better. By default it adapts: 1 until tasks were timed, then
+    /// as many as take about a millisecond (up to 64), so that short tasks
+    /// never wait for the parent. Either way a task waiting behind a busy
+    /// worker is taken back when another worker is free.
     pub fn prefetch(mut self, prefetch: usize) -> Config {
-        self.prefetch = prefetch;
+        self.prefetch = Some(prefetch);
         self
     }
 
@@ -176,7 +179,8 @@ impl Config {
         self.handshake_timeout
     }
 
-    pub(crate) fn get_prefetch(&self) -> usize {
+    /// The configured prefetch; `None`: adaptive.
+    pub(crate) fn get_prefetch(&self) -> Option<usize> {
         self.prefetch
     }
 

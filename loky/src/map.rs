@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 /// The ordered results of [`Executor::map`]: one `Result` per input.
 ///
 /// Inputs are pulled lazily, as results are consumed, and sent in chunks:
-/// at most [`max_in_flight`](Self::max_in_flight) chunks are submitted and
-/// not yet consumed. A failing element yields its error and the others go
+/// a bounded window of them is submitted and not yet consumed (see
+/// [`max_in_flight`](Self::max_in_flight)). A failing element yields its error and the others go
 /// on. If the input iterator panics, the results before it are yielded,
 /// then [`Error::InputPanicked`], then the iteration ends.
 pub struct Map<T: Task, I> {
@@ -24,7 +24,11 @@ pub struct Map<T: Task, I> {
     input: I,
     chunksize: Option<usize>,
     timeout: Option<Duration>,
-    max_in_flight: usize,
+    /// Chunks submitted and not consumed, at most; `None`: the default
+    /// window.
+    max_in_flight: Option<usize>,
+    /// Elements in the submitted, unconsumed chunks.
+    in_flight: usize,
     adaptive: usize,
     pending: VecDeque<Chunk<T::Output>>,
     current: std::vec::IntoIter<Result<T::Output, Error>>,
@@ -42,6 +46,11 @@ struct Chunk<R> {
     submitted: Instant,
 }
 
+/// Elements per worker the default window keeps in flight.
+const ELEMENTS_IN_FLIGHT: usize = 128;
+/// The most chunks the default window submits.
+const MAX_CHUNKS_IN_FLIGHT: usize = 512;
+
 /// The largest automatic chunk.
 const MAX_AUTO_CHUNK: usize = 1024;
 /// An automatic chunk grows while chunks take less than this.
@@ -49,13 +58,13 @@ const CHUNK_TARGET: Duration = Duration::from_millis(20);
 
 impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     pub(crate) fn new(executor: Executor, _task: T, input: I) -> Self {
-        let workers = executor.max_workers();
         Map {
             executor,
             input,
             chunksize: None,
             timeout: None,
-            max_in_flight: workers.saturating_mul(2).max(2),
+            max_in_flight: None,
+            in_flight: 0,
             adaptive: 1,
             pending: VecDeque::new(),
             current: Vec::new().into_iter(),
@@ -82,11 +91,27 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
         self
     }
 
-    /// How many chunks may be submitted and not yet consumed; default twice
-    /// the number of workers. At least 1.
+    /// How many chunks may be submitted and not yet consumed. At least 1.
+    /// By default twice the number of workers, and more while chunks are
+    /// small, until 128 elements per worker are in flight (at most 512
+    /// chunks): short tasks then never wait for the next submission.
     pub fn max_in_flight(mut self, chunks: usize) -> Self {
-        self.max_in_flight = chunks.max(1);
+        self.max_in_flight = Some(chunks.max(1));
         self
+    }
+
+    /// Whether another chunk may be submitted.
+    fn window_open(&self) -> bool {
+        let chunks = self.pending.len();
+        match self.max_in_flight {
+            Some(max) => chunks < max,
+            None => {
+                let workers = self.executor.max_workers();
+                chunks < workers.saturating_mul(2).max(2)
+                    || (self.in_flight < workers.saturating_mul(ELEMENTS_IN_FLIGHT)
+                        && chunks < MAX_CHUNKS_IN_FLIGHT)
+            }
+        }
     }
 
     fn next_chunk_size(&self) -> usize {
@@ -109,7 +134,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
 
     /// Pulls inputs and submits chunks until the window is full.
     fn fill(&mut self) {
-        while !self.input_done && self.pending.len() < self.max_in_flight {
+        while !self.input_done && self.window_open() {
             let size = self.next_chunk_size();
             // A huge explicit chunksize must not reserve its whole size up front.
             let mut encoded = Vec::with_capacity(size.min(MAX_AUTO_CHUNK));
@@ -156,6 +181,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
                     job::decode_chunk::<T::Output>,
                 )
             };
+            self.in_flight += len;
             self.pending.push_back(Chunk {
                 future,
                 early,
@@ -211,7 +237,10 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Map<T, I> {
             }
             self.fill();
             match self.pending.pop_front() {
-                Some(chunk) => self.current = self.collect(chunk).into_iter(),
+                Some(chunk) => {
+                    self.in_flight -= chunk.len;
+                    self.current = self.collect(chunk).into_iter();
+                }
                 None => return self.input_error.take().map(Err),
             }
         }

@@ -90,6 +90,7 @@ pub(crate) fn run<B: Backend>(
         next_worker: 0,
         shutdown: None,
         spawn_backoff_until: None,
+        mean_call: None,
         last_spawn_error: None,
         broken: None,
         fill_pool: false,
@@ -113,6 +114,9 @@ struct Manager<B: Backend> {
     next_worker: u64,
     shutdown: Option<ShutdownRequest>,
     spawn_backoff_until: Option<Instant>,
+    /// The running mean of how long a call holds its worker, for the
+    /// automatic prefetch depth.
+    mean_call: Option<Duration>,
     last_spawn_error: Option<SpawnError>,
     /// Set after a panic in this thread or repeated initializer failures:
     /// every job fails with it.
@@ -506,6 +510,8 @@ impl<B: Backend> Manager<B> {
                 let held = worker.inflight.remove(position).expect("found above");
                 let pid = worker.pid;
                 if position == 0 {
+                    let took = now.saturating_duration_since(worker.head_since);
+                    self.mean_call = Some(policy::mean_call_time(self.mean_call, took));
                     worker.advance(now);
                 }
                 complete(held, pid, outcome);
@@ -950,8 +956,20 @@ impl<B: Backend> Manager<B> {
     fn send_queued(&mut self) {
         let max_tasks = self.config.get_max_tasks_per_child();
         let starting = self.workers.values().filter(|w| w.is_starting()).count();
+        // Workers that may still be started take jobs before anyone
+        // prefetches them: the pool grows instead of queueing behind a
+        // busy worker.
+        let room = if self.broken.is_some() || self.shutdown.is_some_and(|r| r.kills()) {
+            0
+        } else {
+            self.config
+                .get_max_workers()
+                .saturating_sub(self.workers.len())
+        };
+        let incoming = starting.saturating_add(room);
+        let depth = policy::prefetch_depth(self.config.get_prefetch(), self.mean_call);
         while !self.queue.is_empty() {
-            let limit = policy::hold_limit(self.queue.len(), starting, self.config.get_prefetch());
+            let limit = policy::hold_limit(self.queue.len(), incoming, depth);
             let candidates = self
                 .workers
                 .iter()

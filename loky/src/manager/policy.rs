@@ -3,16 +3,49 @@
 
 use super::ShutdownRequest;
 use loky_worker::protocol::{Claim, SLOTS};
+use std::time::Duration;
 
 /// How many calls a worker may hold at once (the running one included)
-/// when `queued` jobs wait and `starting` workers will soon take some:
-/// `1 + prefetch` only for jobs the starting workers will not take, and
-/// never more than the board's slots.
-pub(super) fn hold_limit(queued: usize, starting: usize, prefetch: usize) -> usize {
-    if queued > starting {
+/// when `queued` jobs wait and `incoming` workers (starting, or that may
+/// still be started) will take some: `1 + prefetch` only for jobs those
+/// will not take, and never more than the board's slots.
+pub(super) fn hold_limit(queued: usize, incoming: usize, prefetch: usize) -> usize {
+    if queued > incoming {
         prefetch.saturating_add(1).min(SLOTS - 1)
     } else {
         1
+    }
+}
+
+/// The deepest automatic prefetch: calls a busy worker may hold behind
+/// the running one when calls are short.
+pub(super) const MAX_AUTO_PREFETCH: usize = 64;
+
+/// About how much work an automatic prefetch queues behind a running call:
+/// enough that a worker never waits for the parent between short calls,
+/// little enough that taking calls back for an idle worker stays rare.
+pub(super) const PREFETCH_TARGET: Duration = Duration::from_millis(1);
+
+/// How many calls a busy worker may hold behind the running one: the
+/// configured number, or, by default, as many as fill [`PREFETCH_TARGET`]
+/// at the measured `mean` call time (1 until calls were measured, or when
+/// they take longer than the target).
+pub(super) fn prefetch_depth(configured: Option<usize>, mean: Option<Duration>) -> usize {
+    if let Some(depth) = configured {
+        return depth;
+    }
+    let Some(mean) = mean else { return 1 };
+    let fits = PREFETCH_TARGET.as_nanos() / mean.as_nanos().max(1);
+    usize::try_from(fits)
+        .unwrap_or(usize::MAX)
+        .clamp(1, MAX_AUTO_PREFETCH)
+}
+
+/// The running mean of call times: each new `sample` weighs 1/8.
+pub(super) fn mean_call_time(mean: Option<Duration>, sample: Duration) -> Duration {
+    match mean {
+        None => sample,
+        Some(mean) => mean.saturating_mul(7).saturating_add(sample) / 8,
     }
 }
 
@@ -145,8 +178,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hold_limit_prefetches_only_what_starting_workers_will_not_take() {
-        for (queued, starting, prefetch, expected) in [
+    fn automatic_prefetch_fills_about_a_millisecond_of_short_calls() {
+        let us = Duration::from_micros;
+        for (configured, mean, expected) in [
+            (Some(0), Some(us(1)), 0),
+            (Some(3), None, 3),
+            (Some(usize::MAX), Some(us(1)), usize::MAX),
+            (None, None, 1),
+            (None, Some(Duration::ZERO), MAX_AUTO_PREFETCH),
+            (None, Some(us(10)), MAX_AUTO_PREFETCH),
+            (None, Some(us(100)), 10),
+            (None, Some(us(400)), 2),
+            (None, Some(us(1000)), 1),
+            (None, Some(Duration::from_secs(5)), 1),
+            (None, Some(Duration::MAX), 1),
+        ] {
+            assert_eq!(
+                prefetch_depth(configured, mean),
+                expected,
+                "configured {configured:?}, mean {mean:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_mean_call_time_follows_new_samples() {
+        let ms = Duration::from_millis;
+        assert_eq!(mean_call_time(None, ms(8)), ms(8));
+        assert_eq!(mean_call_time(Some(ms(8)), ms(16)), ms(9));
+        assert_eq!(mean_call_time(Some(ms(8)), ms(0)), ms(7));
+        assert_eq!(
+            mean_call_time(Some(Duration::MAX), Duration::MAX),
+            Duration::MAX / 8
+        );
+        let mut mean = Some(ms(1000));
+        for _ in 0..100 {
+            mean = Some(mean_call_time(mean, ms(1)));
+        }
+        assert!(mean.unwrap() < ms(2), "{mean:?}");
+    }
+
+    #[test]
+    fn hold_limit_prefetches_only_what_incoming_workers_will_not_take() {
+        for (queued, incoming, prefetch, expected) in [
             (0, 0, 1, 1),
             (1, 0, 1, 2),
             (3, 3, 1, 1),
@@ -156,9 +230,9 @@ mod tests {
             (5, 0, SLOTS * 2, SLOTS - 1),
         ] {
             assert_eq!(
-                hold_limit(queued, starting, prefetch),
+                hold_limit(queued, incoming, prefetch),
                 expected,
-                "{queued} queued, {starting} starting, prefetch {prefetch}"
+                "{queued} queued, {incoming} incoming, prefetch {prefetch}"
             );
         }
     }

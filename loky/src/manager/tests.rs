@@ -333,3 +333,77 @@ fn a_pool_that_shrank_grows_back_only_as_retired_workers_exit() {
     let alive = control.workers().iter().filter(|w| !w.dead()).count();
     assert!(alive <= 2, "{alive} workers alive with max_workers 2");
 }
+
+/// Runs `count` calls of `sleep_ms(ms)` one after the other, so that the
+/// manager has timed them.
+fn warm_up(executor: &Executor, count: usize, ms: u64) {
+    for _ in 0..count {
+        assert_eq!(
+            executor
+                .submit(sleep_ms, ms)
+                .unwrap()
+                .result_timeout(BOUND)
+                .unwrap(),
+            ms
+        );
+    }
+}
+
+#[test]
+fn the_automatic_prefetch_deepens_for_short_calls_only() {
+    // Short calls: a busy worker is sent many more.
+    let (executor, _control) = executor(Config::new().max_workers(1));
+    warm_up(&executor, 200, 0);
+    let held: Vec<_> = (920..940)
+        .map(|key| executor.submit(wait_gate, key).unwrap())
+        .collect();
+    assert!(eventually(|| executor.stats().running == 20));
+    for key in 920..940 {
+        open(key);
+    }
+    for (future, key) in held.into_iter().zip(920..) {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), key);
+    }
+    // Calls of 5 ms: one behind the running one, as with `prefetch(1)`.
+    let (executor, _control) = executor_pair_slow();
+    let held: Vec<_> = (940..950)
+        .map(|key| executor.submit(wait_gate, key).unwrap())
+        .collect();
+    assert!(eventually(|| executor.stats().running == 2));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(executor.stats().running, 2);
+    for key in 940..950 {
+        open(key);
+    }
+    for (future, key) in held.into_iter().zip(940..) {
+        assert_eq!(future.result_timeout(BOUND).unwrap(), key);
+    }
+}
+
+/// One worker that has run calls of 5 ms.
+fn executor_pair_slow() -> (Executor, Arc<Control>) {
+    let (executor, control) = executor(Config::new().max_workers(1));
+    warm_up(&executor, 10, 5);
+    (executor, control)
+}
+
+#[test]
+fn after_short_calls_a_long_one_still_finishes_last() {
+    let (executor, _control) = executor(Config::new().max_workers(2));
+    warm_up(&executor, 200, 0);
+    // Deep queues now; the long call holds one worker, and the calls
+    // queued behind it are taken back by the free one.
+    let long = executor.submit(wait_gate, 960).unwrap();
+    let shorts: Vec<_> = (0..30)
+        .map(|_| executor.submit(sleep_ms, 1).unwrap())
+        .collect();
+    for short in shorts {
+        assert_eq!(short.result_timeout(BOUND).unwrap(), 1);
+    }
+    assert!(
+        !long.done(),
+        "every short call finished before the long one"
+    );
+    open(960);
+    assert_eq!(long.result_timeout(BOUND).unwrap(), 960);
+}
