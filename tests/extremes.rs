@@ -41,7 +41,7 @@ fn survive(what: &str, config: Config, check: impl Fn(&Executor, Vec<Result<u64,
         .collect();
     for result in &results {
         assert!(
-            !matches!(result, Err(Error::Timeout { .. })),
+            !matches!(result, Err(Error::WaitTimeout { .. })),
             "{what}: a task hung"
         );
     }
@@ -161,7 +161,7 @@ fn per_call_knobs_at_their_extremes() {
             .result_timeout(BOUND);
         match (timeout, result) {
             (Duration::MAX, result) => assert_eq!(result.unwrap(), 8),
-            (_, Ok(8) | Err(Error::TimedOut { .. })) => {}
+            (_, Ok(8) | Err(Error::TaskTimeout { .. })) => {}
             (_, other) => panic!("submit_timeout({timeout:?}): {other:?}"),
         }
         let future = executor.submit(double, 5).unwrap();

@@ -130,7 +130,7 @@ fn result_timeout_and_states() {
         .submit(sleep_ms, 5)
         .unwrap()
         .result_timeout(Duration::from_millis(20));
-    assert!(matches!(timeout, Err(Error::Timeout { .. })));
+    assert!(matches!(timeout, Err(Error::WaitTimeout { .. })));
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(running.result_timeout(BOUND).unwrap(), 300);
     assert_eq!(queued.result_timeout(BOUND).unwrap(), 1);
@@ -290,7 +290,7 @@ fn as_completed_yields_in_completion_order_and_times_out() {
 
     let slow = vec![executor.submit(sleep_ms, 2000).unwrap()];
     let mut iter = loky::as_completed(slow, Some(Duration::from_millis(30)));
-    assert!(matches!(iter.next(), Some(Err(Error::Timeout { .. }))));
+    assert!(matches!(iter.next(), Some(Err(Error::WaitTimeout { .. }))));
     assert!(iter.next().is_none());
 }
 
@@ -493,4 +493,24 @@ fn results_are_decoded_by_the_thread_that_takes_them() {
     let decoded_on = DECODED_ON.lock().unwrap();
     assert_eq!(decoded_on.len(), 110);
     assert!(decoded_on.iter().all(|&thread| thread == taker));
+}
+
+#[test]
+fn public_handles_print_with_debug() {
+    let executor = executor(2);
+    let shown = format!("{executor:?}");
+    assert!(
+        shown.starts_with("Executor {") && shown.contains("max_workers: 2"),
+        "{shown}"
+    );
+    let map = executor.map(double, 0..3).chunksize(2);
+    let shown = format!("{map:?}");
+    assert!(
+        shown.contains("double") && shown.contains("chunksize: Some(2)"),
+        "{shown}"
+    );
+    let futures = vec![executor.submit(double, 1).unwrap()];
+    let completed = loky::as_completed(futures, Some(BOUND));
+    let shown = format!("{completed:?}");
+    assert!(shown.contains("remaining: 1"), "{shown}");
 }

@@ -100,8 +100,8 @@ fn a_task_past_its_timeout_fails_and_its_worker_is_replaced() {
     let behind = executor.submit(sleep_ms, 1).unwrap();
     let result = slow.result_timeout(BOUND);
     let took = started.elapsed();
-    let Err(Error::TimedOut { task, pid, timeout }) = result else {
-        panic!("expected TimedOut, got {result:?}");
+    let Err(Error::TaskTimeout { task, pid, timeout }) = result else {
+        panic!("expected TaskTimeout, got {result:?}");
     };
     assert_eq!(task, "kills::sleep_ms");
     assert_eq!(pid, first);
@@ -148,7 +148,7 @@ fn map_with_a_timeout_fails_only_the_slow_elements() {
         assert!(
             matches!(
                 results[index],
-                Err(Error::TimedOut {
+                Err(Error::TaskTimeout {
                     task: "kills::sleep_ms",
                     ..
                 })
@@ -276,7 +276,7 @@ fn a_timeout_takes_down_the_processes_the_task_started() {
     let (worker, sleeper) = read_pids(&path);
     assert!(matches!(
         future.result_timeout(BOUND),
-        Err(Error::TimedOut { pid, .. }) if pid == worker
+        Err(Error::TaskTimeout { pid, .. }) if pid == worker
     ));
     assert!(eventually(Duration::from_secs(1), || dead(sleeper)));
     assert!(wait_gone(worker, BOUND));

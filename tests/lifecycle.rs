@@ -372,7 +372,7 @@ fn stats_count_tasks_and_workers() {
         .submit_timeout(sleep_then_pid, 10_000, Duration::from_millis(50))
         .unwrap()
         .result_timeout(BOUND);
-    assert!(matches!(failed, Err(Error::TimedOut { .. })));
+    assert!(matches!(failed, Err(Error::TaskTimeout { .. })));
     // The killed worker is reaped a moment later.
     assert!(eventually(BOUND, || executor.stats().exits.killed == 1));
     let stats = executor.stats();

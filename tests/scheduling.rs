@@ -179,7 +179,7 @@ fn a_chunk_timeout_fails_only_the_element_that_ran_out_of_time() {
     for (x, result) in (0u64..).zip(results) {
         match result {
             Ok(value) => assert_eq!(value, x),
-            Err(Error::TimedOut { task, .. }) if x == 2 => {
+            Err(Error::TaskTimeout { task, .. }) if x == 2 => {
                 assert_eq!(task, "scheduling::hang_on_two")
             }
             Err(error) => panic!("element {x}: {error}"),

@@ -62,16 +62,20 @@ pub enum Error {
         /// Where each registration is.
         locations: Vec<String>,
     },
-    /// Waiting for a result took longer than allowed. The task itself goes on.
+    /// Your wait ran out: waiting for a result (`result_timeout`, a `wait` or
+    /// `as_completed` deadline) took longer than allowed. The task itself
+    /// goes on; compare [`Error::TaskTimeout`], where the task was stopped.
     #[error("timed out after {waited:?} waiting for a result")]
-    Timeout {
+    WaitTimeout {
         /// How long was waited.
         waited: Duration,
     },
-    /// The task ran longer than the timeout it was submitted with; its
-    /// worker (with every process it started) was killed and replaced.
+    /// The task ran out of time: it ran longer than the timeout it was
+    /// submitted with (`submit_timeout`, `Map::timeout`), and its worker
+    /// (with every process it started) was killed and replaced. Compare
+    /// [`Error::WaitTimeout`], where only the wait ended.
     #[error("task `{task}` ran longer than its timeout of {timeout:?}: worker {pid} was killed")]
-    TimedOut {
+    TaskTimeout {
         /// The task's id.
         task: &'static str,
         /// The worker that was killed.

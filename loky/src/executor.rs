@@ -215,7 +215,7 @@ impl Executor {
     /// Like [`submit`](Self::submit), with a limit on how long the task may
     /// run once a worker starts it. At expiry the worker is killed (with
     /// every process it started) and replaced, and the future fails with
-    /// [`Error::TimedOut`]. Tasks the worker had not started run elsewhere.
+    /// [`Error::TaskTimeout`]. Tasks the worker had not started run elsewhere.
     pub fn submit_timeout<T: Task>(
         &self,
         task: T,
@@ -432,5 +432,15 @@ impl Drop for Inner {
             wait: self.wait_on_drop.load(Ordering::Relaxed),
             ..Shutdown::default()
         });
+    }
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("id", &self.id())
+            .field("max_workers", &self.max_workers())
+            .field("stats", &self.stats())
+            .finish()
     }
 }

@@ -201,12 +201,12 @@ impl<R> Future<R> {
     }
 
     /// Blocks until the task is done or `timeout` passes. On timeout the
-    /// future is dropped (the task goes on) and [`Error::Timeout`] returned;
+    /// future is dropped (the task goes on) and [`Error::WaitTimeout`] returned;
     /// use [`wait_timeout`](Self::wait_timeout) to keep the future.
     pub fn result_timeout(self, timeout: Duration) -> Result<R, Error> {
         // A deadline past the end of time is no deadline.
         self.take(Instant::now().checked_add(timeout))
-            .unwrap_or(Err(Error::Timeout { waited: timeout }))
+            .unwrap_or(Err(Error::WaitTimeout { waited: timeout }))
     }
 
     /// Blocks until the task is done or `timeout` passes; returns whether it

@@ -30,6 +30,7 @@
 //!   the task it ran with [`Error::WorkerDied`], naming the pid, the exit
 //!   code or signal and the task; it is replaced, and the tasks it had not
 //!   started run elsewhere.
+#![deny(missing_debug_implementations)]
 
 // Lets `#[loky::task]` expand inside this crate's own unit tests.
 extern crate self as loky;

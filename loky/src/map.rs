@@ -83,7 +83,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
 
     /// Limits how long each call may run in its worker, as
     /// [`Executor::submit_timeout`] does: at expiry the worker is killed and
-    /// replaced, and the element fails with [`Error::TimedOut`]. The limit
+    /// replaced, and the element fails with [`Error::TaskTimeout`]. The limit
     /// applies to each chunk (as in pebble), so with a timeout and no
     /// explicit [`chunksize`](Self::chunksize), elements are sent one by one.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -244,5 +244,18 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Map<T, I> {
                 None => return self.input_error.take().map(Err),
             }
         }
+    }
+}
+
+impl<T: Task, I> std::fmt::Debug for Map<T, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Map")
+            .field("task", &T::ID)
+            .field("chunksize", &self.chunksize)
+            .field("timeout", &self.timeout)
+            .field("chunks_in_flight", &self.pending.len())
+            .field("elements_in_flight", &self.in_flight)
+            .field("input_done", &self.input_done)
+            .finish_non_exhaustive()
     }
 }

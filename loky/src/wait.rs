@@ -85,7 +85,7 @@ pub fn wait<R>(
 }
 
 /// Yields the futures as they finish, in completion order. If `timeout`
-/// passes first, yields one [`Error::Timeout`] and stops.
+/// passes first, yields one [`Error::WaitTimeout`] and stops.
 pub fn as_completed<R>(futures: Vec<Future<R>>, timeout: Option<Duration>) -> AsCompleted<R> {
     let (key, notifications) = watch_all(&futures);
     AsCompleted {
@@ -122,7 +122,7 @@ impl<R> Iterator for AsCompleted<R> {
                     Ok(index) => Some(index),
                     Err(_) => {
                         self.remaining = 0;
-                        return Some(Err(Error::Timeout { waited: timeout }));
+                        return Some(Err(Error::WaitTimeout { waited: timeout }));
                     }
                 },
             };
@@ -141,5 +141,14 @@ impl<R> Drop for AsCompleted<R> {
         for future in self.futures.iter().flatten() {
             future.unwatch(self.key);
         }
+    }
+}
+
+impl<R> std::fmt::Debug for AsCompleted<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompleted")
+            .field("remaining", &self.remaining)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }

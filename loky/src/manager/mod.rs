@@ -909,7 +909,7 @@ impl<B: Backend> Manager<B> {
             let task = head.job.task();
             let pid = worker.pid;
             tracing::warn!(pid, task, ?timeout, "task timed out: killing its worker");
-            let error = Error::TimedOut { task, pid, timeout };
+            let error = Error::TaskTimeout { task, pid, timeout };
             if head.job.kind == CallKind::Single {
                 head.job.completion.fail(error.clone());
             }

@@ -299,7 +299,7 @@ fn a_task_past_its_timeout_is_killed_and_the_rest_run_elsewhere() {
     let next = executor.submit(record, 901).unwrap();
     assert!(matches!(
         slow.result_timeout(BOUND),
-        Err(Error::TimedOut { .. })
+        Err(Error::TaskTimeout { .. })
     ));
     assert_eq!(next.result_timeout(BOUND).unwrap(), 901);
     assert!(control.workers()[0].dead());
