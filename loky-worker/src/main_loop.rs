@@ -68,18 +68,26 @@ pub fn serve(mut calls: impl Inbox, results: &impl Outbox, memory: Option<Memory
     let mut memory = memory;
     let mut board: Option<Board> = None;
     let mut retiring = false;
+    // Calls received and not yet run, in order.
+    let mut waiting = std::collections::VecDeque::new();
     loop {
-        let call = match calls.recv() {
-            Ok(Some(ToWorker::Setup(setup))) => match Board::from_shared(setup.board) {
-                Ok(mapped) => {
-                    board = Some(mapped);
+        let call = match waiting.pop_front() {
+            Some(call) => call,
+            None => match calls.recv() {
+                Ok(Some(ToWorker::Setup(setup))) => match Board::from_shared(setup.board) {
+                    Ok(mapped) => {
+                        board = Some(mapped);
+                        continue;
+                    }
+                    Err(error) => return protocol_error(&error),
+                },
+                Ok(Some(ToWorker::Calls(batch))) => {
+                    waiting.extend(batch);
                     continue;
                 }
+                Ok(Some(ToWorker::Shutdown) | None) => return 0,
                 Err(error) => return protocol_error(&error),
             },
-            Ok(Some(ToWorker::Call(call))) => call,
-            Ok(Some(ToWorker::Shutdown) | None) => return 0,
-            Err(error) => return protocol_error(&error),
         };
         let Some(board) = &board else {
             return protocol_error("a call before the board");

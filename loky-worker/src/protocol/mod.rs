@@ -15,7 +15,7 @@
 //!   |                                         | connect(name)
 //!   | <------ Bootstrap::Hello{version, ...}  | (carries both channels)
 //!   | ToWorker::Setup{board} ----------------> |
-//!   | ToWorker::Call{seq} -------------------> | claims seq on the board
+//!   | ToWorker::Calls[{seq}, ...] -----------> | claims each seq on the board
 //!   | <------ FromWorker::Items (chunks only) | when its arena is full
 //!   | <------------------- FromWorker::Done   |
 //!   | <------- FromWorker::Retire (optional)  | over its memory limit:
@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
@@ -116,8 +116,9 @@ pub struct Hello {
 /// Parent to worker.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum ToWorker {
-    /// Run a task, unless it was taken back on the board.
-    Call(Call),
+    /// Run these calls in order, each unless it was taken back on the
+    /// board. Calls sent to a worker at the same time travel together.
+    Calls(Vec<Call>),
     /// Finish and exit with code 0.
     Shutdown,
     /// The first message after the hello: the worker's board.

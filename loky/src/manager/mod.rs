@@ -591,12 +591,12 @@ impl<B: Backend> Manager<B> {
                 let seq = worker.next_seq;
                 worker.next_seq += 1;
                 board.queue(seq);
-                let _ = calls.send(ToWorker::Call(Call {
+                let _ = calls.send(ToWorker::Calls(vec![Call {
                     seq,
                     task: init.task.to_owned(),
                     kind: CallKind::Single,
                     args: Payload::pack_args(init.args.clone().unwrap_or_default()),
-                }));
+                }]));
                 Life::Initializing { calls, seq }
             }
             None => Life::Serving { calls },
@@ -984,8 +984,29 @@ impl<B: Backend> Manager<B> {
                 continue;
             }
             let worker = self.workers.get_mut(&target).expect("picked above");
-            if let Err(job) = send(worker, job, max_tasks) {
-                self.queue.push_front(job);
+            give(worker, job, max_tasks);
+        }
+        self.send_given();
+    }
+
+    /// Sends each worker the calls given to it in this step, in one
+    /// message. If that fails the worker is gone: its watchers say so, and
+    /// the calls, still queued on its board, run elsewhere once it is
+    /// reaped.
+    fn send_given(&mut self) {
+        let now = Instant::now();
+        for worker in self.workers.values_mut() {
+            if worker.unsent.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut worker.unsent);
+            let sent = match worker.calls() {
+                Some(calls) => calls.send(ToWorker::Calls(batch)),
+                None => Err("it takes no calls".to_owned()),
+            };
+            if let Err(error) = sent {
+                tracing::debug!(pid = worker.pid, %error, "send to worker failed");
+                worker.gone(true, now);
             }
         }
     }
@@ -1071,9 +1092,9 @@ impl<B: Backend> Manager<B> {
     }
 }
 
-/// Sends a job to a worker that can take it; gives it back if the worker
-/// turned out to be gone.
-fn send<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) -> Result<(), Job> {
+/// Gives a job to a worker that can take it: claimed on its board, held,
+/// and sent with the step's other calls to it (`send_given`).
+fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
     let board = worker.board.clone().expect("a serving worker has a board");
     let seq = worker.next_seq;
     worker.next_seq += 1;
@@ -1084,40 +1105,25 @@ fn send<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) -> Result
     }) {
         // Cancelled just now: it never runs.
         board.revoke(seq);
-        return Ok(());
+        return;
     }
-    let call = ToWorker::Call(Call {
+    worker.unsent.push(Call {
         seq,
         task: job.task().to_owned(),
         kind: job.kind,
         args: job.args.clone(),
     });
-    let calls = worker.calls().expect("a serving worker takes calls");
-    match calls.send(call) {
-        Ok(()) => {
-            if worker.inflight.is_empty() {
-                worker.head_since = Instant::now();
-            }
-            worker.inflight.push_back(InFlight {
-                seq,
-                job,
-                fate: None,
-            });
-            worker.sent += 1;
-            if max_tasks.is_some_and(|max| worker.sent >= max) {
-                worker.retire(Retire::MaxTasks);
-            }
-            Ok(())
-        }
-        Err(error) => {
-            // Not delivered: the worker is gone, and its watchers will say
-            // so. This job runs elsewhere.
-            tracing::debug!(pid = worker.pid, %error, "send to worker failed");
-            board.revoke(seq);
-            job.completion.detach();
-            worker.gone(true, Instant::now());
-            Err(job)
-        }
+    if worker.inflight.is_empty() {
+        worker.head_since = Instant::now();
+    }
+    worker.inflight.push_back(InFlight {
+        seq,
+        job,
+        fate: None,
+    });
+    worker.sent += 1;
+    if max_tasks.is_some_and(|max| worker.sent >= max) {
+        worker.retire(Retire::MaxTasks);
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::error::Error;
 use crate::host::Calls;
 use crate::job::Job;
-use loky_worker::protocol::{Board, SLOTS};
+use loky_worker::protocol::{Board, Call, SLOTS};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +26,9 @@ pub(super) struct Worker<W> {
     pub(super) idle_since: Instant,
     /// How many jobs were sent to it.
     pub(super) sent: usize,
+    /// Calls given to it in this step, sent together at the step's end
+    /// (they are in `inflight` already).
+    pub(super) unsent: Vec<Call>,
 }
 
 /// A call sent to a worker.
@@ -142,6 +145,7 @@ impl<W> Worker<W> {
             head_since: now,
             idle_since: now,
             sent: 0,
+            unsent: Vec::new(),
         }
     }
 
