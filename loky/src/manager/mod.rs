@@ -990,11 +990,11 @@ impl<B: Backend> Manager<B> {
     }
 
     /// Sends each worker the calls given to it in this step, in one
-    /// message. If that fails the worker is gone: its watchers say so, and
-    /// the calls, still queued on its board, run elsewhere once it is
-    /// reaped.
+    /// message. If that fails the worker is dead or dying: it is killed to
+    /// be sure, and its watchers say when it is gone. Until its channel is
+    /// drained it is not reaped (outcomes it sent before dying may still be
+    /// in there); then the calls still queued on its board run elsewhere.
     fn send_given(&mut self) {
-        let now = Instant::now();
         for worker in self.workers.values_mut() {
             if worker.unsent.is_empty() {
                 continue;
@@ -1006,7 +1006,7 @@ impl<B: Backend> Manager<B> {
             };
             if let Err(error) = sent {
                 tracing::debug!(pid = worker.pid, %error, "send to worker failed");
-                worker.gone(true, now);
+                worker.handle.signal(libc::SIGKILL);
             }
         }
     }
