@@ -3,7 +3,9 @@
 //! "dies" when the test says so ([`Fake::die`]) or when it is signalled:
 //! from then on nothing it sends arrives, and the manager sees `Closed`
 //! and `Exited` as from a dead process. The thread itself finishes its
-//! current task in the background, unseen.
+//! current task in the background, unseen. A test can also hold its
+//! messages back (a lagging link thread) and say when each of its
+//! watchers speaks (`Fake::vanish`, `report_exit`, `release`).
 
 use super::{Backend, Calls, Notify, WorkerEvent, WorkerHandle};
 use crate::config::Config;
@@ -33,6 +35,8 @@ pub(crate) struct Fake {
     notify: Notify,
     /// How it ended, once it did.
     death: Mutex<Option<ExitReason>>,
+    /// Messages held back, as by a lagging link thread, while `Some`.
+    held: Mutex<Option<Vec<FromWorker>>>,
 }
 
 /// The manager's handle on a thread worker.
@@ -82,6 +86,39 @@ impl Fake {
         (self.notify)(WorkerEvent::Exited);
     }
 
+    /// From now on its messages are held back, as by a link thread that
+    /// lags behind: they arrive with [`Fake::release`].
+    pub(crate) fn hold_messages(&self) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(Vec::new());
+    }
+
+    /// Ends it as `reason` without a word yet: calls sent to it fail, and
+    /// the manager hears nothing until [`Fake::report_exit`] and
+    /// [`Fake::release`].
+    pub(crate) fn vanish(&self, reason: ExitReason) {
+        let mut death = self.death.lock().unwrap_or_else(PoisonError::into_inner);
+        death.get_or_insert(reason);
+    }
+
+    /// Its exit watcher speaks: `Exited`.
+    pub(crate) fn report_exit(&self) {
+        (self.notify)(WorkerEvent::Exited);
+    }
+
+    /// Its link catches up: the held messages, then `Closed`.
+    pub(crate) fn release(&self) {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
+        for message in held {
+            (self.notify)(WorkerEvent::Message(message));
+        }
+        (self.notify)(WorkerEvent::Closed);
+    }
+
     /// Whether it has ended.
     pub(crate) fn dead(&self) -> bool {
         self.death
@@ -111,6 +148,7 @@ impl Backend for ThreadBackend {
             pid,
             notify,
             death: Mutex::new(None),
+            held: Mutex::new(None),
         });
         let (calls_tx, calls_rx) = crossbeam_channel::unbounded::<ToWorker>();
         let inbox = ThreadInbox {
@@ -128,7 +166,14 @@ impl Backend for ThreadBackend {
                 ended.die(ExitReason::Code(code));
             })
             .map_err(|e| SpawnError::io("could not start a thread worker", e))?;
-        let calls = Calls::new(move |message| calls_tx.send(message).map_err(|e| e.to_string()));
+        let reachable = Arc::clone(&fake);
+        let calls = Calls::new(move |message| {
+            if reachable.dead() {
+                // As a dead process's socket: the send fails.
+                return Err("the worker is gone".to_owned());
+            }
+            calls_tx.send(message).map_err(|e| e.to_string())
+        });
         (fake.notify)(WorkerEvent::Ready(Ok(calls)));
         self.control
             .workers
@@ -193,6 +238,20 @@ impl Outbox for ThreadOutbox {
             .death
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        death.is_none() && (self.fake.notify)(WorkerEvent::Message(message))
+        if death.is_some() {
+            return false;
+        }
+        let mut held = self
+            .fake
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match held.as_mut() {
+            Some(held) => {
+                held.push(message);
+                true
+            }
+            None => (self.fake.notify)(WorkerEvent::Message(message)),
+        }
     }
 }

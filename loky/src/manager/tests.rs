@@ -410,3 +410,31 @@ fn after_short_calls_a_long_one_still_finishes_last() {
     open(960);
     assert_eq!(long.result_timeout(BOUND).unwrap(), 960);
 }
+
+/// Regression (soak, under load): a send to a worker that had just died
+/// marked its channel closed, so the worker was reaped at its `Exited`
+/// while the link thread still held the outcome of the call it finished
+/// before dying: that good call was blamed for the death.
+#[test]
+fn an_outcome_still_in_the_link_is_never_lost_to_a_failed_send() {
+    let (executor, control) = executor(Config::new().max_workers(1).prefetch(1));
+    executor.start_workers().unwrap();
+    let fake = Arc::clone(&control.workers()[0]);
+    fake.hold_messages();
+    let finished = executor.submit(record, 970).unwrap();
+    assert!(eventually(|| recorded(970)));
+    // Dies after finishing it; its outcome is still in the link.
+    fake.vanish(ExitReason::Signal {
+        signal: libc::SIGABRT,
+        core_dumped: false,
+    });
+    // The next call is sent to it, and the send fails.
+    let next = executor.submit(record, 971).unwrap();
+    assert!(eventually(|| executor.stats().running == 2));
+    fake.report_exit();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!finished.done(), "reaped before its channel was drained");
+    fake.release();
+    assert_eq!(finished.result_timeout(BOUND).unwrap(), 970);
+    assert_eq!(next.result_timeout(BOUND).unwrap(), 971);
+}
