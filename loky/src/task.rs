@@ -13,6 +13,12 @@ use serde::de::DeserializeOwned;
 /// reusable executor, and
 /// `executor.submit(square, 3)` and `executor.map(square, 0..10)` on an
 /// executor. One argument is passed as is, several as a tuple, none as `()`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a loky task",
+    label = "not a `#[loky::task]` function",
+    note = "put `#[loky::task]` on a free function (`fn name(args) -> T`) and pass that function",
+    note = "closures and other callables cannot cross processes: a worker finds a task by its registered id"
+)]
 pub trait Task: Copy + Default + Send + Sync + 'static {
     /// The arguments: the one argument's type, a tuple of several, or `()`.
     type Args: Serialize + DeserializeOwned + Send + 'static;
