@@ -6,3 +6,9 @@ fn misuse_is_a_spanned_compile_error() {
     let cases = trybuild::TestCases::new();
     cases.compile_fail("tests/ui/*.rs");
 }
+
+#[test]
+fn correct_use_compiles_without_warnings() {
+    let cases = trybuild::TestCases::new();
+    cases.pass("tests/ui-pass/*.rs");
+}

@@ -20,10 +20,13 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             "#[loky::main] goes on `fn main`; tasks take #[loky::task]",
         ));
     }
-    let body = &function.block;
+    // The body's own statements follow the entry call in the same block:
+    // wrapping the body as a block of its own would make a one-expression
+    // `main` warn about unused braces in the user's code.
+    let statements = &function.block.stmts;
     function.block = syn::parse_quote!({
         ::loky::__private::main_entry();
-        #body
+        #(#statements)*
     });
     Ok(quote!(#function))
 }
