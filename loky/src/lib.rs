@@ -121,3 +121,9 @@ pub mod __private {
     /// sent to a worker.
     pub fn require_message<T: Serialize + DeserializeOwned + Send + 'static>() {}
 }
+
+/// The README's examples, compiled and run as doctests so that they stay
+/// true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
