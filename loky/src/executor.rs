@@ -9,6 +9,7 @@ use crate::host::process::ProcessBackend;
 use crate::job::{self, Decode, Job, Typed};
 use crate::manager::{self, Event, ShutdownRequest};
 use crate::map::Map;
+use crate::map_unordered::MapUnordered;
 use crate::shared::Shared;
 use crate::stats::Stats;
 use crate::task::Task;
@@ -252,6 +253,17 @@ impl Executor {
         I: IntoIterator<Item = T::Args>,
     {
         Map::new(self.clone(), task, inputs.into_iter())
+    }
+
+    /// Runs `task` on every input, lazily, and yields `(index, result)` as
+    /// results finish: see [`MapUnordered`]. Shorthand for
+    /// `self.map(task, inputs).unordered()`.
+    pub fn map_unordered<T, I>(&self, task: T, inputs: I) -> MapUnordered<T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator<Item = T::Args>,
+    {
+        self.map(task, inputs).unordered()
     }
 
     /// Stops accepting tasks and shuts the pool down as `how` says.

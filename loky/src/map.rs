@@ -1,5 +1,6 @@
 //! `Executor::map`: lazy, ordered, chunked, with a bounded number of chunks
-//! in flight, so that an endless input works.
+//! in flight, so that an endless input works. The feed it shares with
+//! `MapUnordered` pulls the input and submits the chunks.
 
 use crate::error::Error;
 use crate::executor::Executor;
@@ -9,41 +10,66 @@ use crate::task::Task;
 use loky_worker::protocol::CallKind;
 use serde_bytes::ByteBuf;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 /// The ordered results of [`Executor::map`]: one `Result` per input.
 ///
-/// Inputs are pulled lazily, as results are consumed, and sent in chunks:
-/// a bounded window of them is submitted and not yet consumed (see
-/// [`max_in_flight`](Self::max_in_flight)). A failing element yields its error and the others go
-/// on. If the input iterator panics, the results before it are yielded,
-/// then [`Error::InputPanicked`], then the iteration ends.
+/// Nothing runs until the first call to `next`: then, and as results are
+/// consumed, inputs are pulled lazily and sent in chunks, a bounded window
+/// of them submitted and not yet consumed (see
+/// [`max_in_flight`](Self::max_in_flight)). A failing element yields its
+/// error and the others go on. If the input iterator panics, the results
+/// before it are yielded, then [`Error::InputPanicked`], then the iteration
+/// ends. [`unordered`](Self::unordered) yields results as they finish
+/// instead.
+#[must_use = "a map does nothing until it is iterated"]
 pub struct Map<T: Task, I> {
-    executor: Executor,
-    input: I,
-    chunksize: Option<usize>,
-    timeout: Option<Duration>,
-    /// Chunks submitted and not consumed, at most; `None`: the default
-    /// window.
-    max_in_flight: Option<usize>,
-    /// Elements in the submitted, unconsumed chunks.
-    in_flight: usize,
-    adaptive: usize,
+    pub(crate) feed: Feed<T, I>,
     pending: VecDeque<Chunk<T::Output>>,
     current: std::vec::IntoIter<Result<T::Output, Error>>,
+}
+
+/// What `Map` and `MapUnordered` share: the lazy input, cut into chunks
+/// and submitted while the window is open.
+pub(crate) struct Feed<T: Task, I> {
+    task: PhantomData<fn() -> T>,
+    executor: Executor,
+    input: I,
+    pub(crate) chunksize: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
+    /// Chunks submitted and not consumed, at most; `None`: the default
+    /// window.
+    pub(crate) max_in_flight: Option<usize>,
+    /// Chunks submitted and not consumed.
+    chunks: usize,
+    /// Elements in the submitted, unconsumed chunks.
+    elements: usize,
+    /// The index of the next input.
+    next_index: usize,
+    adaptive: usize,
     input_done: bool,
     input_error: Option<Error>,
 }
 
 /// One submitted chunk.
-struct Chunk<R> {
+pub(crate) struct Chunk<R> {
     /// The results of the elements that could be encoded.
     future: Result<Future<Vec<Result<R, Error>>>, Error>,
     /// Elements that failed before being sent: (position, error).
     early: Vec<(usize, Error)>,
+    /// The index of its first input.
+    pub(crate) first: usize,
     len: usize,
     submitted: Instant,
+}
+
+impl<R> Chunk<R> {
+    /// The future of the elements sent, if any were.
+    pub(crate) fn future(&self) -> Option<&Future<Vec<Result<R, Error>>>> {
+        self.future.as_ref().ok()
+    }
 }
 
 /// Elements per worker the default window keeps in flight.
@@ -59,17 +85,22 @@ const CHUNK_TARGET: Duration = Duration::from_millis(20);
 impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     pub(crate) fn new(executor: Executor, _task: T, input: I) -> Self {
         Map {
-            executor,
-            input,
-            chunksize: None,
-            timeout: None,
-            max_in_flight: None,
-            in_flight: 0,
-            adaptive: 1,
+            feed: Feed {
+                task: PhantomData,
+                executor,
+                input,
+                chunksize: None,
+                timeout: None,
+                max_in_flight: None,
+                chunks: 0,
+                elements: 0,
+                next_index: 0,
+                adaptive: 1,
+                input_done: false,
+                input_error: None,
+            },
             pending: VecDeque::new(),
             current: Vec::new().into_iter(),
-            input_done: false,
-            input_error: None,
         }
     }
 
@@ -77,7 +108,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     /// automatically: from the input's length when it is known, otherwise
     /// growing from 1 while chunks finish quickly.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
-        self.chunksize = (chunksize > 0).then_some(chunksize);
+        self.feed.chunksize = (chunksize > 0).then_some(chunksize);
         self
     }
 
@@ -87,7 +118,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     /// applies to each chunk (as in pebble), so with a timeout and no
     /// explicit [`chunksize`](Self::chunksize), elements are sent one by one.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.feed.timeout = Some(timeout);
         self
     }
 
@@ -96,20 +127,31 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     /// small, until 128 elements per worker are in flight (at most 512
     /// chunks): short tasks then never wait for the next submission.
     pub fn max_in_flight(mut self, chunks: usize) -> Self {
-        self.max_in_flight = Some(chunks.max(1));
+        self.feed.max_in_flight = Some(chunks.max(1));
         self
     }
 
+    /// Yields each result as soon as it is ready, with the index of its
+    /// input, instead of in input order: see [`MapUnordered`]. Keeps the
+    /// chunk size, timeout and window set so far.
+    ///
+    /// [`MapUnordered`]: crate::MapUnordered
+    pub fn unordered(self) -> crate::MapUnordered<T, I> {
+        debug_assert!(self.pending.is_empty(), "not iterated yet");
+        crate::MapUnordered::new(self.feed)
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
     /// Whether another chunk may be submitted.
     fn window_open(&self) -> bool {
-        let chunks = self.pending.len();
         match self.max_in_flight {
-            Some(max) => chunks < max,
+            Some(max) => self.chunks < max,
             None => {
                 let workers = self.executor.max_workers();
-                chunks < workers.saturating_mul(2).max(2)
-                    || (self.in_flight < workers.saturating_mul(ELEMENTS_IN_FLIGHT)
-                        && chunks < MAX_CHUNKS_IN_FLIGHT)
+                self.chunks < workers.saturating_mul(2).max(2)
+                    || (self.elements < workers.saturating_mul(ELEMENTS_IN_FLIGHT)
+                        && self.chunks < MAX_CHUNKS_IN_FLIGHT)
             }
         }
     }
@@ -132,67 +174,85 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
         }
     }
 
-    /// Pulls inputs and submits chunks until the window is full.
-    fn fill(&mut self) {
-        while !self.input_done && self.window_open() {
-            let size = self.next_chunk_size();
-            // A huge explicit chunksize must not reserve its whole size up front.
-            let mut encoded = Vec::with_capacity(size.min(MAX_AUTO_CHUNK));
-            let mut early = Vec::new();
-            let mut len = 0;
-            while len < size {
-                match panic::catch_unwind(AssertUnwindSafe(|| self.input.next())) {
-                    Ok(Some(args)) => {
-                        match job::encode_args(T::ID, &args) {
-                            Ok(bytes) => encoded.push(ByteBuf::from(bytes)),
-                            Err(error) => early.push((len, error)),
-                        }
-                        len += 1;
+    /// Pulls inputs and submits the next chunk if the window is open and
+    /// inputs remain.
+    pub(crate) fn next_chunk(&mut self) -> Option<Chunk<T::Output>> {
+        if self.input_done || !self.window_open() {
+            return None;
+        }
+        let size = self.next_chunk_size();
+        // A huge explicit chunksize must not reserve its whole size up front.
+        let mut encoded = Vec::with_capacity(size.min(MAX_AUTO_CHUNK));
+        let mut early = Vec::new();
+        let mut len = 0;
+        while len < size {
+            match panic::catch_unwind(AssertUnwindSafe(|| self.input.next())) {
+                Ok(Some(args)) => {
+                    match job::encode_args(T::ID, &args) {
+                        Ok(bytes) => encoded.push(ByteBuf::from(bytes)),
+                        Err(error) => early.push((len, error)),
                     }
-                    Ok(None) => {
-                        self.input_done = true;
-                        break;
-                    }
-                    Err(payload) => {
-                        self.input_done = true;
-                        self.input_error = Some(Error::InputPanicked {
-                            message: loky_worker::panic::payload_message(&*payload),
-                        });
-                        break;
-                    }
+                    len += 1;
+                }
+                Ok(None) => {
+                    self.input_done = true;
+                    break;
+                }
+                Err(payload) => {
+                    self.input_done = true;
+                    self.input_error = Some(Error::InputPanicked {
+                        message: loky_worker::panic::payload_message(&*payload),
+                    });
+                    break;
                 }
             }
-            if len == 0 {
-                break;
-            }
-            let future = if encoded.is_empty() {
-                // Every element failed before it could be sent.
-                let (future, state) = Future::new(T::ID);
-                state.finish(crate::future::Held::Ready(Ok(Vec::new())));
-                Ok(future)
-            } else {
-                let bytes =
-                    crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &encoded));
-                self.executor.submit_encoded(
-                    T::ID,
-                    CallKind::Chunk,
-                    bytes,
-                    self.timeout,
-                    job::decode_chunk::<T::Output>,
-                )
-            };
-            self.in_flight += len;
-            self.pending.push_back(Chunk {
-                future,
-                early,
-                len,
-                submitted: Instant::now(),
-            });
         }
+        if len == 0 {
+            return None;
+        }
+        let future = if encoded.is_empty() {
+            // Every element failed before it could be sent.
+            let (future, state) = Future::new(T::ID);
+            state.finish(crate::future::Held::Ready(Ok(Vec::new())));
+            Ok(future)
+        } else {
+            let bytes =
+                crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &encoded));
+            self.executor.submit_encoded(
+                T::ID,
+                CallKind::Chunk,
+                bytes,
+                self.timeout,
+                job::decode_chunk::<T::Output>,
+            )
+        };
+        self.chunks += 1;
+        self.elements += len;
+        let first = self.next_index;
+        self.next_index += len;
+        Some(Chunk {
+            future,
+            early,
+            first,
+            len,
+            submitted: Instant::now(),
+        })
     }
 
-    /// Waits for the oldest chunk and returns its results in input order.
-    fn collect(&mut self, chunk: Chunk<T::Output>) -> Vec<Result<T::Output, Error>> {
+    /// How many inputs were pulled so far.
+    pub(crate) fn inputs_pulled(&self) -> usize {
+        self.next_index
+    }
+
+    /// The input's panic, once every chunk before it is consumed.
+    pub(crate) fn input_error(&mut self) -> Option<Error> {
+        self.input_error.take()
+    }
+
+    /// Waits for `chunk` and returns its results in input order.
+    pub(crate) fn collect(&mut self, chunk: Chunk<T::Output>) -> Vec<Result<T::Output, Error>> {
+        self.chunks -= 1;
+        self.elements -= chunk.len;
         let sent = chunk.len - chunk.early.len();
         let results = match chunk.future.and_then(Future::result) {
             Ok(results) if results.len() == sent => results,
@@ -235,13 +295,12 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Map<T, I> {
             if let Some(item) = self.current.next() {
                 return Some(item);
             }
-            self.fill();
+            while let Some(chunk) = self.feed.next_chunk() {
+                self.pending.push_back(chunk);
+            }
             match self.pending.pop_front() {
-                Some(chunk) => {
-                    self.in_flight -= chunk.len;
-                    self.current = self.collect(chunk).into_iter();
-                }
-                None => return self.input_error.take().map(Err),
+                Some(chunk) => self.current = self.feed.collect(chunk).into_iter(),
+                None => return self.feed.input_error().map(Err),
             }
         }
     }
@@ -249,12 +308,18 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Map<T, I> {
 
 impl<T: Task, I> std::fmt::Debug for Map<T, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Map")
+        self.feed.fmt("Map", f)
+    }
+}
+
+impl<T: Task, I> Feed<T, I> {
+    pub(crate) fn fmt(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
             .field("task", &T::ID)
             .field("chunksize", &self.chunksize)
             .field("timeout", &self.timeout)
-            .field("chunks_in_flight", &self.pending.len())
-            .field("elements_in_flight", &self.in_flight)
+            .field("chunks_in_flight", &self.chunks)
+            .field("elements_in_flight", &self.elements)
             .field("input_done", &self.input_done)
             .finish_non_exhaustive()
     }

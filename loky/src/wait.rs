@@ -29,9 +29,14 @@ pub struct WaitResult {
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
+/// A key no other set of watchers uses.
+pub(crate) fn next_watch_key() -> u64 {
+    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Registers one watcher on every future; each sends its index once done.
 fn watch_all<R>(futures: &[Future<R>]) -> (u64, Receiver<usize>) {
-    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    let key = next_watch_key();
     let (notify, done) = crossbeam_channel::unbounded();
     for (index, future) in futures.iter().enumerate() {
         future.watch(Watcher {

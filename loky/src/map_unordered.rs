@@ -1,0 +1,138 @@
+//! `MapUnordered`: `map`'s results in completion order, each with the
+//! index of its input.
+
+use crate::error::Error;
+use crate::future::Watcher;
+use crate::map::{Chunk, Feed};
+use crate::task::Task;
+use crossbeam_channel::{Receiver, Sender};
+use std::time::Duration;
+
+/// The results of [`Executor::map_unordered`](crate::Executor::map_unordered)
+/// (or [`Map::unordered`](crate::Map::unordered)) in the order they finish:
+/// `(index of the input, result)`, one per input.
+///
+/// It pulls and sends inputs as [`Map`](crate::Map) does (lazily, in chunks,
+/// within a bounded window, from the first call to `next`), but a slow
+/// element holds back only itself (and the rest of its chunk), never the
+/// results after it. Elements of one chunk are yielded together, in input
+/// order. If the input iterator panics, [`Error::InputPanicked`] comes last,
+/// with the index of the input that panicked.
+#[must_use = "a map does nothing until it is iterated"]
+pub struct MapUnordered<T: Task, I> {
+    feed: Feed<T, I>,
+    /// The submitted chunks, by slot; a consumed chunk's slot is reused.
+    slots: Vec<Option<Chunk<T::Output>>>,
+    free: Vec<usize>,
+    /// Submitted chunks not yet consumed.
+    live: usize,
+    key: u64,
+    notify: Sender<usize>,
+    /// The slots whose chunk is done, in the order they finished.
+    finished: Receiver<usize>,
+    /// The consumed chunk being yielded: its first index, its results.
+    current: Option<(usize, std::iter::Enumerate<std::vec::IntoIter<Result<T::Output, Error>>>)>,
+}
+
+impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
+    pub(crate) fn new(feed: Feed<T, I>) -> Self {
+        let (notify, finished) = crossbeam_channel::unbounded();
+        MapUnordered {
+            feed,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            key: crate::wait::next_watch_key(),
+            notify,
+            finished,
+            current: None,
+        }
+    }
+
+    /// Sends inputs `chunksize` at a time: as [`Map::chunksize`](crate::Map::chunksize).
+    pub fn chunksize(mut self, chunksize: usize) -> Self {
+        self.feed.chunksize = (chunksize > 0).then_some(chunksize);
+        self
+    }
+
+    /// Limits how long each call may run: as [`Map::timeout`](crate::Map::timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.feed.timeout = Some(timeout);
+        self
+    }
+
+    /// How many chunks may be in flight: as
+    /// [`Map::max_in_flight`](crate::Map::max_in_flight).
+    pub fn max_in_flight(mut self, chunks: usize) -> Self {
+        self.feed.max_in_flight = Some(chunks.max(1));
+        self
+    }
+
+    fn insert(&mut self, chunk: Chunk<T::Output>) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        match chunk.future() {
+            Some(future) => future.watch(Watcher {
+                key: self.key,
+                index: slot,
+                notify: self.notify.clone(),
+            }),
+            // Submission failed: the chunk's error is ready now.
+            None => {
+                let _ = self.notify.send(slot);
+            }
+        }
+        self.slots[slot] = Some(chunk);
+        self.live += 1;
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Args>> Iterator for MapUnordered<T, I> {
+    type Item = (usize, Result<T::Output, Error>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((first, results)) = &mut self.current
+                && let Some((offset, result)) = results.next()
+            {
+                return Some((*first + offset, result));
+            }
+            self.current = None;
+            while let Some(chunk) = self.feed.next_chunk() {
+                self.insert(chunk);
+            }
+            if self.live == 0 {
+                let index = self.feed.inputs_pulled();
+                return self.feed.input_error().map(|error| (index, Err(error)));
+            }
+            // Every live chunk's future finishes (a worker's death and a
+            // timeout fail it), and this map holds a sender: never stuck.
+            let slot = self.finished.recv().expect("the map holds a sender");
+            let Some(chunk) = self.slots.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            self.free.push(slot);
+            self.live -= 1;
+            let first = chunk.first;
+            self.current = Some((first, self.feed.collect(chunk).into_iter().enumerate()));
+        }
+    }
+}
+
+impl<T: Task, I> Drop for MapUnordered<T, I> {
+    fn drop(&mut self) {
+        for chunk in self.slots.iter().flatten() {
+            if let Some(future) = chunk.future() {
+                future.unwatch(self.key);
+            }
+        }
+    }
+}
+
+impl<T: Task, I> std::fmt::Debug for MapUnordered<T, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.feed.fmt("MapUnordered", f)
+    }
+}
