@@ -31,8 +31,11 @@ pub struct MapUnordered<T: Task, I> {
     /// The slots whose chunk is done, in the order they finished.
     finished: Receiver<usize>,
     /// The consumed chunk being yielded: its first index, its results.
-    current: Option<(usize, std::iter::Enumerate<std::vec::IntoIter<Result<T::Output, Error>>>)>,
+    current: Option<(usize, Results<T::Output>)>,
 }
+
+/// A consumed chunk's results, numbered from 0.
+type Results<R> = std::iter::Enumerate<std::vec::IntoIter<Result<R, Error>>>;
 
 impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
     pub(crate) fn new(feed: Feed<T, I>) -> Self {
