@@ -414,3 +414,55 @@ fn asking_the_executor_from_a_done_callback_does_not_deadlock() {
     assert!(started.is_ok());
     assert!(future.result_timeout(BOUND).is_ok());
 }
+
+/// The thread-limit variables as a worker sees them.
+#[loky::task]
+fn thread_vars() -> Vec<(String, Option<String>)> {
+    loky::THREAD_LIMIT_VARS
+        .iter()
+        .map(|var| (var.to_string(), std::env::var(var).ok()))
+        .collect()
+}
+
+/// What a variable should be in a worker: the parent's value if it has
+/// one (never overridden), else `limited`.
+fn expected(var: &str, limited: Option<String>) -> Option<String> {
+    std::env::var(var).ok().or(limited)
+}
+
+/// Workers share the CPUs out among their thread pools by default, keep
+/// what the user set, take an explicit limit, and opting out leaves the
+/// variables as the parent has them.
+#[test]
+fn workers_limit_library_thread_pools() {
+    let share = (loky::cpu_count() / 2).max(1).to_string();
+    let default = executor(2);
+    for (var, value) in run(&default, thread_vars, ()) {
+        assert_eq!(
+            value,
+            expected(&var, Some(share.clone())),
+            "{var} by default"
+        );
+    }
+
+    let explicit = Executor::new(
+        Config::new()
+            .max_workers(2)
+            .worker_threads(3)
+            .env("OMP_NUM_THREADS", "5"),
+    )
+    .unwrap();
+    for (var, value) in run(&explicit, thread_vars, ()) {
+        let want = if var == "OMP_NUM_THREADS" {
+            Some("5".to_owned())
+        } else {
+            expected(&var, Some("3".to_owned()))
+        };
+        assert_eq!(value, want, "{var} with worker_threads(3)");
+    }
+
+    let off = Executor::new(Config::new().max_workers(2).no_thread_limit()).unwrap();
+    for (var, value) in run(&off, thread_vars, ()) {
+        assert_eq!(value, expected(&var, None), "{var} with no_thread_limit");
+    }
+}

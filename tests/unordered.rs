@@ -57,7 +57,11 @@ fn results_come_in_completion_order() {
         order
     });
     let indices: Vec<usize> = order.iter().map(|(index, ..)| *index).collect();
-    assert_eq!(indices.last(), Some(&0), "the slow element is last: {order:?}");
+    assert_eq!(
+        indices.last(),
+        Some(&0),
+        "the slow element is last: {order:?}"
+    );
     let mut sorted = indices.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, [0, 1, 2, 3, 4], "each index once: {order:?}");
@@ -89,7 +93,11 @@ fn indices_match_inputs_across_chunks() {
             .into_iter()
             .map(|(index, result)| (index, result.unwrap()))
             .collect();
-        assert_eq!(by_index.len(), 500, "chunksize {chunksize}: an index repeated");
+        assert_eq!(
+            by_index.len(),
+            500,
+            "chunksize {chunksize}: an index repeated"
+        );
         for (index, value) in by_index {
             assert_eq!(value, (index * index) as u64, "chunksize {chunksize}");
         }
@@ -135,12 +143,21 @@ fn a_timeout_fails_only_its_element() {
     let (last, result, _) = &results[3];
     assert_eq!(*last, 0);
     assert!(
-        matches!(result, Err(Error::TaskTimeout { task: "unordered::sleep_ms", .. })),
+        matches!(
+            result,
+            Err(Error::TaskTimeout {
+                task: "unordered::sleep_ms",
+                ..
+            })
+        ),
         "{result:?}"
     );
     for (index, result, at) in &results[..3] {
         assert_eq!(result.as_ref().ok(), Some(&5), "element {index}");
-        assert!(*at < Duration::from_millis(300), "element {index} waited: {at:?}");
+        assert!(
+            *at < Duration::from_millis(300),
+            "element {index} waited: {at:?}"
+        );
     }
 }
 

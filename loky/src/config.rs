@@ -2,6 +2,7 @@
 
 use crate::error::Error;
 use crate::task::Task;
+use crate::threads::ThreadLimit;
 use std::ffi::OsString;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub struct Config {
     max_tasks_per_child: Option<usize>,
     initializer: Option<Initializer>,
     memory: MemoryLimits,
+    threads: ThreadLimit,
 }
 
 /// A task every worker runs once, before its first task.
@@ -71,6 +73,7 @@ impl Default for Config {
                 leak_threshold: Some(DEFAULT_LEAK_THRESHOLD),
                 rss_cap: None,
             },
+            threads: ThreadLimit::Share,
         }
     }
 }
@@ -109,6 +112,28 @@ impl Config {
     /// Sets an environment variable in every worker.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Config {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Limits the thread pools that libraries start inside each worker
+    /// (OpenMP, OpenBLAS, MKL, rayon, tokio...: see [`THREAD_LIMIT_VARS`])
+    /// to `threads` each (0 counts as 1).
+    ///
+    /// By default each worker gets its share of the usable CPUs,
+    /// `cpu_count() / max_workers` (at least 1), so that `n` workers of a
+    /// numeric library do not run `n x cores` threads. A variable that the
+    /// parent's environment or [`env`](Self::env) sets is left as it is.
+    ///
+    /// [`THREAD_LIMIT_VARS`]: crate::THREAD_LIMIT_VARS
+    pub fn worker_threads(mut self, threads: usize) -> Config {
+        self.threads = ThreadLimit::Exactly(threads);
+        self
+    }
+
+    /// Leaves the thread-pool variables of [`worker_threads`](Self::worker_threads)
+    /// alone: workers inherit them from this process.
+    pub fn no_thread_limit(mut self) -> Config {
+        self.threads = ThreadLimit::Off;
         self
     }
 
@@ -186,6 +211,18 @@ impl Config {
 
     pub(crate) fn get_env(&self) -> &[(OsString, OsString)] {
         &self.env
+    }
+
+    /// The thread-limit variables a new worker gets, on top of
+    /// [`get_env`](Self::get_env).
+    pub(crate) fn thread_limit_env(&self) -> Vec<(&'static str, String)> {
+        crate::threads::worker_env(
+            self.threads,
+            crate::cpu_count(),
+            self.max_workers,
+            &self.env,
+            |var| std::env::var_os(var).is_some(),
+        )
     }
 
     /// How long an idle worker is kept, if not forever.

@@ -50,6 +50,7 @@ mod reusable;
 mod shared;
 mod stats;
 mod task;
+mod threads;
 mod wait;
 
 pub use config::{Config, DEFAULT_LEAK_THRESHOLD, ENV_LEAK_THRESHOLD, REUSABLE_IDLE_TIMEOUT};
@@ -64,6 +65,7 @@ pub use map_unordered::MapUnordered;
 pub use reusable::{Reuse, get_reusable_executor, get_reusable_executor_with};
 pub use stats::{Stats, WorkerExits};
 pub use task::Task;
+pub use threads::THREAD_LIMIT_VARS;
 pub use wait::{AsCompleted, ReturnWhen, WaitResult, as_completed, wait};
 
 /// Registers a free function as a task that workers can run.

@@ -108,6 +108,7 @@ fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnE
         command.arg0(arg0);
     }
     command
+        .envs(config.thread_limit_env())
         .envs(config.get_env().iter().map(|(k, v)| (k, v)))
         .env(ENV_SERVER, &name)
         .env(ENV_SECRET, format!("{secret:x}"))
