@@ -118,12 +118,14 @@ fn assert_died(result: Result<(), Error>, task: &str, reason: ExitReason, took: 
         task: got_task,
         pid,
         reason: got_reason,
+        earlier,
     }) = result
     else {
         panic!("expected WorkerDied, got {result:?}");
     };
     assert_eq!(got_task, task);
     assert_eq!(got_reason, reason);
+    assert!(earlier.is_empty(), "retried without asking: {earlier:?}");
     assert!(
         took < Duration::from_secs(1),
         "took {took:?} to report the death"
@@ -168,6 +170,7 @@ fn abort_is_reported_as_sigabrt() {
             task,
             pid,
             reason: ExitReason::Signal { signal, .. },
+            earlier,
         } => Error::WorkerDied {
             task,
             pid,
@@ -175,6 +178,7 @@ fn abort_is_reported_as_sigabrt() {
                 signal,
                 core_dumped: false,
             },
+            earlier,
         },
         other => other,
     });

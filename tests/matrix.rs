@@ -138,7 +138,12 @@ fn check(case: Case, result: Result<(), Error>) {
             assert_eq!(panic.message, "the matrix panics");
             assert!(pid > 0);
         }
-        (trigger, Err(Error::WorkerDied { task, pid, reason })) if trigger.kills_the_process() => {
+        (
+            trigger,
+            Err(Error::WorkerDied {
+                task, pid, reason, ..
+            }),
+        ) if trigger.kills_the_process() => {
             assert!(task.starts_with("matrix::stage_"), "{case:?}: {task}");
             assert!(pid > 0);
             let signal = |s| ExitReason::Signal {

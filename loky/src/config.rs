@@ -30,6 +30,7 @@ pub struct Config {
     initializer: Option<Initializer>,
     memory: MemoryLimits,
     threads: ThreadLimit,
+    retries: u32,
 }
 
 /// A task every worker runs once, before its first task.
@@ -74,6 +75,7 @@ impl Default for Config {
                 rss_cap: None,
             },
             threads: ThreadLimit::Share,
+            retries: 0,
         }
     }
 }
@@ -134,6 +136,21 @@ impl Config {
     /// alone: workers inherit them from this process.
     pub fn no_thread_limit(mut self) -> Config {
         self.threads = ThreadLimit::Off;
+        self
+    }
+
+    /// Runs a task again, on another worker, when its worker dies while
+    /// running it (a crash, an exit, a signal from outside such as the OOM
+    /// killer), up to `retries` more times; then it fails with
+    /// [`Error::WorkerDied`](crate::Error::WorkerDied) listing every
+    /// attempt. Never for a panic or a serialization error, which would
+    /// fail again, nor for a timeout, a cancellation or a shutdown. For a
+    /// chunk of [`map`](crate::Executor::map), each element has its own
+    /// budget. Default 0: a task that crashed its worker usually crashes
+    /// again. [`CallOptions::retries`](crate::CallOptions::retries) and
+    /// [`Map::retries`](crate::Map::retries) override it.
+    pub fn retries(mut self, retries: u32) -> Config {
+        self.retries = retries;
         self
     }
 
@@ -236,6 +253,11 @@ impl Config {
             self.idle_timeout = Some(Some(REUSABLE_IDLE_TIMEOUT));
         }
         self
+    }
+
+    /// How often a task whose worker died runs again, by default.
+    pub(crate) fn get_retries(&self) -> u32 {
+        self.retries
     }
 
     pub(crate) fn get_max_tasks_per_child(&self) -> Option<usize> {

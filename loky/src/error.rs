@@ -24,8 +24,13 @@ pub enum Error {
         panic: RemotePanic,
     },
     /// The worker process died while running the task: it exited, aborted,
-    /// crashed or was killed.
-    #[error("worker {pid} running task `{task}` {reason}")]
+    /// crashed or was killed. With retries (see
+    /// [`Config::retries`](crate::Config::retries)), this is the last
+    /// attempt and `earlier` lists the others.
+    #[error(
+        "worker {pid} running task `{task}` {reason}{}",
+        Attempt::list(earlier)
+    )]
     WorkerDied {
         /// The task's id.
         task: &'static str,
@@ -33,6 +38,9 @@ pub enum Error {
         pid: u32,
         /// How the process ended.
         reason: ExitReason,
+        /// The earlier attempts, whose workers died too, oldest first;
+        /// empty unless the task was retried.
+        earlier: Vec<Attempt>,
     },
     /// Encoding or decoding the arguments or the result failed (or panicked).
     #[error("task `{task}`: serialization failed {stage}: {message}")]
@@ -194,6 +202,34 @@ impl SpawnError {
             context: context.into(),
             source: Arc::new(source),
         }
+    }
+}
+
+/// One attempt at a task whose worker died: see [`Error::WorkerDied`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The worker's process id.
+    pub pid: u32,
+    /// How it ended.
+    pub reason: ExitReason,
+}
+
+impl Attempt {
+    /// `earlier` as the tail of an error message.
+    fn list(earlier: &[Attempt]) -> String {
+        if earlier.is_empty() {
+            return String::new();
+        }
+        let attempts: Vec<String> = earlier
+            .iter()
+            .map(|a| format!("worker {} {}", a.pid, a.reason))
+            .collect();
+        format!(
+            ", after {} earlier attempt{}: {}",
+            earlier.len(),
+            if earlier.len() == 1 { "" } else { "s" },
+            attempts.join("; ")
+        )
     }
 }
 

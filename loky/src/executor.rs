@@ -10,6 +10,7 @@ use crate::job::{self, Decode, Job, Typed};
 use crate::manager::{self, Event, ShutdownRequest};
 use crate::map::Map;
 use crate::map_unordered::MapUnordered;
+use crate::options::CallOptions;
 use crate::shared::Shared;
 use crate::stats::Stats;
 use crate::task::Task;
@@ -210,7 +211,7 @@ impl Executor {
         task: T,
         args: T::Args,
     ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
-        self.submit_inner(task, args, None)
+        self.submit_with(task, args, CallOptions::new())
     }
 
     /// Like [`submit`](Self::submit), with a limit on how long the task may
@@ -223,14 +224,30 @@ impl Executor {
         args: T::Args,
         timeout: Duration,
     ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
-        self.submit_inner(task, args, Some(timeout))
+        self.submit_with(task, args, CallOptions::new().timeout(timeout))
     }
 
-    fn submit_inner<T: Task>(
+    /// Like [`submit`](Self::submit), with per-call settings: a timeout,
+    /// retries.
+    ///
+    /// ```
+    /// # #[loky::task] fn flaky(x: u64) -> u64 { x }
+    /// # fn main() -> Result<(), loky::Error> {
+    /// use loky::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+    /// let options = CallOptions::new().retries(2).timeout(Duration::from_secs(60));
+    /// let future = executor.submit_with(flaky, 7, options).map_err(|refused| refused.reason)?;
+    /// assert_eq!(future.result()?, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn submit_with<T: Task>(
         &self,
         task: T,
         args: T::Args,
-        timeout: Option<Duration>,
+        options: CallOptions,
     ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
         let _ = task;
         let encoded = crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &args));
@@ -238,7 +255,7 @@ impl Executor {
             T::ID,
             CallKind::Single,
             encoded,
-            timeout,
+            options,
             job::decode_single,
         ) {
             Ok(future) => Ok(future),
@@ -329,7 +346,7 @@ impl Executor {
         task: &'static str,
         kind: CallKind,
         encoded: Result<Vec<u8>, Error>,
-        timeout: Option<Duration>,
+        options: CallOptions,
         decode: Decode<R>,
     ) -> Result<Future<R>, Error> {
         let args = encoded.map(Payload::pack_args);
@@ -349,7 +366,9 @@ impl Executor {
             id,
             kind,
             args,
-            timeout,
+            timeout: options.timeout,
+            retries: options.retries,
+            attempts: Vec::new(),
             completion: Arc::new(Typed {
                 state,
                 decode,

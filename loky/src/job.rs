@@ -2,7 +2,7 @@
 //! known of a chunk's elements so far, and a type-erased handle to complete
 //! its future.
 
-use crate::error::Error;
+use crate::error::{Attempt, Error};
 use crate::future::{Held, State};
 use crate::shared::Shared;
 use loky_worker::invoke::serde_stage;
@@ -21,6 +21,12 @@ pub(crate) struct Job {
     pub(crate) args: Payload,
     /// How long it may run before its worker is killed.
     pub(crate) timeout: Option<Duration>,
+    /// How often it may run again when its worker dies running it;
+    /// `None`: the executor's setting.
+    pub(crate) retries: Option<u32>,
+    /// Attempts whose worker died running it (a chunk: its first
+    /// unsettled element), oldest first.
+    pub(crate) attempts: Vec<Attempt>,
     pub(crate) completion: Arc<dyn Completion>,
     /// For a chunk: the outcomes known so far.
     pub(crate) pieces: Pieces,
@@ -69,6 +75,26 @@ impl Pieces {
 impl Job {
     pub(crate) fn task(&self) -> &'static str {
         self.completion.task()
+    }
+
+    /// Records that `attempt`'s worker died running it and says whether it
+    /// may run again: at most `retries` (else `default`) times in all.
+    pub(crate) fn retry(&mut self, attempt: Attempt, default: u32) -> bool {
+        let budget = self.retries.unwrap_or(default) as usize;
+        if self.attempts.len() >= budget {
+            return false;
+        }
+        self.attempts.push(attempt);
+        true
+    }
+
+    /// `error` with the earlier attempts listed, if it is a death; they
+    /// are spent.
+    pub(crate) fn with_attempts(&mut self, mut error: Error) -> Error {
+        if let Error::WorkerDied { earlier, .. } = &mut error {
+            *earlier = std::mem::take(&mut self.attempts);
+        }
+        error
     }
 }
 

@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::executor::Executor;
 use crate::future::Future;
 use crate::job;
+use crate::options::CallOptions;
 use crate::task::Task;
 use loky_worker::protocol::CallKind;
 use serde_bytes::ByteBuf;
@@ -42,6 +43,7 @@ pub(crate) struct Feed<T: Task, I> {
     /// Chunks submitted and not consumed, at most; `None`: the default
     /// window.
     pub(crate) max_in_flight: Option<usize>,
+    pub(crate) retries: Option<u32>,
     /// Chunks submitted and not consumed.
     chunks: usize,
     /// Elements in the submitted, unconsumed chunks.
@@ -92,6 +94,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
                 chunksize: None,
                 timeout: None,
                 max_in_flight: None,
+                retries: None,
                 chunks: 0,
                 elements: 0,
                 next_index: 0,
@@ -128,6 +131,14 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     /// chunks): short tasks then never wait for the next submission.
     pub fn max_in_flight(mut self, chunks: usize) -> Self {
         self.feed.max_in_flight = Some(chunks.max(1));
+        self
+    }
+
+    /// Runs an element again, on another worker, if its worker dies while
+    /// running it, up to `retries` more times: see
+    /// [`Config::retries`](crate::Config::retries).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.feed.retries = Some(retries);
         self
     }
 
@@ -222,7 +233,10 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
                 T::ID,
                 CallKind::Chunk,
                 bytes,
-                self.timeout,
+                CallOptions {
+                    timeout: self.timeout,
+                    retries: self.retries,
+                },
                 job::decode_chunk::<T::Output>,
             )
         };

@@ -71,6 +71,12 @@ impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
         self
     }
 
+    /// Retries elements whose worker died: as [`Map::retries`](crate::Map::retries).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.feed.retries = Some(retries);
+        self
+    }
+
     fn insert(&mut self, chunk: Chunk<T::Output>) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);

@@ -7,7 +7,7 @@ mod tests;
 mod worker;
 
 use crate::config::Config;
-use crate::error::{Error, SpawnError};
+use crate::error::{Attempt, Error, SpawnError};
 use crate::host::{Backend, Notify, WorkerEvent, WorkerHandle};
 use crate::job::{Claim, Job, Piece};
 use crate::shared::Shared;
@@ -718,7 +718,8 @@ impl<B: Backend> Manager<B> {
         let killed_for_another = matches!(cause, Cause::Killed(Kill::Timeout | Kill::Cancel));
         let mut blamed = false;
         let mut requeue = Vec::new();
-        for held in inflight {
+        let retries = self.config.get_retries();
+        for mut held in inflight {
             let state = board
                 .as_ref()
                 .map_or(ClaimState::Queued, |b| b.state(held.seq));
@@ -740,17 +741,39 @@ impl<B: Backend> Manager<B> {
                 Settle::Blame => {
                     blamed = true;
                     let task = held.job.task();
+                    // A death nobody asked for may be retried; a fate
+                    // (timeout, cancel) or a kill on purpose may not.
+                    let retry = (held.fate.is_none()
+                        && matches!(cause, Cause::Unasked | Cause::Retired(_)))
+                    .then_some(Attempt { pid, reason });
                     let error = match (&cause, &held.fate) {
                         (_, Some(fate)) => fate.clone(),
                         (Cause::Killed(Kill::Shutdown), None) => Error::ShutDown,
                         _ => {
                             tracing::warn!(pid, task, %reason, "worker died while running a task");
-                            Error::WorkerDied { task, pid, reason }
+                            Error::WorkerDied {
+                                task,
+                                pid,
+                                reason,
+                                earlier: Vec::new(),
+                            }
                         }
                     };
                     if held.job.kind == CallKind::Chunk {
-                        requeue.extend(self.split_chunk(held, pid, board.as_deref(), Some(error)));
+                        let died = Died {
+                            error,
+                            retry,
+                            retries,
+                        };
+                        requeue.extend(self.split_chunk(held, pid, board.as_deref(), Some(died)));
+                    } else if let Some(attempt) = retry
+                        && held.job.retry(attempt, retries)
+                    {
+                        tracing::info!(pid, task, "retrying a task whose worker died");
+                        held.job.completion.detach();
+                        requeue.push(held.job);
                     } else {
+                        let error = held.job.with_attempts(error);
                         held.job.completion.fail(error);
                     }
                 }
@@ -790,19 +813,24 @@ impl<B: Backend> Manager<B> {
 
     /// Settles a chunk whose worker died in it: the outcomes it delivered
     /// (in messages or in the board's arena) are kept, the running element
-    /// gets `error` (or, with none, runs again), and the elements that
-    /// never started come back as a job of their own.
+    /// fails as `died` says (or, with no blame or a retry left, runs
+    /// again), and the elements that never started come back as a job of
+    /// their own.
     fn split_chunk(
         &mut self,
         held: InFlight,
         pid: u32,
         board: Option<&Board>,
-        error: Option<Error>,
+        died: Option<Died>,
     ) -> Option<Job> {
         let InFlight { seq, mut job, .. } = held;
         if let Some(progress) = board.and_then(|b| b.chunk_progress(seq)) {
             job.pieces
                 .receive(pid, progress.first, progress.count, progress.items);
+            if job.pieces.received > 0 {
+                // The element the attempts were about is settled.
+                job.attempts.clear();
+            }
             let elements: ChunkArgs = match protocol::decode(job.args.bytes()) {
                 Ok(elements) => elements,
                 Err(message) => {
@@ -814,10 +842,15 @@ impl<B: Backend> Manager<B> {
             };
             let started = usize::try_from(progress.started).unwrap_or(usize::MAX);
             let split = policy::chunk_split(elements.len(), job.pieces.received, started);
-            let rest = match (split.running, error) {
-                (Some(_), Some(error)) => {
-                    job.pieces.settled.push(Piece::Failed(error));
-                    split.rest
+            let rest = match (split.running, died) {
+                (Some(running), Some(died)) => {
+                    if died.retried(&mut job) {
+                        running
+                    } else {
+                        let error = job.with_attempts(died.error);
+                        job.pieces.settled.push(Piece::Failed(error));
+                        split.rest
+                    }
                 }
                 (running, _) => running.unwrap_or(split.rest),
             };
@@ -836,8 +869,11 @@ impl<B: Backend> Manager<B> {
                 }
             }
             job.pieces.received = 0;
-        } else if let Some(error) = error {
+        } else if let Some(died) = died
+            && !died.retried(&mut job)
+        {
             // It died before it began the chunk's first element.
+            let error = job.with_attempts(died.error);
             job.completion.fail(error);
             return None;
         }
@@ -1160,5 +1196,23 @@ impl<W> Worker<W> {
         } else {
             self.head_since = now;
         }
+    }
+}
+
+/// How a call's worker died under it, for [`Manager::split_chunk`].
+struct Died {
+    /// The call's error if it is not run again.
+    error: Error,
+    /// The attempt to record, if the death allows a retry.
+    retry: Option<Attempt>,
+    /// The executor's default budget.
+    retries: u32,
+}
+
+impl Died {
+    /// Whether `job` runs again (the attempt recorded).
+    fn retried(&self, job: &mut Job) -> bool {
+        self.retry
+            .is_some_and(|attempt| job.retry(attempt, self.retries))
     }
 }

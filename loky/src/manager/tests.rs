@@ -194,6 +194,63 @@ fn a_death_fails_the_running_task_and_requeues_the_rest() {
 }
 
 #[test]
+fn a_death_with_retries_left_runs_the_task_again_and_lists_attempts_when_out() {
+    let segfault = ExitReason::Signal {
+        signal: libc::SIGSEGV,
+        core_dumped: false,
+    };
+    let (executor, control) = executor(Config::new().max_workers(1).retries(1));
+    let future = executor.submit(wait_gate, 420).unwrap();
+    assert!(eventually(|| future.running()));
+    let first = control.workers()[0].pid;
+    control.workers()[0].die(segfault);
+    // Back to pending, then running on a new worker.
+    assert!(eventually(|| control
+        .workers()
+        .iter()
+        .any(|w| w.pid != first && !w.dead())));
+    assert!(eventually(|| future.running()));
+    assert!(!future.done(), "a retried task is not failed");
+    let second = control
+        .workers()
+        .iter()
+        .find(|w| w.pid != first && !w.dead())
+        .unwrap()
+        .pid;
+    control
+        .workers()
+        .iter()
+        .find(|w| w.pid == second)
+        .unwrap()
+        .die(segfault);
+    match future.result_timeout(BOUND) {
+        Err(Error::WorkerDied { pid, earlier, .. }) => {
+            assert_eq!(pid, second);
+            assert_eq!(
+                earlier,
+                [crate::Attempt {
+                    pid: first,
+                    reason: segfault
+                }]
+            );
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    // A retry that succeeds: the caller sees only the result.
+    let future = executor.submit(wait_gate, 421).unwrap();
+    assert!(eventually(|| future.running()));
+    let live = control.workers().into_iter().find(|w| !w.dead()).unwrap();
+    live.die(segfault);
+    assert!(eventually(|| control
+        .workers()
+        .iter()
+        .any(|w| w.pid != live.pid && !w.dead())));
+    open(421);
+    assert_eq!(future.result_timeout(BOUND).unwrap(), 421);
+    open(420);
+}
+
+#[test]
 fn a_chunk_death_keeps_finished_elements_and_reruns_unstarted_ones() {
     let (executor, control) = executor(Config::new().max_workers(1));
     // Elements 500..505 finish, 505 blocks until its worker dies, the rest
