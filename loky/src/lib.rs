@@ -47,6 +47,8 @@ mod manager;
 mod map;
 mod map_unordered;
 mod options;
+#[cfg(feature = "progress")]
+mod progress;
 mod reusable;
 mod shared;
 mod stats;
@@ -60,10 +62,16 @@ pub use depth::{DEFAULT_MAX_DEPTH, ENV_MAX_DEPTH};
 pub use error::{Attempt, Error, ExitReason, SpawnError, SubmitError};
 pub use executor::{Executor, Shutdown};
 pub use future::Future;
+/// The progress-bar crate that [`Progress`] draws with, re-exported so that
+/// `progress_with` takes the same `ProgressBar` type.
+#[cfg(feature = "progress")]
+pub use indicatif;
 pub use loky_worker::protocol::{RemotePanic, Stage};
 pub use map::Map;
 pub use map_unordered::MapUnordered;
 pub use options::CallOptions;
+#[cfg(feature = "progress")]
+pub use progress::Progress;
 pub use reusable::{Reuse, get_reusable_executor, get_reusable_executor_with};
 pub use stats::{Stats, WorkerExits};
 pub use task::Task;

@@ -253,6 +253,17 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
         })
     }
 
+    /// What the input says of its remaining length.
+    #[cfg_attr(not(feature = "progress"), allow(dead_code))]
+    pub(crate) fn input_size_hint(&self) -> (usize, Option<usize>) {
+        let (low, high) = self.input.size_hint();
+        let pulled = self.next_index;
+        (
+            low.saturating_add(pulled),
+            high.and_then(|high| high.checked_add(pulled)),
+        )
+    }
+
     /// How many inputs were pulled so far.
     pub(crate) fn inputs_pulled(&self) -> usize {
         self.next_index

@@ -77,6 +77,11 @@ impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
         self
     }
 
+    #[cfg_attr(not(feature = "progress"), allow(dead_code))]
+    pub(crate) fn feed(&self) -> &Feed<T, I> {
+        &self.feed
+    }
+
     fn insert(&mut self, chunk: Chunk<T::Output>) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);

@@ -113,6 +113,14 @@ pub struct AsCompleted<R> {
     timeout: Option<Duration>,
 }
 
+impl<R> AsCompleted<R> {
+    /// How many futures are still to come.
+    #[cfg_attr(not(feature = "progress"), allow(dead_code))]
+    pub(crate) fn remaining(&self) -> usize {
+        self.remaining
+    }
+}
+
 impl<R> Iterator for AsCompleted<R> {
     type Item = Result<Future<R>, Error>;
 
