@@ -92,6 +92,44 @@ pub(crate) struct Watcher {
     pub(crate) key: u64,
     pub(crate) index: usize,
     pub(crate) notify: Sender<usize>,
+    /// An async consumer of `notify`, woken after each index is sent.
+    pub(crate) wake: Option<Arc<WakeSlot>>,
+}
+
+impl Watcher {
+    /// Says that future `index` is done.
+    fn fire(&self) {
+        let _ = self.notify.send(self.index);
+        if let Some(wake) = &self.wake {
+            wake.wake();
+        }
+    }
+}
+
+/// The waker of a task that polls a stream of several futures; any of them
+/// finishing wakes it.
+#[derive(Default)]
+pub(crate) struct WakeSlot {
+    waker: Mutex<Option<Waker>>,
+}
+
+impl WakeSlot {
+    /// Wakes `waker` on the next [`wake`](Self::wake).
+    #[cfg_attr(not(feature = "stream"), allow(dead_code))]
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *slot {
+            Some(old) if old.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,7 +328,8 @@ impl<R> Future<R> {
     pub(crate) fn watch(&self, watcher: Watcher) {
         let mut inner = self.state.lock();
         if matches!(inner.phase, Phase::Finished | Phase::Cancelled) && !inner.lent {
-            let _ = watcher.notify.send(watcher.index);
+            drop(inner);
+            watcher.fire();
         } else {
             inner.watchers.push(watcher);
         }
@@ -451,7 +490,7 @@ impl<R> State<R> {
         drop(inner);
         self.changed.notify_all();
         for watcher in watchers {
-            let _ = watcher.notify.send(watcher.index);
+            watcher.fire();
         }
         if let Some(waker) = waker {
             waker.wake();

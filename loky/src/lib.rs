@@ -52,6 +52,8 @@ mod progress;
 mod reusable;
 mod shared;
 mod stats;
+#[cfg(feature = "stream")]
+pub mod stream;
 mod task;
 mod threads;
 mod wait;

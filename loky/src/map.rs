@@ -58,7 +58,12 @@ pub(crate) struct Feed<T: Task, I> {
 /// One submitted chunk.
 pub(crate) struct Chunk<R> {
     /// The results of the elements that could be encoded.
-    future: Result<Future<Vec<Result<R, Error>>>, Error>,
+    pub(crate) future: Result<Future<Vec<Result<R, Error>>>, Error>,
+    pub(crate) meta: ChunkMeta,
+}
+
+/// What is known of a chunk besides its future.
+pub(crate) struct ChunkMeta {
     /// Elements that failed before being sent: (position, error).
     early: Vec<(usize, Error)>,
     /// The index of its first input.
@@ -246,10 +251,12 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
         self.next_index += len;
         Some(Chunk {
             future,
-            early,
-            first,
-            len,
-            submitted: Instant::now(),
+            meta: ChunkMeta {
+                early,
+                first,
+                len,
+                submitted: Instant::now(),
+            },
         })
     }
 
@@ -276,10 +283,21 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
 
     /// Waits for `chunk` and returns its results in input order.
     pub(crate) fn collect(&mut self, chunk: Chunk<T::Output>) -> Vec<Result<T::Output, Error>> {
+        let Chunk { future, meta } = chunk;
+        self.settle(meta, future.and_then(Future::result))
+    }
+
+    /// The results of the chunk described by `meta`, in input order, from
+    /// its future's `outcome`.
+    pub(crate) fn settle(
+        &mut self,
+        chunk: ChunkMeta,
+        outcome: Result<Vec<Result<T::Output, Error>>, Error>,
+    ) -> Vec<Result<T::Output, Error>> {
         self.chunks -= 1;
         self.elements -= chunk.len;
         let sent = chunk.len - chunk.early.len();
-        let results = match chunk.future.and_then(Future::result) {
+        let results = match outcome {
             Ok(results) if results.len() == sent => results,
             Ok(results) => {
                 let reason = format!("a chunk of {sent} came back with {} results", results.len());
@@ -327,6 +345,38 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Map<T, I> {
                 Some(chunk) => self.current = self.feed.collect(chunk).into_iter(),
                 None => return self.feed.input_error().map(Err),
             }
+        }
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
+    /// The next item without blocking: `Pending` (with `cx` woken later)
+    /// while the oldest chunk runs.
+    #[cfg(feature = "stream")]
+    pub(crate) fn poll_step(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<T::Output, Error>>> {
+        use std::task::Poll;
+        loop {
+            if let Some(item) = self.current.next() {
+                return Poll::Ready(Some(item));
+            }
+            while let Some(chunk) = self.feed.next_chunk() {
+                self.pending.push_back(chunk);
+            }
+            let Some(head) = self.pending.front_mut() else {
+                return Poll::Ready(self.feed.input_error().map(Err));
+            };
+            let outcome = match &mut head.future {
+                Ok(future) => match std::future::Future::poll(std::pin::Pin::new(future), cx) {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(error) => Err(error.clone()),
+            };
+            let Chunk { meta, .. } = self.pending.pop_front().expect("polled above");
+            self.current = self.feed.settle(meta, outcome).into_iter();
         }
     }
 }

@@ -2,10 +2,12 @@
 //! index of its input.
 
 use crate::error::Error;
-use crate::future::Watcher;
+use crate::future::{WakeSlot, Watcher};
 use crate::map::{Chunk, Feed};
 use crate::task::Task;
 use crossbeam_channel::{Receiver, Sender};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// The results of [`Executor::map_unordered`](crate::Executor::map_unordered)
@@ -30,6 +32,8 @@ pub struct MapUnordered<T: Task, I> {
     notify: Sender<usize>,
     /// The slots whose chunk is done, in the order they finished.
     finished: Receiver<usize>,
+    /// Woken when a chunk finishes, for the `Stream` implementation.
+    pub(crate) wake: Arc<WakeSlot>,
     /// The consumed chunk being yielded: its first index, its results.
     current: Option<(usize, Results<T::Output>)>,
 }
@@ -48,6 +52,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
             key: crate::wait::next_watch_key(),
             notify,
             finished,
+            wake: Arc::default(),
             current: None,
         }
     }
@@ -92,6 +97,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
                 key: self.key,
                 index: slot,
                 notify: self.notify.clone(),
+                wake: Some(Arc::clone(&self.wake)),
             }),
             // Submission failed: the chunk's error is ready now.
             None => {
@@ -107,11 +113,28 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for MapUnordered<T, I> {
     type Item = (usize, Result<T::Output, Error>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        // Every live chunk's future finishes (a worker's death and a
+        // timeout fail it), and this map holds a sender: never stuck.
+        let step = self.step(|finished| Some(finished.recv().expect("the map holds a sender")));
+        match step {
+            Poll::Ready(item) => item,
+            Poll::Pending => unreachable!("a blocking wait always finds a chunk"),
+        }
+    }
+}
+
+impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
+    /// The next item, once `wait_for` gives the slot of a finished chunk
+    /// (`None` from it: pending).
+    pub(crate) fn step(
+        &mut self,
+        mut wait_for: impl FnMut(&Receiver<usize>) -> Option<usize>,
+    ) -> Poll<Option<<Self as Iterator>::Item>> {
         loop {
             if let Some((first, results)) = &mut self.current
                 && let Some((offset, result)) = results.next()
             {
-                return Some((*first + offset, result));
+                return Poll::Ready(Some((*first + offset, result)));
             }
             self.current = None;
             while let Some(chunk) = self.feed.next_chunk() {
@@ -119,17 +142,17 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for MapUnordered<T, I> {
             }
             if self.live == 0 {
                 let index = self.feed.inputs_pulled();
-                return self.feed.input_error().map(|error| (index, Err(error)));
+                return Poll::Ready(self.feed.input_error().map(|error| (index, Err(error))));
             }
-            // Every live chunk's future finishes (a worker's death and a
-            // timeout fail it), and this map holds a sender: never stuck.
-            let slot = self.finished.recv().expect("the map holds a sender");
+            let Some(slot) = wait_for(&self.finished) else {
+                return Poll::Pending;
+            };
             let Some(chunk) = self.slots.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
             self.free.push(slot);
             self.live -= 1;
-            let first = chunk.first;
+            let first = chunk.meta.first;
             self.current = Some((first, self.feed.collect(chunk).into_iter().enumerate()));
         }
     }

@@ -2,8 +2,9 @@
 //! `concurrent.futures`.
 
 use crate::error::Error;
-use crate::future::{Future, Watcher};
+use crate::future::{Future, WakeSlot, Watcher};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,9 @@ pub(crate) fn next_watch_key() -> u64 {
     NEXT_KEY.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Registers one watcher on every future; each sends its index once done.
-fn watch_all<R>(futures: &[Future<R>]) -> (u64, Receiver<usize>) {
+/// Registers one watcher on every future; each sends its index once done
+/// (and wakes `wake`, if given).
+fn watch_all<R>(futures: &[Future<R>], wake: Option<&Arc<WakeSlot>>) -> (u64, Receiver<usize>) {
     let key = next_watch_key();
     let (notify, done) = crossbeam_channel::unbounded();
     for (index, future) in futures.iter().enumerate() {
@@ -43,6 +45,7 @@ fn watch_all<R>(futures: &[Future<R>]) -> (u64, Receiver<usize>) {
             key,
             index,
             notify: notify.clone(),
+            wake: wake.cloned(),
         });
     }
     (key, done)
@@ -56,7 +59,7 @@ pub fn wait<R>(
     return_when: ReturnWhen,
 ) -> WaitResult {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let (key, notifications) = watch_all(futures);
+    let (key, notifications) = watch_all(futures, None);
     let mut done = vec![false; futures.len()];
     let mut count = 0;
     let mut failed = false;
@@ -92,8 +95,11 @@ pub fn wait<R>(
 /// Yields the futures as they finish, in completion order. If `timeout`
 /// passes first, yields one [`Error::WaitTimeout`] and stops.
 pub fn as_completed<R>(futures: Vec<Future<R>>, timeout: Option<Duration>) -> AsCompleted<R> {
-    let (key, notifications) = watch_all(&futures);
+    let wake = Arc::new(WakeSlot::default());
+    let (key, notifications) = watch_all(&futures, Some(&wake));
     AsCompleted {
+        wake,
+        timer: false,
         remaining: futures.len(),
         futures: futures.into_iter().map(Some).collect(),
         key,
@@ -105,6 +111,12 @@ pub fn as_completed<R>(futures: Vec<Future<R>>, timeout: Option<Duration>) -> As
 
 /// The iterator returned by [`as_completed`].
 pub struct AsCompleted<R> {
+    /// Woken when a future finishes, for the `Stream` implementation.
+    #[cfg_attr(not(feature = "stream"), allow(dead_code))]
+    pub(crate) wake: Arc<WakeSlot>,
+    /// Whether a thread wakes `wake` at the timeout.
+    #[cfg_attr(not(feature = "stream"), allow(dead_code))]
+    pub(crate) timer: bool,
     futures: Vec<Option<Future<R>>>,
     remaining: usize,
     key: u64,
@@ -119,6 +131,31 @@ impl<R> AsCompleted<R> {
     pub(crate) fn remaining(&self) -> usize {
         self.remaining
     }
+
+    /// The timeout and when it expires, if there is one.
+    pub(crate) fn deadline(&self) -> Option<(Duration, Instant)> {
+        let timeout = self.timeout?;
+        Some((timeout, self.started.checked_add(timeout)?))
+    }
+
+    /// The item for a notification: the future at `index`, if not yielded
+    /// yet (a stale notification yields nothing).
+    pub(crate) fn take(&mut self, index: usize) -> Option<Future<R>> {
+        let future = self.futures.get_mut(index).and_then(Option::take)?;
+        self.remaining -= 1;
+        Some(future)
+    }
+
+    /// The item that ends the iteration at the timeout.
+    pub(crate) fn expire(&mut self, timeout: Duration) -> Error {
+        self.remaining = 0;
+        Error::WaitTimeout { waited: timeout }
+    }
+
+    #[cfg_attr(not(feature = "stream"), allow(dead_code))]
+    pub(crate) fn notifications(&self) -> &Receiver<usize> {
+        &self.notifications
+    }
 }
 
 impl<R> Iterator for AsCompleted<R> {
@@ -126,22 +163,14 @@ impl<R> Iterator for AsCompleted<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.remaining > 0 {
-            let deadline = self
-                .timeout
-                .and_then(|timeout| Some((timeout, self.started.checked_add(timeout)?)));
-            let index = match deadline {
+            let index = match self.deadline() {
                 None => self.notifications.recv().ok(),
                 Some((timeout, deadline)) => match self.notifications.recv_deadline(deadline) {
                     Ok(index) => Some(index),
-                    Err(_) => {
-                        self.remaining = 0;
-                        return Some(Err(Error::WaitTimeout { waited: timeout }));
-                    }
+                    Err(_) => return Some(Err(self.expire(timeout))),
                 },
             };
-            let future = self.futures.get_mut(index?).and_then(Option::take);
-            if let Some(future) = future {
-                self.remaining -= 1;
+            if let Some(future) = self.take(index?) {
                 return Some(Ok(future));
             }
         }
