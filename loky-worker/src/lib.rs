@@ -10,6 +10,7 @@
 pub mod entry;
 pub mod fault;
 pub mod invoke;
+mod logs;
 pub mod main_loop;
 pub mod memory;
 pub mod panic;

@@ -58,6 +58,7 @@ pub fn run(server: String, secret: u64) -> i32 {
             return EXIT_HANDSHAKE_FAILED;
         }
     };
+    crate::logs::install(&results);
     serve(calls, &results, Some(MemoryWatch::from_env()))
 }
 
@@ -147,10 +148,12 @@ fn execute(call: Call, board: &Board, results: &impl Outbox) -> Outcome {
         Err(failure) => return Outcome::Failed(failure),
     };
     let args = call.args.bytes();
+    crate::logs::running(Some(&call.task));
     let encoded = match call.kind {
         CallKind::Single => entry.invoke(args),
         CallKind::Chunk => run_chunk(call.seq, |one| entry.invoke(one), args, board, results),
     };
+    crate::logs::running(None);
     match encoded {
         Ok(bytes) => Outcome::Returned(Payload::pack_result(bytes)),
         Err(failure) => Outcome::Failed(failure),

@@ -31,6 +31,7 @@ pub struct Config {
     memory: MemoryLimits,
     threads: ThreadLimit,
     retries: u32,
+    forward_logs: bool,
 }
 
 /// A task every worker runs once, before its first task.
@@ -76,6 +77,7 @@ impl Default for Config {
             },
             threads: ThreadLimit::Share,
             retries: 0,
+            forward_logs: true,
         }
     }
 }
@@ -154,6 +156,18 @@ impl Config {
         self
     }
 
+    /// Whether the `tracing` events and `log` records of tasks reach this
+    /// process. By default they do: each is emitted here under the target
+    /// [`WORKER_LOG_TARGET`](crate::WORKER_LOG_TARGET), through `tracing`
+    /// if a subscriber wants it, else through `log`, with fields `pid`
+    /// (the worker's), `task` and `origin` (the event's own target). A
+    /// worker keeps only events as verbose as this process listens to when
+    /// it starts, so filtered-out events cost next to nothing.
+    pub fn forward_logs(mut self, forward: bool) -> Config {
+        self.forward_logs = forward;
+        self
+    }
+
     /// A worker idle for this long exits; workers come back on demand.
     /// By default a plain executor keeps its workers and the reusable
     /// executor lets them go after 10 s, as Python loky does.
@@ -228,6 +242,15 @@ impl Config {
 
     pub(crate) fn get_env(&self) -> &[(OsString, OsString)] {
         &self.env
+    }
+
+    /// The log level a new worker forwards, numbered as in the protocol.
+    pub(crate) fn worker_log_level(&self) -> u8 {
+        if self.forward_logs {
+            crate::worker_logs::listening_level()
+        } else {
+            0
+        }
     }
 
     /// The thread-limit variables a new worker gets, on top of

@@ -57,6 +57,7 @@ pub mod stream;
 mod task;
 mod threads;
 mod wait;
+mod worker_logs;
 
 pub use config::{Config, DEFAULT_LEAK_THRESHOLD, ENV_LEAK_THRESHOLD, REUSABLE_IDLE_TIMEOUT};
 pub use cpu::{ENV_MAX_CPU_COUNT, cpu_count, physical_cpu_count};
@@ -79,6 +80,7 @@ pub use stats::{Stats, WorkerExits};
 pub use task::Task;
 pub use threads::THREAD_LIMIT_VARS;
 pub use wait::{AsCompleted, ReturnWhen, WaitResult, as_completed, wait};
+pub use worker_logs::WORKER_LOG_TARGET;
 
 /// Registers a free function as a task that workers can run.
 ///

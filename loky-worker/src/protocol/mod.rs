@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
@@ -53,6 +53,11 @@ pub const ENV_PARENT: &str = "LOKY_WORKER_PARENT";
 /// Environment variable carrying a worker's memory limits in bytes:
 /// `LEAK,CAP`, each `0` for none.
 pub const ENV_MEMORY: &str = "LOKY_WORKER_MEMORY";
+/// Environment variable carrying the most verbose log level the parent
+/// listens to, as [`LogRecord::level`] numbers it (`0` or absent: none): a
+/// worker forwards the `tracing` events and `log` records of its tasks up
+/// to that level, and filters the rest out itself.
+pub const ENV_LOG_LEVEL: &str = "LOKY_WORKER_LOG_LEVEL";
 /// Environment variable carrying how deep in nested executors a process
 /// is: unset in the user's process, 1 in its workers, 2 in theirs...
 pub const ENV_DEPTH: &str = "LOKY_DEPTH";
@@ -184,6 +189,9 @@ pub enum FromWorker {
     /// sent until the parent answers with [`ToWorker::Shutdown`], so no
     /// call is lost.
     Retire(RetireReason),
+    /// A `tracing` event or `log` record of a task, for the parent's
+    /// subscriber or logger.
+    Log(LogRecord),
     /// Outcomes of chunk elements `first..first + count`, sent before the
     /// chunk is done because the board's arena was full.
     Items {
@@ -196,6 +204,20 @@ pub enum FromWorker {
         /// Encoded [`ChunkItem`]s, one after the other.
         items: Payload,
     },
+}
+
+/// A log event from a worker: see [`FromWorker::Log`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    pub level: u8,
+    /// The event's target (by default the module path where it was
+    /// emitted).
+    pub target: String,
+    /// The message, then the other fields as ` name=value`.
+    pub message: String,
+    /// The task the worker was running, if it was running one.
+    pub task: Option<String>,
 }
 
 /// Why a worker asks to be replaced.

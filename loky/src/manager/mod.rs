@@ -529,6 +529,9 @@ impl<B: Backend> Manager<B> {
                         .receive(pid, first, count, items.bytes().to_vec());
                 }
             }
+            WorkerEvent::Message(FromWorker::Log(record)) => {
+                crate::worker_logs::emit(worker.pid, &record);
+            }
             WorkerEvent::Message(FromWorker::Retire(reason)) => {
                 tracing::info!(
                     pid = worker.pid,

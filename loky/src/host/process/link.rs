@@ -6,7 +6,7 @@ use super::super::{Calls, Notify, WorkerEvent};
 use crate::error::SpawnError;
 use ipc_channel::IpcError;
 use ipc_channel::ipc::IpcOneShotServer;
-use loky_worker::protocol::{Bootstrap, PROTOCOL_VERSION};
+use loky_worker::protocol::{Bootstrap, FromWorker, PROTOCOL_VERSION};
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +96,9 @@ fn serve(
     connected.set(true);
     loop {
         match hello.results.recv() {
+            // Logs are this thread's to emit: a task that logs a lot
+            // slows no other worker's results, nor the manager.
+            Ok(FromWorker::Log(record)) => crate::worker_logs::emit(pid, &record),
             Ok(message) => {
                 if !notify(WorkerEvent::Message(message)) {
                     return;

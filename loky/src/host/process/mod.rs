@@ -18,7 +18,9 @@ use super::{Backend, Notify, WorkerEvent, WorkerHandle};
 use crate::config::Config;
 use crate::error::{ExitReason, SpawnError};
 use ipc_channel::ipc::IpcOneShotServer;
-use loky_worker::protocol::{Bootstrap, ENV_DEPTH, ENV_MEMORY, ENV_PARENT, ENV_SECRET, ENV_SERVER};
+use loky_worker::protocol::{
+    Bootstrap, ENV_DEPTH, ENV_LOG_LEVEL, ENV_MEMORY, ENV_PARENT, ENV_SECRET, ENV_SERVER,
+};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -114,6 +116,7 @@ fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnE
         .env(ENV_SECRET, format!("{secret:x}"))
         .env(ENV_PARENT, std::process::id().to_string())
         .env(ENV_DEPTH, (crate::depth::current() + 1).to_string())
+        .env(ENV_LOG_LEVEL, config.worker_log_level().to_string())
         .env(ENV_MEMORY, {
             let memory = config.get_memory();
             format!(
