@@ -1,5 +1,6 @@
-//! Worker stdout and stderr reach the parent's, and with `#[loky::main]` a
-//! worker never runs `main`.
+//! Worker stdout and stderr reach the parent's, labelled with the worker
+//! and task when asked (even the last lines of a worker that aborts), and
+//! with `#[loky::main]` a worker never runs `main`.
 //!
 //! A `harness = false` test: it runs itself again as a child with its output
 //! captured, and checks what the child's worker printed.
@@ -9,6 +10,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CHILD: &str = "LOKY_TEST_WORKER_OUTPUT_CHILD";
+
+/// Writes straight to descriptor 1 (as C code would), then aborts.
+#[loky::task]
+fn raw_then_abort() {
+    let line = b"raw line before abort\n";
+    // SAFETY: writing a valid buffer to a descriptor has no memory-safety
+    // preconditions.
+    unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+    std::process::abort();
+}
 
 /// Prints on both streams from inside a worker.
 #[loky::task]
@@ -20,11 +31,105 @@ fn shout(line: String) -> u32 {
 
 #[loky::main]
 fn main() {
-    if std::env::var_os(CHILD).is_some() {
-        child();
-    } else {
-        parent();
+    match std::env::var(CHILD).as_deref() {
+        Ok("plain") => child(),
+        Ok("labelled") => labelled_child(),
+        _ => {
+            parent();
+            labelled_parent();
+            println!("worker_output: 2 passed, 0 failed");
+        }
     }
+}
+
+/// The labelled child: its workers print, panic and abort.
+fn labelled_child() {
+    let config = loky::Config::new().max_workers(1).label_output(true);
+    let executor = loky::Executor::new(config).unwrap();
+    let bound = Duration::from_secs(30);
+    let pid = executor
+        .submit(shout, "labelled".to_owned())
+        .unwrap()
+        .result_timeout(bound)
+        .unwrap();
+    let died = executor
+        .submit(raw_then_abort, ())
+        .unwrap()
+        .result_timeout(bound);
+    assert!(
+        matches!(died, Err(loky::Error::WorkerDied { .. })),
+        "{died:?}"
+    );
+    println!("first worker {pid}");
+}
+
+/// Runs the labelled child and checks every line's label.
+fn labelled_parent() {
+    let (status, stdout, stderr) = run_child("labelled");
+    assert!(
+        status.success(),
+        "child failed: {status}\n{stdout}\n{stderr}"
+    );
+    let pid = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("first worker "))
+        .unwrap_or_else(|| panic!("no pid in:\n{stdout}"));
+    let line = format!("[worker {pid} worker_output::shout] labelled on stdout");
+    assert!(
+        stdout.lines().any(|l| l == line),
+        "no `{line}` in:\n{stdout}"
+    );
+    let line = format!("[worker {pid} worker_output::shout] labelled on stderr");
+    assert!(
+        stderr.lines().any(|l| l == line),
+        "no `{line}` in:\n{stderr}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("[worker ")
+            && l.ends_with(" worker_output::raw_then_abort] raw line before abort")),
+        "the aborting worker's last line is lost or unlabelled:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("loky-task:") && !stderr.contains("loky-task:"),
+        "a task marker leaked:\n{stdout}\n{stderr}"
+    );
+    println!("test worker_output labelled ... ok");
+}
+
+/// Runs this binary as a child in `mode`, bounded in time: (status,
+/// stdout, stderr).
+fn run_child(mode: &str) -> (std::process::ExitStatus, String, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    // Read both while it runs: a full pipe would block it.
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).map(|_| text)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the child did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = out.join().unwrap().unwrap();
+    let stderr = err.join().unwrap().unwrap();
+    (status, stdout, stderr)
 }
 
 /// The child: a pool whose worker prints.
@@ -41,37 +146,7 @@ fn child() {
 
 /// The test: runs the child, bounded in time, and reads its output.
 fn parent() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the child did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stdout, stderr) = run_child("plain");
     assert!(
         status.success(),
         "child failed: {status}\n{stdout}\n{stderr}"
@@ -90,5 +165,4 @@ fn parent() {
         "main must run in the parent only:\n{stdout}"
     );
     println!("test worker_output ... ok");
-    println!("worker_output: 1 passed, 0 failed");
 }

@@ -13,6 +13,7 @@ pub mod invoke;
 mod logs;
 pub mod main_loop;
 pub mod memory;
+mod output;
 pub mod panic;
 pub mod protocol;
 pub mod registry;

@@ -59,6 +59,7 @@ pub fn run(server: String, secret: u64) -> i32 {
         }
     };
     crate::logs::install(&results);
+    crate::output::install();
     serve(calls, &results, Some(MemoryWatch::from_env()))
 }
 
@@ -138,6 +139,12 @@ fn handshake(server: String, secret: u64) -> Result<Link, String> {
     Ok((calls_rx, results_tx))
 }
 
+/// Tells the log forwarder and the output markers which task runs now.
+fn running(task: Option<&str>) {
+    crate::logs::running(task);
+    crate::output::running(task);
+}
+
 /// Runs one call (or chunk) and says what became of it.
 fn execute(call: Call, board: &Board, results: &impl Outbox) -> Outcome {
     if fault::forgotten(&call.task) {
@@ -148,12 +155,12 @@ fn execute(call: Call, board: &Board, results: &impl Outbox) -> Outcome {
         Err(failure) => return Outcome::Failed(failure),
     };
     let args = call.args.bytes();
-    crate::logs::running(Some(&call.task));
+    running(Some(&call.task));
     let encoded = match call.kind {
         CallKind::Single => entry.invoke(args),
         CallKind::Chunk => run_chunk(call.seq, |one| entry.invoke(one), args, board, results),
     };
-    crate::logs::running(None);
+    running(None);
     match encoded {
         Ok(bytes) => Outcome::Returned(Payload::pack_result(bytes)),
         Err(failure) => Outcome::Failed(failure),

@@ -32,6 +32,7 @@ pub struct Config {
     threads: ThreadLimit,
     retries: u32,
     forward_logs: bool,
+    label_output: bool,
 }
 
 /// A task every worker runs once, before its first task.
@@ -78,6 +79,7 @@ impl Default for Config {
             threads: ThreadLimit::Share,
             retries: 0,
             forward_logs: true,
+            label_output: false,
         }
     }
 }
@@ -168,6 +170,18 @@ impl Config {
         self
     }
 
+    /// Prefixes each line that a worker writes on stdout or stderr with
+    /// `[worker PID TASK] ` (`[worker PID] ` between tasks) before it
+    /// reaches this process's stdout or stderr. Exact whoever wrote the
+    /// line (Rust, C, the panic handler), and nothing is lost when a worker
+    /// crashes: this process reads the streams, and a worker's last lines
+    /// are out before its death is reported. Off by default: workers then
+    /// write to this process's streams directly.
+    pub fn label_output(mut self, label: bool) -> Config {
+        self.label_output = label;
+        self
+    }
+
     /// A worker idle for this long exits; workers come back on demand.
     /// By default a plain executor keeps its workers and the reusable
     /// executor lets them go after 10 s, as Python loky does.
@@ -242,6 +256,11 @@ impl Config {
 
     pub(crate) fn get_env(&self) -> &[(OsString, OsString)] {
         &self.env
+    }
+
+    /// Whether worker output is labelled.
+    pub(crate) fn get_label_output(&self) -> bool {
+        self.label_output
     }
 
     /// The log level a new worker forwards, numbered as in the protocol.

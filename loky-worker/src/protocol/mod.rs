@@ -58,6 +58,13 @@ pub const ENV_MEMORY: &str = "LOKY_WORKER_MEMORY";
 /// worker forwards the `tracing` events and `log` records of its tasks up
 /// to that level, and filters the rest out itself.
 pub const ENV_LOG_LEVEL: &str = "LOKY_WORKER_LOG_LEVEL";
+/// Environment variable set (to `1`) when the parent labels the worker's
+/// output lines: the worker then marks on stdout and stderr where each task
+/// begins and ends, with [`TASK_MARKER`] lines.
+pub const ENV_LABEL_OUTPUT: &str = "LOKY_WORKER_LABEL_OUTPUT";
+/// Starts a line that a labelling parent reads as "the worker now runs the
+/// task named after it" (nothing after it: between tasks) and never prints.
+pub const TASK_MARKER: &[u8] = b"\x01loky-task:";
 /// Environment variable carrying how deep in nested executors a process
 /// is: unset in the user's process, 1 in its workers, 2 in theirs...
 pub const ENV_DEPTH: &str = "LOKY_DEPTH";

@@ -13,13 +13,15 @@
 //! so never reused under our feet).
 
 mod link;
+mod output;
 
 use super::{Backend, Notify, WorkerEvent, WorkerHandle};
 use crate::config::Config;
 use crate::error::{ExitReason, SpawnError};
 use ipc_channel::ipc::IpcOneShotServer;
 use loky_worker::protocol::{
-    Bootstrap, ENV_DEPTH, ENV_LOG_LEVEL, ENV_MEMORY, ENV_PARENT, ENV_SECRET, ENV_SERVER,
+    Bootstrap, ENV_DEPTH, ENV_LABEL_OUTPUT, ENV_LOG_LEVEL, ENV_MEMORY, ENV_PARENT, ENV_SECRET,
+    ENV_SERVER,
 };
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -62,7 +64,12 @@ pub(crate) struct Process {
     /// that the link reads the failed accept as "given up", not as a
     /// broken handshake.
     aborted: Arc<AtomicBool>,
+    /// The threads that copy its labelled output, if it is labelled.
+    output: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// How long reaping a labelled worker waits for its last output lines.
+const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The program a worker runs: this very binary.
 fn worker_program() -> std::path::PathBuf {
@@ -125,21 +132,47 @@ fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnE
                 memory.rss_cap.unwrap_or(0)
             )
         })
+        .env(
+            ENV_LABEL_OUTPUT,
+            if config.get_label_output() { "1" } else { "0" },
+        )
         .stdin(Stdio::null())
         // Its own process group, so that killing a worker kills whatever
         // it started too.
         .process_group(0);
-    let child = command
+    if config.get_label_output() {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| SpawnError::io(format!("could not start {:?}", worker_program()), e))?;
     let pid = child.id();
+    let mut copies = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        copies.push(output::copy(pid, stdout, output::Stream::Stdout));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        copies.push(output::copy(pid, stderr, output::Stream::Stderr));
+    }
     let aborted = Arc::new(AtomicBool::new(false));
     let process = Process {
         child,
         pid,
         server: name,
         aborted: Arc::clone(&aborted),
+        output: Vec::new(),
     };
+    let mut process = process;
+    for copy in copies {
+        match copy {
+            Ok(thread) => process.output.push(thread),
+            Err(error) => {
+                process.abort_handshake();
+                let _ = process.reap();
+                return Err(SpawnError::io("could not start an output thread", error));
+            }
+        }
+    }
     let notify: Arc<Notify> = Arc::new(notify);
     let link_notify = Arc::clone(&notify);
     let linked = std::thread::Builder::new()
@@ -223,6 +256,7 @@ impl WorkerHandle for Process {
     /// reaped, so the group is still ours), then reaps.
     fn reap(mut self) -> ExitReason {
         self.signal(libc::SIGKILL);
+        output::drain(std::mem::take(&mut self.output), OUTPUT_DRAIN);
         match self.child.wait() {
             Ok(status) => ExitReason::from_status(status),
             Err(error) => {
