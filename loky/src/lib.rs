@@ -123,7 +123,9 @@ pub mod __private {
 }
 
 /// The README's examples, compiled and run as doctests so that they stay
-/// true.
+/// true. `loky/README.md` is a link to the workspace's README, and `cargo
+/// package` puts the README at the root of the packaged crate: the same path
+/// works in both.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
