@@ -5,7 +5,13 @@
 //! `harness = false`: `main` runs each scenario in a fresh copy of this
 //! binary (`LOKY_TEST_ROLE` says which) and checks it from outside, with a
 //! bound on every wait. Workers are copies of this binary too.
+//!
+//! Starved workers say so on stderr ("Too many open files", "failed to
+//! initiate panic"): that is what the scenarios provoke. So a helper's
+//! output, and its workers', is captured and shown only when its scenario
+//! fails, as libtest does; `-- --nocapture` shows it always.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -106,6 +112,50 @@ fn helper(role: &str) -> Command {
     command
 }
 
+/// A helper's stdout and stderr, which its workers inherit. A file and not
+/// a pipe: a process that outlives the helper (a worker's `sleep`) could
+/// hold a pipe open forever, and a full pipe would block its writers.
+struct Output {
+    /// `None` with `--nocapture`: the output goes to the terminal.
+    path: Option<PathBuf>,
+}
+
+impl Output {
+    /// Sends `command`'s output to a file named after `role`.
+    fn capture(command: &mut Command, role: &str) -> Result<Output, String> {
+        if std::env::args().any(|arg| arg == "--nocapture") {
+            return Ok(Output { path: None });
+        }
+        let path =
+            std::env::temp_dir().join(format!("loky-hostile-{}-{role}.out", std::process::id()));
+        let file = File::create(&path).map_err(|e| e.to_string())?;
+        let stdout = file.try_clone().map_err(|e| e.to_string())?;
+        command.stdout(stdout).stderr(file);
+        Ok(Output { path: Some(path) })
+    }
+
+    /// `message`, followed by what the helper and its workers printed.
+    fn explain(&self, message: String) -> String {
+        let Some(path) = &self.path else {
+            return message;
+        };
+        let printed = std::fs::read_to_string(path).unwrap_or_default();
+        if printed.is_empty() {
+            message
+        } else {
+            format!("{message}\n---- output of the helper and its workers:\n{printed}----")
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Waits for `child` with a bound; kills it past the bound.
 fn wait_bounded(child: &mut Child, limit: Duration) -> Result<ExitStatus, String> {
     let deadline = Instant::now() + limit;
@@ -143,12 +193,13 @@ fn env_overrides() -> Result<(), String> {
 }
 
 fn run_helper(role: &str, mut command: Command) -> Result<(), String> {
+    let output = Output::capture(&mut command, role)?;
     let mut child = command.spawn().map_err(|e| e.to_string())?;
-    let status = wait_bounded(&mut child, BOUND)?;
+    let status = wait_bounded(&mut child, BOUND).map_err(|e| output.explain(e))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("the {role} helper failed: {status}"))
+        Err(output.explain(format!("the {role} helper failed: {status}")))
     }
 }
 
@@ -164,14 +215,20 @@ fn running(pid: u32) -> bool {
 fn parent_death() -> Result<(), String> {
     let path = std::env::temp_dir().join(format!("loky-hostile-{}", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let mut parent = helper("parent")
-        .env(PIDS_FILE, &path)
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let mut command = helper("parent");
+    command.env(PIDS_FILE, &path);
+    let output = Output::capture(&mut command, "parent")?;
+    let mut parent = command.spawn().map_err(|e| e.to_string())?;
+    kill_parent_and_watch(&mut parent, &path).map_err(|e| output.explain(e))
+}
+
+/// Kills the parent once it reported its workers and their children, and
+/// checks that they all die within a second.
+fn kill_parent_and_watch(parent: &mut Child, path: &Path) -> Result<(), String> {
     // Two busy workers with a `sleep` child each, and one idle worker.
     let deadline = Instant::now() + BOUND;
     let pids: Vec<u32> = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = std::fs::read_to_string(path).unwrap_or_default();
         if text.lines().count() >= 3 {
             break text
                 .split_whitespace()
@@ -185,9 +242,10 @@ fn parent_death() -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
     if pids.len() != 5 || !pids.iter().all(|&pid| running(pid)) {
         let _ = parent.kill();
+        let _ = parent.wait();
         return Err(format!("expected 5 live processes, got {pids:?}"));
     }
     parent.kill().map_err(|e| e.to_string())?;

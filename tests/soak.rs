@@ -39,7 +39,7 @@ fn mix(x: u64) -> u64 {
 /// About one task in a hundred fails: at which stage, and how.
 fn plan(x: u64) -> Option<(u8, Trigger)> {
     let r = mix(x);
-    if r % 100 != 0 {
+    if !r.is_multiple_of(100) {
         return None;
     }
     let trigger = Trigger::ALL[(r / 100 % Trigger::ALL.len() as u64) as usize];

@@ -7,6 +7,12 @@ mod main_fn;
 mod task;
 
 /// Registers a free function as a task that workers can run; see `loky::task`.
+///
+/// The function becomes a unit struct of the same name, so that name is a
+/// pattern wherever it is in scope: beside a task named `count`,
+/// `let count = 3;` does not compile (E0308, "`count` is interpreted as a
+/// unit struct"). Rename the binding or the task, or put tasks in a module
+/// of their own; `loky::task` shows both.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     task::expand(attr.into(), item.into())

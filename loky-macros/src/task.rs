@@ -93,13 +93,13 @@ fn validate(function: &ItemFn) -> syn::Result<Vec<Type>> {
             }
             FnArg::Typed(typed) => {
                 check_by_value(&typed.ty, "argument")?;
-                if let Pat::Ident(ident) = &*typed.pat {
-                    if ident.by_ref.is_some() {
-                        return Err(syn::Error::new_spanned(
-                            ident,
-                            "a loky task takes its arguments by value: remove `ref`",
-                        ));
-                    }
+                if let Pat::Ident(ident) = &*typed.pat
+                    && ident.by_ref.is_some()
+                {
+                    return Err(syn::Error::new_spanned(
+                        ident,
+                        "a loky task takes its arguments by value: remove `ref`",
+                    ));
                 }
                 types.push((*typed.ty).clone());
             }

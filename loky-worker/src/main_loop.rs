@@ -104,11 +104,9 @@ pub fn serve(mut calls: impl Inbox, results: &impl Outbox, memory: Option<Memory
             // The parent is gone: nobody is left to serve.
             return 0;
         }
-        if !retiring {
-            if let Some(reason) = memory.as_mut().and_then(MemoryWatch::after_task) {
-                // Keep serving until the parent says stop.
-                retiring = results.send(FromWorker::Retire(reason));
-            }
+        if !retiring && let Some(reason) = memory.as_mut().and_then(MemoryWatch::after_task) {
+            // Keep serving until the parent says stop.
+            retiring = results.send(FromWorker::Retire(reason));
         }
     }
 }

@@ -304,11 +304,11 @@ impl<R> Future<R> {
             "loky::Future: the result was already taken by awaiting the future"
         );
         loop {
-            if !inner.lent {
-                if let Some(outcome) = inner.outcome.take() {
-                    inner.taken = true;
-                    return Some(outcome);
-                }
+            if !inner.lent
+                && let Some(outcome) = inner.outcome.take()
+            {
+                inner.taken = true;
+                return Some(outcome);
             }
             let timeout = match deadline {
                 None => None,
@@ -413,10 +413,8 @@ impl<R> State<R> {
         inner.phase = Phase::Cancelled;
         let task = self.task;
         self.complete(inner, Held::Ready(Err(Error::Cancelled { task })));
-        if held {
-            if let Some(hook) = self.on_cancel.get() {
-                hook();
-            }
+        if held && let Some(hook) = self.on_cancel.get() {
+            hook();
         }
         true
     }

@@ -97,6 +97,44 @@ pub use worker_logs::WORKER_LOG_TARGET;
 /// reusable executor, `executor.submit(add, (2, 3))` on an executor. Its id
 /// is `module_path!()::add`; `#[loky::task(id = "...")]` sets another.
 /// Arguments and the result must be serde types, taken by value.
+///
+/// # The task's name is taken
+///
+/// Since the task is a unit struct, its name is a pattern wherever it is in
+/// scope: `let count = 3;` beside a task named `count` does not bind a new
+/// variable, it tries to match `3` against the struct, and fails to compile
+/// (error E0308: "`count` is interpreted as a unit struct, not a new
+/// binding"). The same goes for a field pattern such as
+/// `Error::WorkerDied { pid, .. }` beside a task named `pid`.
+///
+/// ```compile_fail,E0308
+/// #[loky::task]
+/// fn count(items: Vec<u32>) -> usize {
+///     items.len()
+/// }
+///
+/// fn main() {
+///     let count = 3; // error: `count` is interpreted as a unit struct
+///     assert_eq!(count, 3);
+/// }
+/// ```
+///
+/// Rename the binding or the task (tasks read well as verbs: `count_items`),
+/// or put tasks in a module of their own and name them by path:
+///
+/// ```
+/// mod tasks {
+///     #[loky::task]
+///     pub fn count(items: Vec<u32>) -> usize {
+///         items.len()
+///     }
+/// }
+///
+/// fn main() {
+///     let count = 3; // a new variable: the task is `tasks::count`
+///     assert_eq!(tasks::count.call(vec![7; count]), 3);
+/// }
+/// ```
 pub use loky_macros::task;
 
 /// Wraps `fn main` so that a worker process never runs it.
@@ -141,7 +179,9 @@ pub mod __private {
 }
 
 /// The README's examples, compiled and run as doctests so that they stay
-/// true.
+/// true. `loky/README.md` is a link to the workspace's README, and `cargo
+/// package` puts the README at the root of the packaged crate: the same path
+/// works in both.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

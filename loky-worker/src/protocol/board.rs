@@ -114,7 +114,7 @@ impl Board {
         // SAFETY: nothing else in this process reads or writes this mapping
         // except through `base`, with atomics.
         let base = unsafe { memory.deref_mut() }.as_mut_ptr();
-        if base as usize % 8 != 0 {
+        if !(base as usize).is_multiple_of(8) {
             return Err("a misaligned board".to_owned());
         }
         Ok(Board { memory, base })

@@ -1,5 +1,10 @@
 //! The wire protocol: every message that crosses the process boundary.
 //!
+//! Not a semver promise: the messages, their encoding and
+//! [`PROTOCOL_VERSION`] change whenever loky needs them to (see the crate's
+//! Stability section). The only guarantee across versions is the hello
+//! below.
+//!
 //! Architecture Invariant: this file is the only place that defines what
 //! travels between the parent and a worker. The first message on a new link
 //! is always [`Bootstrap::Hello`], whose layout never changes: a parent and a

@@ -913,15 +913,15 @@ impl<B: Backend> Manager<B> {
                 }
                 Life::Serving { .. } | Life::Leaving { .. } => {
                     let head = worker.inflight.front();
-                    if let Some(timeout) = head.and_then(|h| h.job.timeout) {
-                        if deadline(worker.head_since, timeout).is_some_and(|at| now >= at) {
-                            expired.push((id, timeout));
-                        }
+                    if let Some(timeout) = head.and_then(|h| h.job.timeout)
+                        && deadline(worker.head_since, timeout).is_some_and(|at| now >= at)
+                    {
+                        expired.push((id, timeout));
                     }
-                    if let Some(after) = idle_timeout.filter(|_| worker.is_idle()) {
-                        if deadline(worker.idle_since, after).is_some_and(|at| now >= at) {
-                            idle.push(id);
-                        }
+                    if let Some(after) = idle_timeout.filter(|_| worker.is_idle())
+                        && deadline(worker.idle_since, after).is_some_and(|at| now >= at)
+                    {
+                        idle.push(id);
                     }
                 }
                 Life::Killed { escalate_at, .. } if escalate_at.is_some_and(|at| now >= at) => {
@@ -982,12 +982,12 @@ impl<B: Backend> Manager<B> {
             }
         }
         for worker in self.workers.values_mut() {
-            if let Life::Leaving { calls, why } = &worker.life {
-                if worker.inflight.is_empty() {
-                    // If the send fails the worker is gone already.
-                    let _ = calls.send(ToWorker::Shutdown);
-                    worker.life = Life::Told { why: *why };
-                }
+            if let Life::Leaving { calls, why } = &worker.life
+                && worker.inflight.is_empty()
+            {
+                // If the send fails the worker is gone already.
+                let _ = calls.send(ToWorker::Shutdown);
+                worker.life = Life::Told { why: *why };
             }
         }
     }
