@@ -14,7 +14,7 @@ use std::time::Duration;
 #[loky::task]
 fn simulate(x: u64) -> Result<u64, String> {
     std::thread::sleep(Duration::from_millis(x % 7));
-    if x % 37 == 0 {
+    if x.is_multiple_of(37) {
         return Err(format!("input {x} is cursed"));
     }
     Ok(x * x)
