@@ -45,8 +45,10 @@ fn config(workers: usize) -> Config {
 /// The pids of `n` workers, kept busy together so that each is distinct.
 fn busy_pids(executor: &loky::Executor, n: usize) -> BTreeSet<u32> {
     executor.start_workers().unwrap();
+    // Workers a resize retired are alive until they exit: wait for them.
+    let settled = eventually(BOUND, || executor.worker_pids().len() == n);
     let pids: BTreeSet<u32> = executor.worker_pids().into_iter().collect();
-    assert_eq!(pids.len(), n);
+    assert!(settled, "{} workers, not {n}: {pids:?}", pids.len());
     pids
 }
 
