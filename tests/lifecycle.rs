@@ -466,3 +466,39 @@ fn workers_limit_library_thread_pools() {
         assert_eq!(value, expected(&var, None), "{var} with no_thread_limit");
     }
 }
+
+/// The descriptors of a worker from 3 up, with what they point to.
+#[loky::task]
+fn worker_descriptors() -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let fd: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            Some((fd, target.display().to_string()))
+        })
+        .filter(|(fd, _)| *fd > 2)
+        .collect()
+}
+
+/// A descriptor the parent leaves inheritable (as ipc-channel's clones of
+/// shared memory are) does not reach a worker: workers close what they
+/// inherit, as Python's `close_fds` does.
+#[test]
+fn workers_inherit_no_descriptor_but_the_standard_streams() {
+    let file = std::fs::File::open("/proc/self/stat").unwrap();
+    // SAFETY: dup of a valid descriptor; the copy has no close-on-exec.
+    let leaky = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&file)) };
+    assert!(leaky > 2);
+    let executor = executor(1);
+    let descriptors = run(&executor, worker_descriptors, ());
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(leaky) };
+    assert!(
+        descriptors
+            .iter()
+            .all(|(_, target)| !target.contains("/stat")),
+        "the worker inherited the parent's descriptor: {descriptors:?}"
+    );
+}

@@ -98,10 +98,42 @@ fn prepare_process(parent: Option<libc::pid_t>) {
         }
     }
     let _ = parent;
+    close_inherited_descriptors();
     // SAFETY: ignoring SIGPIPE is what Rust's runtime does before `main`:
     // writing to a closed pipe or socket then fails with EPIPE instead of
     // killing the worker.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Closes every descriptor from 3 up, as Python's `close_fds` does: a
+/// worker needs only its standard streams at this point, and anything else
+/// was inherited by accident. (ipc-channel clones shared memory with a
+/// plain `dup`, which drops close-on-exec: without this, a worker started
+/// while the parent held such a clone would keep that region alive for as
+/// long as it lives.) Runs before any other constructor of the program.
+fn close_inherited_descriptors() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: close_range only closes descriptors; nothing in this
+        // process uses any from 3 up yet.
+        let closed = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+        if closed == 0 {
+            return;
+        }
+    }
+    // An older kernel: close what /proc lists (the directory's own
+    // descriptor included, which is closed by the iterator anyway).
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let descriptors: Vec<i32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in descriptors {
+        // SAFETY: as above; a descriptor already closed gives EBADF.
+        unsafe { libc::close(fd) };
+    }
 }
 
 /// The parent-death signal's handler: SIGKILL to this worker's process

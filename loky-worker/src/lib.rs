@@ -32,3 +32,4 @@ mod output;
 pub mod panic;
 pub mod protocol;
 pub mod registry;
+pub mod shared_bytes;

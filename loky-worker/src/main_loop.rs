@@ -144,7 +144,7 @@ fn running(task: Option<&str>) {
 }
 
 /// Runs one call (or chunk) and says what became of it.
-fn execute(call: Call, board: &Board, results: &impl Outbox) -> Outcome {
+fn execute(mut call: Call, board: &Board, results: &impl Outbox) -> Outcome {
     if fault::forgotten(&call.task) {
         return Outcome::Failed(Failure::UnknownTask);
     }
@@ -154,10 +154,11 @@ fn execute(call: Call, board: &Board, results: &impl Outbox) -> Outcome {
     };
     let args = call.args.bytes();
     running(Some(&call.task));
-    let encoded = match call.kind {
+    let regions = std::mem::take(&mut call.regions);
+    let encoded = crate::shared_bytes::provide(regions, || match call.kind {
         CallKind::Single => entry.invoke(args),
         CallKind::Chunk => run_chunk(call.seq, |one| entry.invoke(one), args, board, results),
-    };
+    });
     running(None);
     match encoded {
         Ok(bytes) => Outcome::Returned(Payload::pack_result(bytes)),

@@ -41,8 +41,31 @@ pub(crate) struct Initializer {
     pub(crate) task: &'static str,
     /// The arguments, encoded, or why they could not be.
     pub(crate) args: Result<Vec<u8>, String>,
+    /// The shared regions its arguments name.
+    pub(crate) regions: Regions,
     /// How many workers in a row may fail it before the executor is broken.
     pub(crate) max_failures: usize,
+}
+
+/// An initializer's shared regions: equal when their bytes are, shown by
+/// their sizes.
+#[derive(Clone, Default)]
+pub(crate) struct Regions(pub(crate) Vec<ipc_channel::ipc::IpcSharedMemory>);
+
+impl PartialEq for Regions {
+    fn eq(&self, other: &Regions) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| **a == **b)
+    }
+}
+
+impl Eq for Regions {}
+
+impl std::fmt::Debug for Regions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|region| region.len()))
+            .finish()
+    }
 }
 
 /// When a worker that grows is replaced: see [`Config::memory_leak_threshold`].
@@ -213,10 +236,12 @@ impl Config {
     /// the panic message).
     pub fn initializer<T: Task>(mut self, task: T, args: T::Args) -> Config {
         let _ = task;
-        let args = crate::job::encode_args(T::ID, &args).map_err(|e| e.to_string());
+        let (args, regions) =
+            loky_worker::shared_bytes::collect(|| crate::job::encode_args(T::ID, &args));
         self.initializer = Some(Initializer {
             task: T::ID,
-            args,
+            args: args.map_err(|e| e.to_string()),
+            regions: Regions(regions),
             max_failures: 3,
         });
         self

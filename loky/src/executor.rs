@@ -15,6 +15,7 @@ use crate::shared::Shared;
 use crate::stats::Stats;
 use crate::task::Task;
 use crossbeam_channel::Sender;
+use ipc_channel::ipc::IpcSharedMemory;
 use loky_worker::protocol::{CallKind, Payload};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -250,11 +251,13 @@ impl Executor {
         options: CallOptions,
     ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
         let _ = task;
-        let encoded = crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &args));
+        let (encoded, regions) = loky_worker::shared_bytes::collect(|| {
+            crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &args))
+        });
         match self.submit_encoded(
             T::ID,
             CallKind::Single,
-            encoded,
+            (encoded, regions),
             options,
             job::decode_single,
         ) {
@@ -345,7 +348,7 @@ impl Executor {
         &self,
         task: &'static str,
         kind: CallKind,
-        encoded: Result<Vec<u8>, Error>,
+        (encoded, regions): (Result<Vec<u8>, Error>, Vec<IpcSharedMemory>),
         options: CallOptions,
         decode: Decode<R>,
     ) -> Result<Future<R>, Error> {
@@ -375,6 +378,7 @@ impl Executor {
                 shared: Arc::clone(&self.inner.shared),
             }),
             pieces: job::Pieces::default(),
+            regions,
         };
         if let Err(crossbeam_channel::SendError(Event::Submit(job))) =
             gate.events.send(Event::Submit(job))

@@ -5,6 +5,7 @@
 use crate::error::{Attempt, Error};
 use crate::future::{Held, State};
 use crate::shared::Shared;
+use ipc_channel::ipc::IpcSharedMemory;
 use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{
     self, Board, CallKind, ChunkItem, Claim as ClaimState, Outcome, Payload, Stage,
@@ -30,6 +31,8 @@ pub(crate) struct Job {
     pub(crate) completion: Arc<dyn Completion>,
     /// For a chunk: the outcomes known so far.
     pub(crate) pieces: Pieces,
+    /// The shared regions its arguments name.
+    pub(crate) regions: Vec<IpcSharedMemory>,
 }
 
 /// The outcomes of a chunk's elements known so far, in element order.

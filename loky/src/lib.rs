@@ -70,6 +70,24 @@ pub use future::Future;
 #[cfg(feature = "progress")]
 pub use indicatif;
 pub use loky_worker::protocol::{RemotePanic, Stage};
+/// # Example
+///
+/// ```
+/// # #[loky::task] fn checksum(data: loky::SharedBytes) -> u64 {
+/// #     data.iter().map(|&b| u64::from(b)).sum()
+/// # }
+/// # fn main() -> Result<(), loky::Error> {
+/// let table = loky::SharedBytes::new(&vec![1u8; 1 << 20]).expect("a shared region");
+/// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+/// // Four tasks, one copy of the table.
+/// let sums: Vec<u64> = executor
+///     .map(checksum, std::iter::repeat_n(table.clone(), 4))
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(sums, [1 << 20; 4]);
+/// # Ok(())
+/// # }
+/// ```
+pub use loky_worker::shared_bytes::SharedBytes;
 pub use map::Map;
 pub use map_unordered::MapUnordered;
 pub use options::CallOptions;

@@ -201,28 +201,30 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
         let mut encoded = Vec::with_capacity(size.min(MAX_AUTO_CHUNK));
         let mut early = Vec::new();
         let mut len = 0;
-        while len < size {
-            match panic::catch_unwind(AssertUnwindSafe(|| self.input.next())) {
-                Ok(Some(args)) => {
-                    match job::encode_args(T::ID, &args) {
-                        Ok(bytes) => encoded.push(ByteBuf::from(bytes)),
-                        Err(error) => early.push((len, error)),
+        let ((), regions) = loky_worker::shared_bytes::collect(|| {
+            while len < size {
+                match panic::catch_unwind(AssertUnwindSafe(|| self.input.next())) {
+                    Ok(Some(args)) => {
+                        match job::encode_args(T::ID, &args) {
+                            Ok(bytes) => encoded.push(ByteBuf::from(bytes)),
+                            Err(error) => early.push((len, error)),
+                        }
+                        len += 1;
                     }
-                    len += 1;
-                }
-                Ok(None) => {
-                    self.input_done = true;
-                    break;
-                }
-                Err(payload) => {
-                    self.input_done = true;
-                    self.input_error = Some(Error::InputPanicked {
-                        message: loky_worker::panic::payload_message(&*payload),
-                    });
-                    break;
+                    Ok(None) => {
+                        self.input_done = true;
+                        break;
+                    }
+                    Err(payload) => {
+                        self.input_done = true;
+                        self.input_error = Some(Error::InputPanicked {
+                            message: loky_worker::panic::payload_message(&*payload),
+                        });
+                        break;
+                    }
                 }
             }
-        }
+        });
         if len == 0 {
             return None;
         }
@@ -237,7 +239,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
             self.executor.submit_encoded(
                 T::ID,
                 CallKind::Chunk,
-                bytes,
+                (bytes, regions),
                 CallOptions {
                     timeout: self.timeout,
                     retries: self.retries,

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
@@ -161,6 +161,9 @@ pub struct Call {
     pub kind: CallKind,
     /// The postcard-encoded argument (for a chunk: a `Vec<ByteBuf>` of them).
     pub args: Payload,
+    /// The regions of the [`SharedBytes`](crate::shared_bytes::SharedBytes)
+    /// in `args`, which name them by index.
+    pub regions: Vec<IpcSharedMemory>,
 }
 
 /// Whether a call carries one argument or a chunk of them.

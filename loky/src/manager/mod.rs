@@ -599,6 +599,7 @@ impl<B: Backend> Manager<B> {
                     task: init.task.to_owned(),
                     kind: CallKind::Single,
                     args: Payload::pack_args(init.args.clone().unwrap_or_default()),
+                    regions: init.regions.0.clone(),
                 }]));
                 Life::Initializing { calls, seq }
             }
@@ -1151,6 +1152,7 @@ fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
         task: job.task().to_owned(),
         kind: job.kind,
         args: job.args.clone(),
+        regions: job.regions.clone(),
     });
     if worker.inflight.is_empty() {
         worker.head_since = Instant::now();

@@ -1,0 +1,168 @@
+//! `SharedBytes` across real workers: the worker reads the parent's pages
+//! (a mapping, not a copy), in `submit`, `map` and an initializer; an empty
+//! one works; returning one is a clear error; and no region outlives its
+//! last user, here or in a worker.
+
+mod common;
+
+use common::{BOUND, run};
+use loky::{Config, Error, Executor, SharedBytes};
+use std::sync::Mutex;
+
+/// The sum of the bytes, and whether they lie in a shared memory mapping
+/// of this (worker) process.
+#[loky::task]
+fn inspect(data: SharedBytes) -> (u64, bool) {
+    let sum = data.iter().map(|&b| u64::from(b)).sum();
+    (sum, in_memfd_mapping(data.as_ptr() as usize))
+}
+
+/// Whether `address` lies in a mapping of a memfd in this process.
+fn in_memfd_mapping(address: usize) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().any(|line| {
+        let range = line.split_whitespace().next().unwrap();
+        let (start, end) = range.split_once('-').unwrap();
+        let start = usize::from_str_radix(start, 16).unwrap();
+        let end = usize::from_str_radix(end, 16).unwrap();
+        (start..end).contains(&address) && line.contains("memfd:")
+    })
+}
+
+/// This process's descriptors that are memfds of `size` bytes.
+#[loky::task]
+fn memfds(size: u64) -> usize {
+    memfds_of_size(size)
+}
+
+/// This process's descriptors that are memfds of `size` bytes (a size no
+/// other test uses, since tests share the process).
+fn memfds_of_size(size: u64) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let target = std::fs::read_link(&path).ok()?;
+            let size_now = std::fs::metadata(&path).ok()?.len();
+            (target.to_string_lossy().contains("memfd:") && size_now == size).then_some(())
+        })
+        .count()
+}
+
+/// Tries to return its argument.
+#[loky::task]
+fn give_back(data: SharedBytes) -> SharedBytes {
+    data
+}
+
+static MODEL: Mutex<Option<SharedBytes>> = Mutex::new(None);
+
+/// An initializer: keeps the model for every later task of this worker.
+#[loky::task]
+fn load_model(model: SharedBytes) {
+    *MODEL.lock().unwrap() = Some(model);
+}
+
+/// Reads the model the initializer kept.
+#[loky::task]
+fn model_len() -> usize {
+    MODEL.lock().unwrap().as_ref().map_or(0, |m| m.len())
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn sum(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+#[test]
+fn a_worker_reads_the_same_pages_not_a_copy() {
+    let bytes = pattern(8 << 20);
+    let shared = SharedBytes::new(&bytes).unwrap();
+    assert_eq!(shared.as_slice(), &bytes[..]);
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    let (total, mapped) = run(&executor, inspect, shared.clone());
+    assert_eq!(total, sum(&bytes));
+    assert!(mapped, "the worker's bytes are not in a shared mapping");
+    // Many tasks through map, chunked, one region.
+    let results: Vec<_> = executor
+        .map(inspect, std::iter::repeat_n(shared.clone(), 20))
+        .chunksize(3)
+        .collect();
+    for result in results {
+        assert_eq!(result.unwrap(), (sum(&bytes), true));
+    }
+}
+
+#[test]
+fn empty_bytes_travel_too() {
+    let executor = Executor::new(Config::new().max_workers(1)).unwrap();
+    let empty = SharedBytes::new(&[]).unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(run(&executor, inspect, empty).0, 0);
+}
+
+#[test]
+fn returning_shared_bytes_is_a_clear_error() {
+    let executor = Executor::new(Config::new().max_workers(1)).unwrap();
+    let shared = SharedBytes::new(b"abc").unwrap();
+    let result = executor
+        .submit(give_back, shared)
+        .unwrap()
+        .result_timeout(BOUND);
+    match result {
+        Err(error @ Error::Serialization { .. }) => {
+            assert!(error.to_string().contains("not in its result"), "{error}");
+        }
+        other => panic!("expected a serialization error, got {other:?}"),
+    }
+    // The worker survived it.
+    assert_eq!(
+        run(&executor, inspect, SharedBytes::new(b"\x02").unwrap()).0,
+        2
+    );
+}
+
+#[test]
+fn an_initializer_hands_every_worker_the_same_model() {
+    let model = SharedBytes::new(&pattern(1 << 20)).unwrap();
+    let config = Config::new()
+        .max_workers(2)
+        .initializer(load_model, model.clone());
+    let executor = Executor::new(config).unwrap();
+    executor.start_workers().unwrap();
+    let lens: Vec<usize> = (0..6)
+        .map(|_| executor.submit(model_len, ()).unwrap())
+        .map(|f| f.result_timeout(BOUND).unwrap())
+        .collect();
+    assert_eq!(lens, [1 << 20; 6]);
+}
+
+/// Regions are freed when their last user lets go: the parent holds no
+/// memfd for a dropped `SharedBytes`, nor a worker once its task returned.
+#[test]
+fn no_region_outlives_its_users() {
+    const SIZE: usize = (1 << 20) + 7;
+    let executor = Executor::new(Config::new().max_workers(1)).unwrap();
+    for round in 0..20u8 {
+        let shared = SharedBytes::new(&vec![round; SIZE]).unwrap();
+        let (total, _) = run(&executor, inspect, shared);
+        assert_eq!(total, u64::from(round) * SIZE as u64);
+    }
+    // The manager drops a finished call's regions just after completing
+    // its future: soon, not at once.
+    let here = common::eventually(BOUND, || memfds_of_size(SIZE as u64) == 0);
+    assert!(
+        here,
+        "the parent kept {} regions",
+        memfds_of_size(SIZE as u64)
+    );
+    // A worker drops a call's regions before it answers.
+    assert_eq!(
+        run(&executor, memfds, SIZE as u64),
+        0,
+        "the worker kept regions"
+    );
+}
