@@ -112,6 +112,36 @@ fn echo_gb_per_s(executor: &Executor) -> f64 {
     )
 }
 
+/// Reads every byte of a shared buffer (sums them 8 at a time).
+#[loky::task]
+fn sum_shared(data: loky::SharedBytes) -> u64 {
+    data.chunks_exact(8)
+        .map(|word| u64::from_le_bytes(word.try_into().unwrap()))
+        .fold(0u64, u64::wrapping_add)
+}
+
+/// 64 MiB already in a `SharedBytes`, handed to a task that reads every
+/// byte: submit to result.
+fn shared_handoff_ms(executor: &Executor) -> f64 {
+    let shared = loky::SharedBytes::new(&vec![1u8; 64 << 20]).unwrap();
+    let expected = sum_shared.call(shared.clone());
+    median(
+        (0..7)
+            .map(|_| {
+                let started = Instant::now();
+                let sum = executor
+                    .submit(sum_shared, shared.clone())
+                    .unwrap()
+                    .result()
+                    .unwrap();
+                let took = started.elapsed().as_secs_f64() * 1e3;
+                assert_eq!(sum, expected);
+                took
+            })
+            .collect(),
+    )
+}
+
 fn crash_and_recover_ms(executor: &Executor) -> (f64, f64) {
     let mut detect = Vec::new();
     let mut recover = Vec::new();
@@ -180,6 +210,7 @@ fn main() {
     let map_cs1 = map_tasks_per_s(&executor, 1);
     let map_auto = map_tasks_per_s(&executor, 0);
     let echo_rate = echo_gb_per_s(&executor);
+    let shared_ms = shared_handoff_ms(&executor);
     let (crash_detect_ms, recover_ms) = crash_and_recover_ms(&executor);
     let cpu = cpu_speedup(&executor);
     let rss = idle_worker_rss_mb(&executor);
@@ -209,6 +240,11 @@ fn main() {
             "echo_64mib_gb_per_s",
             echo_rate,
             "64 MiB Vec<u8> there and back, bytes both ways / time",
+        ),
+        (
+            "shared_64mib_handoff_ms",
+            shared_ms,
+            "64 MiB SharedBytes to a task that reads it all, submit to result",
         ),
         (
             "crash_detect_ms",
