@@ -154,6 +154,22 @@ impl Config {
     /// parent's environment or [`env`](Self::env) sets is left as it is.
     ///
     /// [`THREAD_LIMIT_VARS`]: crate::THREAD_LIMIT_VARS
+    ///
+    /// ```
+    /// #[loky::task]
+    /// fn omp_threads() -> Option<String> {
+    ///     std::env::var("OMP_NUM_THREADS").ok()
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let config = loky::Config::new().max_workers(2).worker_threads(1);
+    /// let executor = loky::Executor::new(config)?;
+    /// # if std::env::var_os("OMP_NUM_THREADS").is_none() {
+    /// assert_eq!(executor.submit(omp_threads, ())?.result()?.as_deref(), Some("1"));
+    /// # }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn worker_threads(mut self, threads: usize) -> Config {
         self.threads = ThreadLimit::Exactly(threads);
         self
@@ -176,6 +192,22 @@ impl Config {
     /// budget. Default 0: a task that crashed its worker usually crashes
     /// again. [`CallOptions::retries`](crate::CallOptions::retries) and
     /// [`Map::retries`](crate::Map::retries) override it.
+    ///
+    /// ```
+    /// # #[loky::task] fn native_call(x: u64) -> u64 { x }
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(2).retries(2))?;
+    /// match executor.submit(native_call, 7)?.result() {
+    ///     Ok(value) => assert_eq!(value, 7),
+    ///     // Three workers died under it: each attempt's pid and exit reason.
+    ///     Err(loky::Error::WorkerDied { pid, reason, earlier, .. }) => {
+    ///         eprintln!("worker {pid} {reason}, after {} earlier attempts", earlier.len())
+    ///     }
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn retries(mut self, retries: u32) -> Config {
         self.retries = retries;
         self
@@ -188,6 +220,23 @@ impl Config {
     /// (the worker's), `task` and `origin` (the event's own target). A
     /// worker keeps only events as verbose as this process listens to when
     /// it starts, so filtered-out events cost next to nothing.
+    ///
+    /// ```
+    /// #[loky::task]
+    /// fn work(x: u64) -> u64 {
+    ///     tracing::info!(x, "working"); // reaches this process's subscriber
+    ///     x
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// // Install your subscriber first (tracing-subscriber, say): workers
+    /// // forward what it listens to. To keep tasks quiet instead:
+    /// let config = loky::Config::new().forward_logs(false);
+    /// let executor = loky::Executor::new(config)?;
+    /// assert_eq!(executor.submit(work, 1)?.result()?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn forward_logs(mut self, forward: bool) -> Config {
         self.forward_logs = forward;
         self
@@ -200,6 +249,20 @@ impl Config {
     /// crashes: this process reads the streams, and a worker's last lines
     /// are out before its death is reported. Off by default: workers then
     /// write to this process's streams directly.
+    ///
+    /// ```
+    /// #[loky::task]
+    /// fn work(x: u64) -> u64 {
+    ///     println!("working on {x}"); // "[worker 4242 my_crate::work] working on 1"
+    ///     x
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let executor = loky::Executor::new(loky::Config::new().label_output(true))?;
+    /// assert_eq!(executor.submit(work, 1)?.result()?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn label_output(mut self, label: bool) -> Config {
         self.label_output = label;
         self

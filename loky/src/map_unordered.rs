@@ -20,6 +20,22 @@ use std::time::Duration;
 /// results after it. Elements of one chunk are yielded together, in input
 /// order. If the input iterator panics, [`Error::InputPanicked`] comes last,
 /// with the index of the input that panicked.
+///
+/// ```
+/// # #[loky::task] fn slow_square(x: u64) -> u64 {
+/// #     std::thread::sleep(std::time::Duration::from_millis(x % 3));
+/// #     x * x
+/// # }
+/// # fn main() -> Result<(), loky::Error> {
+/// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+/// let mut squares = vec![0; 100];
+/// for (index, result) in executor.map_unordered(slow_square, 0..100).chunksize(4) {
+///     squares[index] = result?; // in whatever order they finish
+/// }
+/// assert_eq!(squares[99], 99 * 99);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a map does nothing until it is iterated"]
 pub struct MapUnordered<T: Task, I> {
     feed: Feed<T, I>,
