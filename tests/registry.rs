@@ -1,26 +1,10 @@
-//! Task ids: stable, unique, and errors at the boundary for an id that is
-//! unknown or registered twice.
+//! Task ids: stable, and an error at the boundary for an id that is
+//! unknown (ids registered twice: `tests/duplicates.rs`).
 
 mod common;
 
 use common::{BOUND, executor, run};
 use loky::{Error, Task};
-
-mod first {
-    /// One of two tasks that claim the same id on purpose.
-    #[loky::task(id = "registry::shared-id")]
-    pub fn clash() -> u8 {
-        1
-    }
-}
-
-mod second {
-    /// The other one.
-    #[loky::task(id = "registry::shared-id")]
-    pub fn clash() -> u8 {
-        2
-    }
-}
 
 #[loky::task]
 fn plain(x: u8) -> u8 {
@@ -49,44 +33,9 @@ impl Task for Unregistered {
 #[test]
 fn ids_are_module_path_and_name_unless_given() {
     assert_eq!(<plain as Task>::ID, "registry::plain");
-    assert_eq!(<first::clash as Task>::ID, "registry::shared-id");
     assert_eq!(<custom as Task>::ID, "custom/id");
     let executor = executor(1);
     assert_eq!(run(&executor, custom, 1), 2);
-}
-
-#[test]
-fn a_duplicate_id_is_never_resolved_to_either_task() {
-    let executor = executor(1);
-    let result = executor
-        .submit(first::clash, ())
-        .unwrap()
-        .result_timeout(BOUND);
-    let Err(Error::DuplicateTask { task, locations }) = result else {
-        panic!("expected DuplicateTask, got {result:?}");
-    };
-    assert_eq!(task, "registry::shared-id");
-    assert_eq!(locations.len(), 2);
-    assert!(
-        locations
-            .iter()
-            .all(|l| l.starts_with("tests/registry.rs:")),
-        "{locations:?}"
-    );
-    let message = executor
-        .submit(second::clash, ())
-        .unwrap()
-        .result_timeout(BOUND)
-        .unwrap_err();
-    assert!(
-        message
-            .to_string()
-            .starts_with("task id `registry::shared-id` is registered more than once")
-    );
-    // Both still run in this process, where no lookup is needed.
-    assert_eq!((first::clash.call(()), second::clash.call(())), (1, 2));
-    // Other tasks are unaffected.
-    assert_eq!(run(&executor, plain, 9), 9);
 }
 
 #[test]

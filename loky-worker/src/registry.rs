@@ -71,24 +71,41 @@ impl Lookup {
     }
 }
 
-/// Looks a task up by id. The table is built once, on first use, after
-/// every constructor has run (see [`crate::entry`]).
-pub fn lookup(id: &str) -> Lookup {
+/// Every task by id. Built once, on first use, after every constructor has
+/// run (see [`crate::entry`]).
+fn table() -> &'static HashMap<&'static str, Vec<&'static TaskEntry>> {
     static TABLE: OnceLock<HashMap<&'static str, Vec<&'static TaskEntry>>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
+    TABLE.get_or_init(|| {
         let mut table: HashMap<&'static str, Vec<&'static TaskEntry>> = HashMap::new();
         for entry in inventory::iter::<TaskEntry> {
             table.entry(entry.id).or_default().push(entry);
         }
         table
-    });
-    match table.get(id).map(Vec::as_slice) {
+    })
+}
+
+/// Looks a task up by id.
+pub fn lookup(id: &str) -> Lookup {
+    match table().get(id).map(Vec::as_slice) {
         None | Some([]) => Lookup::Unknown,
         Some([entry]) => Lookup::Found(entry),
-        Some(entries) => {
-            let mut locations: Vec<_> = entries.iter().map(|e| e.location).collect();
-            locations.sort_unstable();
-            Lookup::Duplicate(locations)
-        }
+        Some(entries) => Lookup::Duplicate(locations(entries)),
     }
+}
+
+/// Every id that several tasks share, with where each is defined, sorted.
+pub fn duplicates() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut duplicates: Vec<_> = table()
+        .iter()
+        .filter(|(_, entries)| entries.len() > 1)
+        .map(|(&id, entries)| (id, locations(entries)))
+        .collect();
+    duplicates.sort_unstable();
+    duplicates
+}
+
+fn locations(entries: &[&'static TaskEntry]) -> Vec<&'static str> {
+    let mut locations: Vec<_> = entries.iter().map(|e| e.location).collect();
+    locations.sort_unstable();
+    locations
 }

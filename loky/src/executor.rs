@@ -94,9 +94,11 @@ impl Executor {
     /// Builds an executor. Workers start on demand, when tasks arrive.
     ///
     /// Fails with [`Error::Config`] for an invalid configuration, such as
-    /// `max_workers(0)`.
+    /// `max_workers(0)`, and with [`Error::DuplicateTask`] when two tasks of
+    /// the program share an id (a bug to fix, said before any submission).
     pub fn new(config: Config) -> Result<Executor, Error> {
         config.validate()?;
+        crate::task::no_duplicates()?;
         depth::check()?;
         crate::host::process::prepare_ipc()?;
         Executor::start(config, ProcessBackend::new())

@@ -32,6 +32,18 @@ pub trait Task: Copy + Default + Send + Sync + 'static {
     fn call(self, args: Self::Args) -> Self::Output;
 }
 
+/// Refuses a program where two tasks share an id: a bug of the program,
+/// said when the executor is built rather than at the first submission.
+pub(crate) fn no_duplicates() -> Result<(), Error> {
+    match registry::duplicates().into_iter().next() {
+        None => Ok(()),
+        Some((task, locations)) => Err(Error::DuplicateTask {
+            task,
+            locations: locations.into_iter().map(str::to_owned).collect(),
+        }),
+    }
+}
+
 /// Checks that exactly one task is registered under `id`.
 pub(crate) fn registered(id: &'static str) -> Result<(), Error> {
     registry::lookup(id)
