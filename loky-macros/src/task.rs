@@ -136,6 +136,29 @@ fn check_by_value(ty: &Type, what: &str) -> syn::Result<()> {
                  another process"
             ),
         )),
+        Type::TraitObject(object) => Err(trait_object(object, what)),
+        Type::Path(path) => {
+            let segments = &path.path.segments;
+            let is_anyhow = segments.iter().any(|s| s.ident == "anyhow")
+                && segments.last().is_some_and(|s| s.ident == "Error");
+            if is_anyhow {
+                return Err(trait_object(path, what));
+            }
+            for segment in segments {
+                let syn::PathArguments::AngleBracketed(generics) = &segment.arguments else {
+                    continue;
+                };
+                for arg in &generics.args {
+                    if let syn::GenericArgument::Type(inner) = arg {
+                        if segment.ident == "Box" && matches!(inner, Type::TraitObject(_)) {
+                            return Err(trait_object(path, what));
+                        }
+                        check_by_value(inner, what)?;
+                    }
+                }
+            }
+            Ok(())
+        }
         Type::Paren(inner) => check_by_value(&inner.elem, what),
         Type::Group(inner) => check_by_value(&inner.elem, what),
         Type::Tuple(tuple) => tuple.elems.iter().try_for_each(|t| check_by_value(t, what)),
@@ -143,6 +166,20 @@ fn check_by_value(ty: &Type, what: &str) -> syn::Result<()> {
         Type::Slice(slice) => check_by_value(&slice.elem, what),
         _ => Ok(()),
     }
+}
+
+/// A trait object (`Box<dyn Error>`, `anyhow::Error`) in a task's
+/// signature: it has no serde form, so say what to use instead.
+fn trait_object(tokens: impl quote::ToTokens, what: &str) -> syn::Error {
+    syn::Error::new_spanned(
+        tokens,
+        format!(
+            "a loky task's {what} cannot hold a trait object such as `Box<dyn Error>` or \
+             `anyhow::Error`: it cannot be serialized to cross processes; return \
+             `Result<T, String>` (with `.map_err(|e| e.to_string())`) or an error type \
+             that derives `serde::Serialize` and `serde::Deserialize`"
+        ),
+    )
 }
 
 fn generate(attr: &TaskAttr, function: &ItemFn, arg_types: &[Type]) -> TokenStream {
