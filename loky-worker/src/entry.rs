@@ -12,6 +12,7 @@
 //! [`main_entry`] is the portable fallback that `#[loky::main]` calls first
 //! thing in `main`, where no constructor took over.
 
+use crate::protocol::remote::ENV_AGENT;
 use crate::protocol::{ENV_PARENT, ENV_SECRET, ENV_SERVER, EXIT_HANDSHAKE_FAILED};
 use crate::{main_loop, panic};
 
@@ -22,10 +23,48 @@ pub fn main_entry() {
     // SAFETY: `#[loky::main]` calls this first thing in `main`, before any
     // user code; the Rust runtime starts no thread before `main`. (A C
     // library's constructor could have started one; none of ours does.)
-    let Some(link) = (unsafe { take_link() }) else {
-        return;
-    };
-    std::process::exit(become_worker(link));
+    if let Some(link) = unsafe { take_link() } {
+        std::process::exit(become_worker(link));
+    }
+    // SAFETY: as above.
+    if let Some(url) = unsafe { take_agent() } {
+        std::process::exit(become_agent(url));
+    }
+}
+
+/// How a program becomes an agent of a cluster: `loky` registers one when
+/// built with its `nats` feature. Called with the server's URL; returns
+/// the exit code.
+pub struct AgentEntry(pub fn(String) -> i32);
+
+inventory::collect!(AgentEntry);
+
+/// Reads and removes [`ENV_AGENT`], so that the agent's workers and the
+/// processes its tasks start never become agents too; `None` if this
+/// process is not an agent.
+///
+/// # Safety
+/// No other thread may read or write the environment meanwhile.
+unsafe fn take_agent() -> Option<String> {
+    let url = std::env::var(ENV_AGENT).ok()?;
+    // SAFETY: the caller guarantees that no other thread touches the
+    // environment.
+    unsafe { std::env::remove_var(ENV_AGENT) };
+    Some(url)
+}
+
+/// Runs the registered agent and returns its exit code.
+fn become_agent(url: String) -> i32 {
+    match inventory::iter::<AgentEntry>.into_iter().next() {
+        Some(AgentEntry(run)) => run(url),
+        None => {
+            eprintln!(
+                "loky: {ENV_AGENT} is set, but this program was built without loky's `nats` \
+                 feature: it cannot be an agent"
+            );
+            2
+        }
+    }
 }
 
 /// What the parent passed in the environment.
@@ -170,14 +209,19 @@ mod init_array {
         // library's constructor linked before ours could have; none of
         // loky's dependencies does.) So the variables are taken before any
         // later constructor can start a thread.
-        let Some(link) = (unsafe { super::take_link() }) else {
-            return;
-        };
-        // SAFETY: we forward glibc's own arguments, in glibc's order, to
-        // the constructors glibc would have called next; since the worker
-        // exits below, glibc never calls them a second time.
-        unsafe { run_later_constructors(argc, argv, envp) };
-        std::process::exit(super::become_worker(link));
+        if let Some(link) = unsafe { super::take_link() } {
+            // SAFETY: we forward glibc's own arguments, in glibc's order, to
+            // the constructors glibc would have called next; since the
+            // worker exits below, glibc never calls them a second time.
+            unsafe { run_later_constructors(argc, argv, envp) };
+            std::process::exit(super::become_worker(link));
+        }
+        // SAFETY: as for the worker's variables above.
+        if let Some(url) = unsafe { super::take_agent() } {
+            // SAFETY: as above; the agent exits below too.
+            unsafe { run_later_constructors(argc, argv, envp) };
+            std::process::exit(super::become_agent(url));
+        }
     }
 
     /// Runs the `.init_array` entries that follow this hook's own entry.

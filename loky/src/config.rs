@@ -33,6 +33,7 @@ pub struct Config {
     retries: u32,
     forward_logs: bool,
     label_output: bool,
+    backend: crate::cluster::Backend,
 }
 
 /// A task every worker runs once, before its first task.
@@ -103,6 +104,7 @@ impl Default for Config {
             retries: 0,
             forward_logs: true,
             label_output: false,
+            backend: crate::cluster::Backend::default(),
         }
     }
 }
@@ -268,6 +270,14 @@ impl Config {
         self
     }
 
+    /// Where tasks run: this machine's worker processes (the default), or
+    /// a cluster's agents ([`Backend::nats`](crate::Backend), feature
+    /// `nats`), with the same executor, futures and errors.
+    pub fn backend(mut self, backend: crate::cluster::Backend) -> Config {
+        self.backend = backend;
+        self
+    }
+
     /// A worker idle for this long exits; workers come back on demand.
     /// By default a plain executor keeps its workers and the reusable
     /// executor lets them go after 10 s, as Python loky does.
@@ -344,6 +354,12 @@ impl Config {
 
     pub(crate) fn get_env(&self) -> &[(OsString, OsString)] {
         &self.env
+    }
+
+    /// Where tasks run.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn get_backend(&self) -> &crate::cluster::Backend {
+        &self.backend
     }
 
     /// Whether worker output is labelled.

@@ -119,6 +119,52 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// A task of a cluster (feature `nats`) failed on another host: `error`
+    /// is what it would have been here (`WorkerDied`, `Panicked`...).
+    #[error("on host {host}: {error}")]
+    Remote {
+        /// The agent's host name.
+        host: String,
+        /// The error there.
+        error: Box<Error>,
+    },
+    /// The host running the task went silent (its agent sent no heartbeat):
+    /// the host, its network or its agent died. The task may have run in
+    /// part; nothing more is known. Distinct from a task's own crash, which
+    /// is `Remote { WorkerDied }`.
+    #[error("host {host} went silent for {silent_for:?} while it ran task `{task}`")]
+    HostLost {
+        /// The task's id.
+        task: &'static str,
+        /// The agent's host name.
+        host: String,
+        /// How long it had been silent.
+        silent_for: Duration,
+    },
+    /// The cluster's NATS server cannot be reached (or went away): the task
+    /// may or may not have run.
+    #[error("task `{task}`: the NATS server at {url} is unreachable: {reason}")]
+    BrokerLost {
+        /// The task's id.
+        task: &'static str,
+        /// The server's URL.
+        url: String,
+        /// What the client saw.
+        reason: String,
+    },
+    /// The encoded arguments are larger than the cluster's server accepts
+    /// in one message.
+    #[error(
+        "task `{task}`: its arguments take {size} bytes, more than the {max} bytes the NATS server accepts in a message"
+    )]
+    PayloadTooLarge {
+        /// The task's id.
+        task: &'static str,
+        /// Their size, encoded.
+        size: usize,
+        /// The server's maximum.
+        max: usize,
+    },
 }
 
 fn in_pid(pid: Option<u32>) -> String {

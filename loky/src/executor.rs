@@ -14,7 +14,7 @@ use crate::options::CallOptions;
 use crate::shared::Shared;
 use crate::stats::Stats;
 use crate::task::Task;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use ipc_channel::ipc::IpcSharedMemory;
 use loky_worker::protocol::{CallKind, Payload};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -99,6 +99,11 @@ impl Executor {
     pub fn new(config: Config) -> Result<Executor, Error> {
         config.validate()?;
         crate::task::no_duplicates()?;
+        #[cfg(feature = "nats")]
+        if let crate::cluster::BackendKind::Nats { url, queue } = &config.get_backend().kind {
+            let (url, queue) = (url.clone(), queue.clone());
+            return crate::nats::client::start(config, url, queue);
+        }
         depth::check()?;
         crate::host::process::prepare_ipc()?;
         Executor::start(config, ProcessBackend::new())
@@ -106,6 +111,17 @@ impl Executor {
 
     /// Starts the manager thread over `backend`.
     pub(crate) fn start<B: Backend>(config: Config, backend: B) -> Result<Executor, Error> {
+        Executor::start_with(config, move |config, events, events_tx, shared| {
+            manager::run(config, backend, events, events_tx, shared);
+        })
+    }
+
+    /// Starts an executor whose manager thread runs `manage`: the local
+    /// manager, or a cluster's client.
+    pub(crate) fn start_with(
+        config: Config,
+        manage: impl FnOnce(Config, Receiver<Event>, Sender<Event>, Arc<Shared>) + Send + 'static,
+    ) -> Result<Executor, Error> {
         let (events_tx, events) = crossbeam_channel::unbounded();
         let stopped = Arc::new(Stopped::default());
         let shared = Arc::new(Shared::default());
@@ -116,13 +132,7 @@ impl Executor {
         let manager = std::thread::Builder::new()
             .name("loky-manager".to_owned())
             .spawn(move || {
-                manager::run(
-                    manager_config,
-                    backend,
-                    events,
-                    manager_events,
-                    manager_shared,
-                );
+                manage(manager_config, events, manager_events, manager_shared);
                 *manager_stopped
                     .done
                     .lock()

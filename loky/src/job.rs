@@ -101,19 +101,61 @@ impl Job {
     }
 }
 
-/// Where a call sent to a worker stands: its slot on that worker's board.
-pub(crate) struct Claim {
-    pub(crate) board: Arc<Board>,
-    pub(crate) seq: u64,
+/// Where a call sent to a worker stands.
+pub(crate) enum Claim {
+    /// Its slot on a local worker's board, which the worker claims.
+    Board { board: Arc<Board>, seq: u64 },
+    /// A flag the client of a cluster sets when an agent says it started
+    /// the call (feature `nats`).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Flag(Arc<RemoteClaim>),
 }
 
 impl Claim {
     pub(crate) fn state(&self) -> ClaimState {
-        self.board.state(self.seq)
+        match self {
+            Claim::Board { board, seq } => board.state(*seq),
+            Claim::Flag(flag) => flag.state(),
+        }
     }
 
     pub(crate) fn revoke(&self) -> bool {
-        self.board.revoke(self.seq)
+        match self {
+            Claim::Board { board, seq } => board.revoke(*seq),
+            Claim::Flag(flag) => flag.swap(RemoteClaim::REVOKED),
+        }
+    }
+}
+
+/// A remote call's claim: queued, started or revoked, decided once.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteClaim(std::sync::atomic::AtomicU8);
+
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+impl RemoteClaim {
+    const QUEUED: u8 = 0;
+    const STARTED: u8 = 1;
+    const REVOKED: u8 = 2;
+
+    fn state(&self) -> ClaimState {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            RemoteClaim::QUEUED => ClaimState::Queued,
+            RemoteClaim::STARTED => ClaimState::Started,
+            _ => ClaimState::Revoked,
+        }
+    }
+
+    /// From queued to `to`; false if it was decided already.
+    fn swap(&self, to: u8) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(RemoteClaim::QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// An agent started the call: false if it was taken back first.
+    pub(crate) fn start(&self) -> bool {
+        self.swap(RemoteClaim::STARTED)
     }
 }
 

@@ -35,6 +35,7 @@
 // Lets `#[loky::task]` expand inside this crate's own unit tests.
 extern crate self as loky;
 
+mod cluster;
 mod config;
 mod cpu;
 mod depth;
@@ -46,6 +47,8 @@ mod job;
 mod manager;
 mod map;
 mod map_unordered;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod options;
 #[cfg(feature = "progress")]
 mod progress;
@@ -59,6 +62,7 @@ mod threads;
 mod wait;
 mod worker_logs;
 
+pub use cluster::Backend;
 pub use config::{Config, DEFAULT_LEAK_THRESHOLD, ENV_LEAK_THRESHOLD, REUSABLE_IDLE_TIMEOUT};
 pub use cpu::{ENV_MAX_CPU_COUNT, cpu_count, physical_cpu_count};
 pub use depth::{DEFAULT_MAX_DEPTH, ENV_MAX_DEPTH};

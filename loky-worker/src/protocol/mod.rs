@@ -35,6 +35,7 @@
 
 mod board;
 mod bytes;
+pub mod remote;
 
 pub use board::{ARENA, BOARD_BYTES, Board, ChunkProgress, Claim, SLOTS};
 pub use bytes::{decode_value, encode_value};

@@ -1139,7 +1139,7 @@ fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
     let seq = worker.next_seq;
     worker.next_seq += 1;
     board.queue(seq);
-    if !job.completion.attach(Claim {
+    if !job.completion.attach(Claim::Board {
         board: Arc::clone(&board),
         seq,
     }) {

@@ -1,0 +1,325 @@
+//! An agent: this program started with `LOKY_AGENT=url`. It serves the
+//! queue's calls with a local pool, taking one only when a worker is free:
+//! acknowledge, say it started, run it, send the outcome to its client. It
+//! says it is alive every `HEARTBEAT`, and kills a call its client cancels.
+
+use super::wire::to_remote;
+use super::{HEARTBEAT, cancel_subject, heartbeat_subject};
+use crate::config::Config;
+use crate::error::Error;
+use crate::executor::Executor;
+use crate::future::Future;
+use crate::job::{Encoded, Piece};
+use crate::options::CallOptions;
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use loky_worker::protocol::remote::{
+    AgentSays, CancelCall, ENV_AGENT_QUEUE, ENV_AGENT_WORKERS, HEADER_CALL, HEADER_KIND,
+    HEADER_REPLY, HEADER_TASK, HEADER_TIMEOUT_MS, HEADER_VERSION, Heartbeat, Refusal,
+    RemoteOutcome, RemotePiece,
+};
+use loky_worker::protocol::{self, CallKind, PROTOCOL_VERSION};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+inventory::submit! {
+    loky_worker::entry::AgentEntry(run)
+}
+
+/// How many cancellations of calls not seen yet an agent remembers.
+const REMEMBERED_CANCELS: usize = 10_000;
+
+/// Runs this process as an agent of the server at `url`; the exit code.
+fn run(url: String) -> i32 {
+    let workers = std::env::var(ENV_AGENT_WORKERS)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(crate::cpu_count);
+    let queue = std::env::var(ENV_AGENT_QUEUE).unwrap_or_else(|_| "loky".to_owned());
+    let executor = match Executor::new(Config::new().max_workers(workers)) {
+        Ok(executor) => executor,
+        Err(error) => {
+            eprintln!("loky agent: cannot start its pool: {error}");
+            return 1;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("loky agent: cannot start its runtime: {error}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(&url, &queue, executor, workers)) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("loky agent {}: {error}", std::process::id());
+            1
+        }
+    }
+}
+
+/// What a local call gives back, still encoded.
+enum Raw {
+    Single { pid: u32, bytes: Vec<u8> },
+    Chunk(Vec<RemotePiece>),
+}
+
+/// Keeps a local call's outcome encoded, for the wire.
+fn raw(_task: &'static str, pid: u32, encoded: Encoded<'_>) -> Result<Raw, Error> {
+    Ok(match encoded {
+        Encoded::Single(bytes) => Raw::Single {
+            pid,
+            bytes: bytes.to_vec(),
+        },
+        Encoded::Chunk(pieces) => Raw::Chunk(
+            pieces
+                .into_iter()
+                .map(|piece| match piece {
+                    Piece::Items { pid, skip, bytes } => RemotePiece::Items {
+                        pid,
+                        skip: skip as u64,
+                        bytes,
+                    },
+                    Piece::Failed(error) => RemotePiece::Failed(to_remote(&error)),
+                })
+                .collect(),
+        ),
+    })
+}
+
+/// A call in the agent: its client's reply subject and the call's id.
+type Key = (String, u64);
+
+struct Agent {
+    client: async_nats::Client,
+    executor: Executor,
+    host: String,
+    id: String,
+    /// Outcomes to send, from done-callbacks.
+    said: mpsc::UnboundedSender<(Key, AgentSays)>,
+    running: HashMap<Key, Future<Raw>>,
+    /// Calls cancelled before this agent saw them, oldest first.
+    cancelled: HashSet<Key>,
+    cancelled_order: VecDeque<Key>,
+}
+
+async fn serve(url: &str, queue: &str, executor: Executor, workers: usize) -> Result<(), String> {
+    let client = async_nats::connect(url)
+        .await
+        .map_err(|e| format!("cannot reach the NATS server at {url}: {e}"))?;
+    let js = jetstream::new(client.clone());
+    let consumer = super::work_queue(&js, queue).await?;
+    let mut cancels = client
+        .subscribe(cancel_subject(queue))
+        .await
+        .map_err(|e| e.to_string())?;
+    let host = super::host_name();
+    let (said, mut said_rx) = mpsc::unbounded_channel();
+    let mut agent = Agent {
+        client: client.clone(),
+        executor,
+        id: format!("{host}-{}", std::process::id()),
+        host,
+        said,
+        running: HashMap::new(),
+        cancelled: HashSet::new(),
+        cancelled_order: VecDeque::new(),
+    };
+    // Fetches a call whenever a worker is free: the permit travels with the
+    // call and is released when it is over.
+    let slots = Arc::new(Semaphore::new(workers));
+    let (taken_tx, mut taken) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let fetched = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await;
+            match fetched {
+                Ok(mut batch) => match batch.next().await {
+                    Some(Ok(message)) => {
+                        let sent = taken_tx.send((message, permit));
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "fetching a call failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    None => {}
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "fetching calls failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    let beats = heartbeat_subject(queue);
+    loop {
+        tokio::select! {
+            Some((message, permit)) = taken.recv() => agent.take(message, permit).await,
+            Some(message) = cancels.next() => agent.on_cancel(&message.payload),
+            Some((key, says)) = said_rx.recv() => {
+                agent.running.remove(&key);
+                agent.say(&key.0, &says).await;
+            }
+            _ = beat.tick() => {
+                let heartbeat = Heartbeat {
+                    agent: agent.id.clone(),
+                    host: agent.host.clone(),
+                    slots: u32::try_from(workers).unwrap_or(u32::MAX),
+                    running: agent.running.keys().cloned().collect(),
+                };
+                if let Ok(bytes) = protocol::encode(&heartbeat) {
+                    let _ = client.publish(beats.clone(), bytes.into()).await;
+                }
+            }
+        }
+    }
+}
+
+impl Agent {
+    async fn say(&self, reply: &str, says: &AgentSays) {
+        if let Ok(bytes) = protocol::encode(says) {
+            let _ = self.client.publish(reply.to_owned(), bytes.into()).await;
+        }
+    }
+
+    /// Takes a fetched call: acknowledge, check, say it started, run it.
+    async fn take(&mut self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let reply = header(HEADER_REPLY);
+        let call = header(HEADER_CALL).and_then(|c| c.parse::<u64>().ok());
+        // Acknowledged first: from here on it is this agent's to run or to
+        // refuse, and the server never delivers it again.
+        if let Err(error) = message.ack().await {
+            tracing::warn!(%error, "acknowledging a call failed: the server will redeliver it");
+            return;
+        }
+        let (Some(reply), Some(call)) = (reply, call) else {
+            tracing::warn!("a call without a reply subject or id: dropped");
+            return;
+        };
+        let key = (reply.clone(), call);
+        if self.cancelled.remove(&key) {
+            return; // cancelled before it reached this agent: it never runs
+        }
+        let refuse = |reason| AgentSays::Refused {
+            call,
+            host: self.host.clone(),
+            reason,
+        };
+        let version = header(HEADER_VERSION).and_then(|v| v.parse::<u32>().ok());
+        if version != Some(PROTOCOL_VERSION) {
+            let refusal = refuse(Refusal::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: version.unwrap_or(0),
+            });
+            self.say(&reply, &refusal).await;
+            return;
+        }
+        let task = header(HEADER_TASK).unwrap_or_default();
+        let Ok(entry) = loky_worker::registry::lookup(&task).entry() else {
+            self.say(&reply, &refuse(Refusal::UnknownTask)).await;
+            return;
+        };
+        let kind = match header(HEADER_KIND).as_deref() {
+            Some("chunk") => CallKind::Chunk,
+            _ => CallKind::Single,
+        };
+        let timeout = header(HEADER_TIMEOUT_MS)
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let started = AgentSays::Started {
+            call,
+            host: self.host.clone(),
+            agent: self.id.clone(),
+        };
+        self.say(&reply, &started).await;
+        let submitted = self.executor.submit_encoded(
+            entry.id(),
+            kind,
+            (Ok(message.payload.to_vec()), Vec::new()),
+            CallOptions {
+                timeout,
+                retries: None,
+            },
+            raw,
+        );
+        let host = self.host.clone();
+        match submitted {
+            Ok(future) => {
+                let said = self.said.clone();
+                let done_key = key.clone();
+                future.add_done_callback(move |result| {
+                    let outcome = match result {
+                        Ok(Raw::Single { pid, bytes }) => RemoteOutcome::Returned {
+                            pid: *pid,
+                            bytes: bytes.clone(),
+                        },
+                        Ok(Raw::Chunk(pieces)) => RemoteOutcome::Chunk(pieces.clone()),
+                        Err(error) => RemoteOutcome::Failed(to_remote(error)),
+                    };
+                    let done = AgentSays::Done {
+                        call: done_key.1,
+                        host,
+                        outcome,
+                    };
+                    let _ = said.send((done_key, done));
+                    drop(permit);
+                });
+                self.running.insert(key, future);
+            }
+            Err(error) => {
+                let done = AgentSays::Done {
+                    call,
+                    host,
+                    outcome: RemoteOutcome::Failed(to_remote(&error)),
+                };
+                self.say(&reply, &done).await;
+            }
+        }
+    }
+
+    /// A client cancelled a call: kill it if it runs here, else remember
+    /// it, in case it reaches this agent later.
+    fn on_cancel(&mut self, payload: &[u8]) {
+        let Ok(CancelCall { reply, call }) = protocol::decode(payload) else {
+            return;
+        };
+        let key = (reply, call);
+        if let Some(future) = self.running.get(&key) {
+            future.cancel();
+            return;
+        }
+        if self.cancelled.insert(key.clone()) {
+            self.cancelled_order.push_back(key);
+            if self.cancelled_order.len() > REMEMBERED_CANCELS
+                && let Some(oldest) = self.cancelled_order.pop_front()
+            {
+                self.cancelled.remove(&oldest);
+            }
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The client of a cluster: the manager thread of an executor whose tasks
+//! run on agents. It publishes each call to the queue's stream, and settles
+//! its future from what agents say: started, done, refused; or from their
+//! silence (`HostLost`) or the server's (`BrokerLost`).
+
+use super::wire::from_remote;
+use super::{BROKER_GRACE, HOST_SILENCE, calls_subject, cancel_subject, heartbeat_subject};
+use crate::config::Config;
+use crate::error::{Error, SpawnError};
+use crate::executor::Executor;
+use crate::job::{Claim, Job, Piece, RemoteClaim};
+use crate::manager::{Event, ShutdownRequest};
+use crate::shared::Shared;
+use crate::stats::Stats;
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use crossbeam_channel::Receiver;
+use futures_util::StreamExt;
+use loky_worker::protocol::remote::{
+    AgentSays, CancelCall, HEADER_CALL, HEADER_KIND, HEADER_REPLY, HEADER_TASK, HEADER_TIMEOUT_MS,
+    HEADER_VERSION, Heartbeat, Refusal, RemoteOutcome, RemotePiece,
+};
+use loky_worker::protocol::{self, CallKind, Outcome, PROTOCOL_VERSION, Payload};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long building a cluster executor may take to reach the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long publishing one call may take before the server counts as lost.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Room left in a message for its headers.
+const HEADER_ROOM: usize = 1024;
+
+/// Connects to the server at `url` (failing at once if it cannot), then
+/// starts the executor whose manager thread is the client.
+pub(crate) fn start(config: Config, url: String, queue: String) -> Result<Executor, Error> {
+    if queue.is_empty()
+        || !queue
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::Config(format!(
+            "queue name {queue:?}: use letters, digits, `-` and `_`"
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::Spawn(SpawnError::io(
+                "could not start the NATS client's runtime",
+                e,
+            ))
+        })?;
+    let (connection_tx, connection) = tokio::sync::mpsc::unbounded_channel();
+    let connected = runtime.block_on(async {
+        let connecting = async {
+            let client = async_nats::ConnectOptions::new()
+                .event_callback(move |event| {
+                    let connection_tx = connection_tx.clone();
+                    async move {
+                        let _ = connection_tx.send(event);
+                    }
+                })
+                .connect(url.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            let js = jetstream::new(client.clone());
+            super::work_queue(&js, &queue).await?;
+            Ok::<_, String>((client, js))
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
+    });
+    let (client, js) = connected.map_err(|reason| {
+        Error::Config(format!("cannot reach the NATS server at {url}: {reason}"))
+    })?;
+    let max_payload = client.server_info().max_payload;
+    let reply = format!("loky.{queue}.reply.{}", client_id());
+    Executor::start_with(config, move |_config, events, _events_tx, shared| {
+        let client = Client {
+            url,
+            queue,
+            client,
+            js,
+            reply,
+            max_payload,
+            shared,
+            jobs: HashMap::new(),
+            agents: HashMap::new(),
+            disconnected_since: None,
+            broker_down: None,
+            shutting_down: false,
+        };
+        runtime.block_on(client.run(events, connection));
+    })
+}
+
+/// A name no other client of the queue has.
+fn client_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{}-{nanos}", super::host_name(), std::process::id())
+}
+
+struct Client {
+    url: String,
+    queue: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// Where agents answer this client.
+    reply: String,
+    max_payload: usize,
+    shared: Arc<Shared>,
+    /// Calls published and not settled, by call id.
+    jobs: HashMap<u64, Pending>,
+    /// Agents heard from, by id.
+    agents: HashMap<String, Seen>,
+    disconnected_since: Option<Instant>,
+    /// Why the server counts as lost, once it does.
+    broker_down: Option<String>,
+    shutting_down: bool,
+}
+
+struct Pending {
+    job: Job,
+    claim: Arc<RemoteClaim>,
+    /// The agent that started it, and its host.
+    agent: Option<(String, String)>,
+}
+
+struct Seen {
+    host: String,
+    slots: u32,
+    last: Instant,
+}
+
+impl Client {
+    async fn run(
+        mut self,
+        events: Receiver<Event>,
+        mut connection: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    ) {
+        // The executor's events arrive on a crossbeam channel: a thread
+        // carries them into the runtime.
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let bridge = std::thread::Builder::new()
+            .name("loky-nats-events".to_owned())
+            .spawn(move || {
+                while let Ok(event) = events.recv() {
+                    if events_tx.send(event).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(error) = bridge {
+            self.shared
+                .set_broken(format!("could not start the NATS client's thread: {error}"));
+            return;
+        }
+        let subscribed = async {
+            let replies = self.client.subscribe(self.reply.clone()).await?;
+            let beats = self
+                .client
+                .subscribe(heartbeat_subject(&self.queue))
+                .await?;
+            Ok::<_, async_nats::SubscribeError>((replies, beats))
+        };
+        let (mut replies, mut beats) = match subscribed.await {
+            Ok(subscriptions) => subscriptions,
+            Err(error) => {
+                self.shared
+                    .set_broken(format!("could not subscribe on the NATS server: {error}"));
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                event = events_rx.recv() => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => break,
+                },
+                Some(message) = replies.next() => self.on_reply(&message.payload).await,
+                Some(message) = beats.next() => self.on_heartbeat(&message.payload),
+                Some(event) = connection.recv() => self.on_connection(event),
+                _ = tick.tick() => self.on_tick().await,
+            }
+            if self.shutting_down && self.jobs.is_empty() {
+                break;
+            }
+        }
+        // Cancellations still buffered go out, unless the server is gone.
+        let _ = tokio::time::timeout(PUBLISH_TIMEOUT, self.client.flush()).await;
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Submit(job) => {
+                if self.shutting_down {
+                    job.completion.fail(Error::ShutDown);
+                } else {
+                    self.submit(job).await;
+                }
+            }
+            Event::Shutdown(request) => self.shutdown(request).await,
+            // The future was cancelled while an agent held its call (or
+            // could still take it): tell every agent.
+            Event::Cancel(call) => {
+                self.jobs.remove(&call);
+                self.cancel(call).await;
+            }
+            Event::StartWorkers(answer) => {
+                // Agents are started by their hosts, not by the client.
+                let _ = answer.send(Ok(()));
+            }
+            Event::Resize(_) | Event::Worker(..) => {}
+        }
+    }
+
+    async fn submit(&mut self, job: Job) {
+        let task = job.task();
+        if let Some(reason) = &self.broker_down {
+            job.completion.fail(self.broker_lost(task, reason));
+            return;
+        }
+        if !job.regions.is_empty() {
+            job.completion.fail(Error::Config(format!(
+                "task `{task}`: SharedBytes cannot travel to another host"
+            )));
+            return;
+        }
+        let bytes = job.args.bytes();
+        let max = self.max_payload.saturating_sub(HEADER_ROOM);
+        if bytes.len() > max {
+            job.completion.fail(Error::PayloadTooLarge {
+                task,
+                size: bytes.len(),
+                max,
+            });
+            return;
+        }
+        let claim = Arc::new(RemoteClaim::default());
+        if !job.completion.attach(Claim::Flag(Arc::clone(&claim))) {
+            return; // cancelled already: it never goes out
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_VERSION, PROTOCOL_VERSION.to_string().as_str());
+        headers.insert(HEADER_TASK, task);
+        headers.insert(HEADER_CALL, job.id.to_string().as_str());
+        let kind = match job.kind {
+            CallKind::Single => "single",
+            CallKind::Chunk => "chunk",
+        };
+        headers.insert(HEADER_KIND, kind);
+        if let Some(timeout) = job.timeout {
+            headers.insert(HEADER_TIMEOUT_MS, timeout.as_millis().to_string().as_str());
+        }
+        headers.insert(HEADER_REPLY, self.reply.as_str());
+        let payload = bytes::Bytes::copy_from_slice(bytes);
+        let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            self.js
+                .publish_with_headers(calls_subject(&self.queue), headers, payload)
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match published {
+            Ok(Ok(_)) => {
+                self.jobs.insert(
+                    job.id,
+                    Pending {
+                        job,
+                        claim,
+                        agent: None,
+                    },
+                );
+            }
+            Ok(Err(reason)) => job.completion.fail(self.broker_lost(task, &reason)),
+            Err(_) => job.completion.fail(self.broker_lost(
+                task,
+                &format!("publishing the call took over {PUBLISH_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    async fn shutdown(&mut self, request: ShutdownRequest) {
+        self.shutting_down = true;
+        if !request.cancel_futures && request.kill.is_none() {
+            return;
+        }
+        let mut cancelled = Vec::new();
+        for (&call, pending) in &self.jobs {
+            let started = pending.agent.is_some();
+            if !started && pending.job.completion.cancel() {
+                cancelled.push(call);
+            } else if request.kill.is_some() {
+                pending.job.completion.fail(Error::ShutDown);
+                cancelled.push(call);
+            }
+        }
+        for call in cancelled {
+            self.jobs.remove(&call);
+            self.cancel(call).await;
+        }
+    }
+
+    /// Tells every agent to drop call `call`, or kill it if it runs it.
+    async fn cancel(&self, call: u64) {
+        let request = CancelCall {
+            reply: self.reply.clone(),
+            call,
+        };
+        if let Ok(bytes) = protocol::encode(&request) {
+            let publish = self
+                .client
+                .publish(cancel_subject(&self.queue), bytes.into());
+            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, publish).await;
+        }
+    }
+
+    async fn on_reply(&mut self, payload: &[u8]) {
+        let says: AgentSays = match protocol::decode(payload) {
+            Ok(says) => says,
+            Err(error) => {
+                tracing::warn!(%error, "unreadable message from an agent");
+                return;
+            }
+        };
+        match says {
+            AgentSays::Started { call, host, agent } => {
+                let started = match self.jobs.get_mut(&call) {
+                    Some(pending) if pending.claim.start() => {
+                        pending.agent = Some((agent, host));
+                        true
+                    }
+                    _ => false,
+                };
+                if !started {
+                    // Cancelled before it started here: stop it there.
+                    self.jobs.remove(&call);
+                    self.cancel(call).await;
+                }
+            }
+            AgentSays::Done {
+                call,
+                host,
+                outcome,
+            } => {
+                if let Some(pending) = self.jobs.remove(&call) {
+                    complete(pending.job, &host, outcome);
+                }
+            }
+            AgentSays::Refused { call, host, reason } => {
+                if let Some(pending) = self.jobs.remove(&call) {
+                    let task = pending.job.task();
+                    let error = match reason {
+                        Refusal::Version { ours, theirs } => {
+                            Error::Spawn(SpawnError::ProtocolMismatch {
+                                pid: 0,
+                                ours: theirs,
+                                theirs: ours,
+                            })
+                        }
+                        Refusal::UnknownTask => Error::UnknownTask { task, pid: None },
+                        Refusal::Malformed(reason) => Error::Broken { reason },
+                    };
+                    pending.job.completion.fail(Error::Remote {
+                        host,
+                        error: Box::new(error),
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self, payload: &[u8]) {
+        let Ok(beat) = protocol::decode::<Heartbeat>(payload) else {
+            return;
+        };
+        self.agents.insert(
+            beat.agent,
+            Seen {
+                host: beat.host,
+                slots: beat.slots,
+                last: Instant::now(),
+            },
+        );
+    }
+
+    fn on_connection(&mut self, event: async_nats::Event) {
+        match event {
+            async_nats::Event::Disconnected => {
+                self.disconnected_since.get_or_insert_with(Instant::now);
+            }
+            async_nats::Event::Connected => {
+                self.disconnected_since = None;
+                self.broker_down = None;
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Hosts gone silent: their started calls fail.
+        let lost: Vec<(String, Seen)> = {
+            let silent: Vec<String> = self
+                .agents
+                .iter()
+                .filter(|(_, seen)| now.duration_since(seen.last) > HOST_SILENCE)
+                .map(|(agent, _)| agent.clone())
+                .collect();
+            silent
+                .into_iter()
+                .filter_map(|agent| self.agents.remove_entry(&agent))
+                .collect()
+        };
+        for (agent, seen) in lost {
+            let silent_for = now.duration_since(seen.last);
+            tracing::warn!(host = %seen.host, %agent, ?silent_for, "a host went silent");
+            let calls: Vec<u64> = self
+                .jobs
+                .iter()
+                .filter(|(_, p)| p.agent.as_ref().is_some_and(|(a, _)| *a == agent))
+                .map(|(&call, _)| call)
+                .collect();
+            for call in calls {
+                if let Some(pending) = self.jobs.remove(&call) {
+                    let task = pending.job.task();
+                    pending.job.completion.fail(Error::HostLost {
+                        task,
+                        host: seen.host.clone(),
+                        silent_for,
+                    });
+                }
+            }
+        }
+        // A server gone too long: every pending call fails.
+        if self.broker_down.is_none()
+            && self
+                .disconnected_since
+                .is_some_and(|since| now.duration_since(since) > BROKER_GRACE)
+        {
+            let reason = format!("disconnected for over {BROKER_GRACE:?}");
+            for (_, pending) in self.jobs.drain() {
+                let task = pending.job.task();
+                pending.job.completion.fail(Error::BrokerLost {
+                    task,
+                    url: self.url.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            self.broker_down = Some(reason);
+        }
+        let running = self.jobs.values().filter(|p| p.agent.is_some()).count();
+        let stats = Stats {
+            workers: self.agents.values().map(|seen| seen.slots as usize).sum(),
+            pending: self.jobs.len() - running,
+            running,
+            ..Stats::default()
+        };
+        self.shared.publish(stats, std::iter::empty());
+    }
+
+    fn broker_lost(&self, task: &'static str, reason: &str) -> Error {
+        Error::BrokerLost {
+            task,
+            url: self.url.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// Settles a job from its outcome on `host`.
+fn complete(job: Job, host: &str, outcome: RemoteOutcome) {
+    let task = job.task();
+    match outcome {
+        RemoteOutcome::Returned { pid, bytes } => {
+            job.completion
+                .finish_remote(pid, Outcome::Returned(Payload::Inline(bytes)));
+        }
+        RemoteOutcome::Chunk(pieces) => {
+            let pieces = pieces
+                .into_iter()
+                .map(|piece| match piece {
+                    RemotePiece::Items { pid, skip, bytes } => Piece::Items {
+                        pid,
+                        skip: usize::try_from(skip).unwrap_or(usize::MAX),
+                        bytes,
+                    },
+                    RemotePiece::Failed(error) => Piece::Failed(from_remote(task, host, error)),
+                })
+                .collect();
+            job.completion.finish_chunk(pieces);
+        }
+        RemoteOutcome::Failed(error) => job.completion.fail(from_remote(task, host, error)),
+    }
+}

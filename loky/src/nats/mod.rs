@@ -1,0 +1,98 @@
+//! Tasks on many hosts through NATS JetStream (feature `nats`).
+//!
+//! **Agents.** On each host, run your own program with `LOKY_AGENT` set to
+//! the server's URL: it becomes an agent before `main` (as workers do) and
+//! serves calls with an ordinary local pool of `LOKY_AGENT_WORKERS` workers
+//! (default: its CPUs), so crashes, timeouts, kills, memory recycling and
+//! process groups work as on one machine. `LOKY_AGENT_QUEUE` names the
+//! queue it serves (default `loky`).
+//!
+//! ```sh
+//! # plain ssh; a systemd unit, a Slurm job step (srun) or a Kubernetes
+//! # Deployment runs the same command with the same variables
+//! LOKY_AGENT=nats://broker:4222 LOKY_AGENT_WORKERS=8 ./my-program
+//! ```
+//!
+//! **Clients.** `Executor::new(Config::new().backend(Backend::nats(url)))`
+//! gives the same executor, futures, `map`, `wait`, `as_completed`,
+//! callbacks and `.await`. Calls go to a JetStream work queue
+//! (`loky.<queue>.calls`); an agent takes one only when it has a free
+//! worker, acknowledges it, says it started it, and sends the outcome back
+//! to the client. A call an agent took but never started is delivered again
+//! elsewhere by the server.
+//!
+//! **Errors.** A task's failure on a host is `Error::Remote { host, error }`,
+//! with `error` what it would have been locally (`WorkerDied` with the pid
+//! and signal, `Panicked`...). A host that goes silent for a second fails
+//! its started calls with `Error::HostLost`; an unreachable server fails
+//! pending calls with `Error::BrokerLost`; arguments over the server's
+//! message size fail with `Error::PayloadTooLarge`. `SharedBytes` cannot
+//! travel to other hosts.
+
+pub(crate) mod agent;
+pub(crate) mod client;
+mod wire;
+
+use async_nats::jetstream;
+use std::time::Duration;
+
+/// How long a call may stay delivered to an agent and unacknowledged
+/// before the server delivers it elsewhere (the agent died between the
+/// fetch and the acknowledgement).
+const ACK_WAIT: Duration = Duration::from_secs(2);
+/// How often agents say they are alive.
+const HEARTBEAT: Duration = Duration::from_millis(200);
+/// A host silent this long is lost.
+const HOST_SILENCE: Duration = Duration::from_millis(1000);
+/// How long a client tolerates a lost connection before it fails its
+/// pending calls.
+const BROKER_GRACE: Duration = Duration::from_millis(1500);
+
+fn calls_subject(queue: &str) -> String {
+    format!("loky.{queue}.calls")
+}
+
+fn heartbeat_subject(queue: &str) -> String {
+    format!("loky.{queue}.heartbeat")
+}
+
+fn cancel_subject(queue: &str) -> String {
+    format!("loky.{queue}.cancel")
+}
+
+/// The queue's stream and its agents' shared pull consumer, created if
+/// missing.
+async fn work_queue(
+    js: &jetstream::Context,
+    queue: &str,
+) -> Result<jetstream::consumer::PullConsumer, String> {
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: format!("LOKY_{queue}"),
+            subjects: vec![calls_subject(queue)],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("creating the stream of queue `{queue}`: {e}"))?;
+    stream
+        .get_or_create_consumer(
+            "agents",
+            jetstream::consumer::pull::Config {
+                durable_name: Some("agents".to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("creating the agents' consumer of queue `{queue}`: {e}"))
+}
+
+/// This host's name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned())
+}

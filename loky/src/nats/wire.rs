@@ -1,0 +1,83 @@
+//! Errors as they travel between agents and clients.
+
+use crate::error::{Error, ExitReason};
+use loky_worker::protocol::remote::RemoteError;
+use std::time::Duration;
+
+/// An agent's local error, for the wire.
+pub(super) fn to_remote(error: &Error) -> RemoteError {
+    match error {
+        Error::Panicked { pid, panic, .. } => RemoteError::Panicked {
+            pid: *pid,
+            panic: panic.clone(),
+        },
+        Error::WorkerDied { pid, reason, .. } => {
+            let (code, signal, core_dumped) = match *reason {
+                ExitReason::Code(code) => (Some(code), None, false),
+                ExitReason::Signal {
+                    signal,
+                    core_dumped,
+                } => (None, Some(signal), core_dumped),
+                _ => (None, None, false),
+            };
+            RemoteError::WorkerDied {
+                pid: *pid,
+                code,
+                signal,
+                core_dumped,
+            }
+        }
+        Error::Serialization { stage, message, .. } => RemoteError::Serde {
+            pid: None,
+            stage: *stage,
+            message: message.clone(),
+        },
+        Error::TaskTimeout { pid, timeout, .. } => RemoteError::TimedOut {
+            pid: *pid,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        },
+        Error::Cancelled { .. } => RemoteError::Cancelled,
+        other => RemoteError::Other(other.to_string()),
+    }
+}
+
+/// A remote error as the client's error, naming the host.
+pub(super) fn from_remote(task: &'static str, host: &str, error: RemoteError) -> Error {
+    let error = match error {
+        RemoteError::Panicked { pid, panic } => Error::Panicked { task, pid, panic },
+        RemoteError::WorkerDied {
+            pid,
+            code,
+            signal,
+            core_dumped,
+        } => Error::WorkerDied {
+            task,
+            pid,
+            reason: match (code, signal) {
+                (Some(code), _) => ExitReason::Code(code),
+                (None, Some(signal)) => ExitReason::Signal {
+                    signal,
+                    core_dumped,
+                },
+                (None, None) => ExitReason::Unknown,
+            },
+            earlier: Vec::new(),
+        },
+        RemoteError::Serde { stage, message, .. } => Error::Serialization {
+            task,
+            stage,
+            message,
+        },
+        RemoteError::TimedOut { pid, timeout_ms } => Error::TaskTimeout {
+            task,
+            pid,
+            timeout: Duration::from_millis(timeout_ms),
+        },
+        RemoteError::Cancelled => Error::Cancelled { task },
+        RemoteError::Other(message) => Error::Broken { reason: message },
+    };
+    Error::Remote {
+        host: host.to_owned(),
+        error: Box::new(error),
+    }
+}
