@@ -334,6 +334,14 @@ impl Client {
         };
         match says {
             AgentSays::Started { call, host, agent } => {
+                // A start is a sign of life too: an agent killed before its
+                // first heartbeat reached us is still known, so its silence
+                // is noticed.
+                self.agents.entry(agent.clone()).or_insert_with(|| Seen {
+                    host: host.clone(),
+                    slots: 0,
+                    last: Instant::now(),
+                });
                 let started = match self.jobs.get_mut(&call) {
                     Some(pending) if pending.claim.start() => {
                         pending.agent = Some((agent, host));

@@ -66,28 +66,46 @@ async fn work_queue(
     js: &jetstream::Context,
     queue: &str,
 ) -> Result<jetstream::consumer::PullConsumer, String> {
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: format!("LOKY_{queue}"),
-            subjects: vec![calls_subject(queue)],
-            retention: jetstream::stream::RetentionPolicy::WorkQueue,
-            storage: jetstream::stream::StorageType::Memory,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("creating the stream of queue `{queue}`: {e}"))?;
-    stream
-        .get_or_create_consumer(
-            "agents",
-            jetstream::consumer::pull::Config {
-                durable_name: Some("agents".to_owned()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| format!("creating the agents' consumer of queue `{queue}`: {e}"))
+    let config = jetstream::stream::Config {
+        name: format!("LOKY_{queue}"),
+        subjects: vec![calls_subject(queue)],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        storage: jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    };
+    // Agents and clients starting together race to create the stream: the
+    // losers see it exist a moment later.
+    let mut attempts = 0;
+    let stream = loop {
+        attempts += 1;
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => break stream,
+            Err(_) if attempts < 5 => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(error) => return Err(format!("creating the stream of queue `{queue}`: {error}")),
+        }
+    };
+    let consumer = jetstream::consumer::pull::Config {
+        durable_name: Some("agents".to_owned()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        ..Default::default()
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match stream
+            .get_or_create_consumer("agents", consumer.clone())
+            .await
+        {
+            Ok(consumer) => return Ok(consumer),
+            Err(_) if attempts < 5 => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(error) => {
+                return Err(format!(
+                    "creating the agents' consumer of queue `{queue}`: {error}"
+                ));
+            }
+        }
+    }
 }
 
 /// This host's name.
