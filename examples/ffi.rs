@@ -11,12 +11,12 @@
 
 use loky::{Config, Error, Executor};
 use std::collections::BTreeSet;
-use std::ffi::{c_char, c_long};
+use std::ffi::c_char;
 
 #[link(name = "loky_ffi_parse", kind = "static")]
 unsafe extern "C" {
     /// Parses `key=value` and returns the value. Crashes on bad input.
-    fn parse_record(text: *const c_char, len: usize) -> c_long;
+    fn parse_record(text: *const c_char, len: usize) -> i64;
 }
 
 /// Runs the C parser on one record, in a worker process.
@@ -25,7 +25,7 @@ fn parse(record: String) -> i64 {
     // SAFETY: `record` is alive for the call and `len` is its length in
     // bytes; `parse_record` reads only those bytes and keeps no pointer.
     // It may crash the process: that is what the worker is for.
-    i64::from(unsafe { parse_record(record.as_ptr().cast(), record.len()) })
+    unsafe { parse_record(record.as_ptr().cast(), record.len()) }
 }
 
 /// What each record should give.
@@ -76,7 +76,12 @@ fn main() -> Result<(), Error> {
     }
 
     // The same pool goes on: each dead worker was replaced.
-    assert_eq!(executor.submit(parse, "pressure=990".to_owned())?.result()?, 990);
+    assert_eq!(
+        executor
+            .submit(parse, "pressure=990".to_owned())?
+            .result()?,
+        990
+    );
     let stats = executor.stats();
     println!(
         "{} workers crashed, {} started in all; the pool still works",

@@ -71,13 +71,19 @@ fn initializer_sets_per_worker_state() -> Result<(), Error> {
         .chunksize(1)
         .collect::<Result<Vec<_>, _>>()?;
     for (id, pid, connection) in &answers {
-        assert_eq!(*connection, format!("db://example (opened by worker {pid})"));
+        assert_eq!(
+            *connection,
+            format!("db://example (opened by worker {pid})")
+        );
         assert_ne!(*pid, std::process::id(), "query {id} ran in a worker");
     }
     let mut pids: Vec<u32> = answers.iter().map(|(_, pid, _)| *pid).collect();
     pids.sort_unstable();
     pids.dedup();
-    println!("initializer: 20 queries over {} worker connections", pids.len());
+    println!(
+        "initializer: 20 queries over {} worker connections",
+        pids.len()
+    );
     assert!(pids.len() <= 2);
     executor.shutdown(Shutdown::default());
     Ok(())
@@ -229,7 +235,10 @@ fn a_failing_task_among_others() -> Result<(), Error> {
     // The same with `map`: the failing element yields its error, the
     // others their results.
     let results: Vec<Result<i64, Error>> = executor.map(divide, [10, 0, 50]).collect();
-    assert!(matches!(results[..], [Ok(10), Err(Error::Panicked { .. }), Ok(2)]));
+    assert!(matches!(
+        results[..],
+        [Ok(10), Err(Error::Panicked { .. }), Ok(2)]
+    ));
     // A panic does not kill the worker.
     assert_eq!(executor.stats().exits.crashed, 0);
     executor.shutdown(Shutdown::default());

@@ -11,17 +11,18 @@
  *        (SIGABRT).
  */
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static long temperature;
-static long pressure;
-static long humidity;
+static int64_t temperature;
+static int64_t pressure;
+static int64_t humidity;
 
 struct field {
     const char *name;
-    long *slot;
+    int64_t *slot;
 };
 
 static struct field fields[] = {
@@ -31,7 +32,7 @@ static struct field fields[] = {
     {"", NULL}, /* the end of the table, and what an unknown key gets */
 };
 
-static long *lookup(const char *key, size_t key_len) {
+static int64_t *lookup(const char *key, size_t key_len) {
     struct field *f = fields;
     for (; f->slot != NULL; f++) {
         if (strlen(f->name) == key_len && memcmp(f->name, key, key_len) == 0) {
@@ -41,14 +42,14 @@ static long *lookup(const char *key, size_t key_len) {
     return f->slot; /* NULL for an unknown key: the bug */
 }
 
-long parse_record(const char *text, size_t len) {
+int64_t parse_record(const char *text, size_t len) {
     const char *eq = memchr(text, '=', len);
     const char *digits = eq ? eq + 1 : text + len;
     if (digits == text + len) {
         fprintf(stderr, "parse_record: no value in record\n");
         abort();
     }
-    long value = 0;
+    int64_t value = 0;
     for (const char *p = digits; p < text + len; p++) {
         if (*p < '0' || *p > '9') {
             fprintf(stderr, "parse_record: '%c' is not a digit\n", *p);
@@ -59,7 +60,7 @@ long parse_record(const char *text, size_t len) {
     /* volatile: the compiler must not see that the pointer may be NULL,
      * or it would put a trap of its own there; this is a real store to
      * address 0, as in a real bug. */
-    long *volatile slot = lookup(text, (size_t)(eq - text));
+    int64_t *volatile slot = lookup(text, (size_t)(eq - text));
     *slot = value; /* SIGSEGV when the key is unknown */
     return value;
 }
