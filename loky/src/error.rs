@@ -10,6 +10,40 @@ use std::time::Duration;
 ///
 /// Each variant carries what a user needs to act: which task, which worker
 /// process, which exit code or signal, which serialization stage.
+///
+/// ```
+/// use loky::{Error, ExitReason};
+///
+/// #[loky::task]
+/// fn risky(what: String) -> u32 {
+///     match what.as_str() {
+///         "panic" => panic!("bad input"),
+///         "exit" => std::process::exit(3),
+///         _ => 7,
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Error> {
+/// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+/// for what in ["fine", "panic", "exit"] {
+///     match executor.submit(risky, what.to_owned())?.result() {
+///         Ok(value) => assert_eq!((what, value), ("fine", 7)),
+///         // A panic: the message and where; the worker survives.
+///         Err(Error::Panicked { panic, .. }) => {
+///             assert_eq!((what, panic.message.as_str()), ("panic", "bad input"))
+///         }
+///         // The worker died: its pid, and the exit code or signal.
+///         Err(Error::WorkerDied { pid, reason, .. }) => {
+///             assert_eq!((what, reason), ("exit", ExitReason::Code(3)));
+///             assert!(reason.signal_name().is_none(), "worker {pid} {reason}");
+///         }
+///         // Timeouts, cancellation, shutdown, serialization...
+///         Err(other) => return Err(other),
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

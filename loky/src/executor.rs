@@ -219,6 +219,25 @@ impl Executor {
     /// After [`shutdown`](Self::shutdown) this fails and hands the
     /// arguments back. Every other failure, including arguments that
     /// cannot be serialized, is reported by the future.
+    ///
+    /// ```
+    /// #[loky::task]
+    /// fn add(a: u64, b: u64) -> u64 {
+    ///     a + b
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+    /// let future = executor.submit(add, (2, 3))?; // several arguments: a tuple
+    /// assert_eq!(future.result()?, 5);
+    ///
+    /// executor.shutdown(loky::Shutdown::default());
+    /// let refused = executor.submit(add, (4, 5)).unwrap_err();
+    /// assert!(matches!(refused.reason, loky::Error::ShutDown));
+    /// assert_eq!(refused.args, (4, 5)); // handed back
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn submit<T: Task>(
         &self,
         task: T,
@@ -231,6 +250,25 @@ impl Executor {
     /// run once a worker starts it. At expiry the worker is killed (with
     /// every process it started) and replaced, and the future fails with
     /// [`Error::TaskTimeout`]. Tasks the worker had not started run elsewhere.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[loky::task]
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(1))?;
+    /// let stuck = executor.submit_timeout(nap, 60_000, Duration::from_millis(100))?;
+    /// assert!(matches!(stuck.result(), Err(loky::Error::TaskTimeout { .. })));
+    /// // Its worker was killed and replaced: the executor goes on.
+    /// assert_eq!(executor.submit(nap, 1)?.result()?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn submit_timeout<T: Task>(
         &self,
         task: T,
@@ -279,6 +317,26 @@ impl Executor {
     }
 
     /// Runs `task` on every input, lazily and in order: see [`Map`].
+    ///
+    /// ```
+    /// #[loky::task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+    /// // One `Result` per input, in input order; nothing runs until iterated.
+    /// let squares: Vec<u64> = executor.map(square, 1..=4).collect::<Result<_, _>>()?;
+    /// assert_eq!(squares, [1, 4, 9, 16]);
+    ///
+    /// // Ten inputs per call; results as they finish, with their input's index.
+    /// for (index, result) in executor.map(square, 0..100).chunksize(10).unordered() {
+    ///     assert_eq!(result?, (index * index) as u64);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn map<T, I>(&self, task: T, inputs: I) -> Map<T, I::IntoIter>
     where
         T: Task,
@@ -304,6 +362,32 @@ impl Executor {
     /// (for example to kill the workers). With `wait`, it returns once every
     /// worker process has exited; from a done-callback it never waits,
     /// since the callback runs on the thread that would have to finish.
+    ///
+    /// ```
+    /// use loky::{Config, Error, Executor, Shutdown};
+    ///
+    /// #[loky::task]
+    /// fn nap(ms: u64) {
+    ///     std::thread::sleep(std::time::Duration::from_millis(ms));
+    /// }
+    ///
+    /// # fn main() -> Result<(), Error> {
+    /// // The default: finish the work submitted, then wait for the workers.
+    /// let executor = Executor::new(Config::new().max_workers(2))?;
+    /// let future = executor.submit(nap, 10)?;
+    /// executor.shutdown(Shutdown::default());
+    /// assert!(future.done() && executor.is_stopped());
+    ///
+    /// // Or stop now: cancel what has not started, kill what runs.
+    /// let executor = Executor::new(Config::new().max_workers(1))?;
+    /// let slow = executor.submit(nap, 60_000)?;
+    /// let quick = executor.submit(nap, 1)?;
+    /// executor.shutdown(Shutdown { wait: true, cancel_futures: true, kill_workers: true });
+    /// assert!(matches!(slow.result(), Err(Error::ShutDown | Error::Cancelled { .. })));
+    /// assert!(matches!(quick.result(), Err(Error::Cancelled { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn shutdown(&self, how: Shutdown) {
         self.inner.shutdown(how);
     }

@@ -228,11 +228,52 @@ impl<R> Future<R> {
     /// killed, with every process it started, and replaced; the tasks it
     /// had not started run elsewhere. (Python's `Future.cancel` cannot stop
     /// a running task; pebble's can, and so can this one.)
+    ///
+    /// ```
+    /// #[loky::task]
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(std::time::Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(1))?;
+    /// let long = executor.submit(nap, 60_000)?;
+    /// let queued = executor.submit(nap, 1)?; // behind `long`, on the only worker
+    /// assert!(queued.cancel()); // it never runs
+    /// assert!(long.cancel()); // running or not, it stops: its worker is killed
+    /// assert!(queued.cancelled() && long.cancelled());
+    /// assert!(matches!(long.result(), Err(loky::Error::Cancelled { .. })));
+    ///
+    /// let finished = executor.submit(nap, 1)?; // on a new worker
+    /// assert!(finished.wait_timeout(std::time::Duration::from_secs(30)));
+    /// assert!(!finished.cancel()); // too late: it keeps its result
+    /// assert_eq!(finished.result()?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn cancel(&self) -> bool {
         self.state.cancel()
     }
 
-    /// Blocks until the task is done, and returns its outcome.
+    /// Blocks until the task is done, and returns its outcome: the task's
+    /// value, or the [`Error`] that says why there is none.
+    ///
+    /// ```
+    /// #[loky::task]
+    /// fn half(x: u64) -> u64 {
+    ///     assert!(x % 2 == 0, "{x} is odd");
+    ///     x / 2
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+    /// assert_eq!(executor.submit(half, 10)?.result()?, 5);
+    /// let error = executor.submit(half, 7)?.result().unwrap_err();
+    /// assert!(matches!(error, loky::Error::Panicked { ref panic, .. } if panic.message == "7 is odd"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn result(self) -> Result<R, Error> {
         self.take(None)
             .unwrap_or_else(|| unreachable!("waited without a deadline"))
@@ -269,6 +310,29 @@ impl<R> Future<R> {
     /// the future. It runs exactly once. A panic in it is caught and
     /// reported, and harms neither the future nor the executor. Callbacks
     /// must not block on other futures of the same executor.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    ///
+    /// #[loky::task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+    /// let future = executor.submit(square, 9)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// // Gets `&Result<u64, loky::Error>`: called on failure too.
+    /// future.add_done_callback(move |outcome| {
+    ///     let _ = tx.send(outcome.as_ref().ok().copied());
+    /// });
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(Some(81)));
+    /// assert_eq!(future.result()?, 81); // the result is still there
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn add_done_callback(&self, callback: impl FnOnce(&Result<R, Error>) + Send + 'static) {
         let mut inner = self.state.lock();
         let finished = matches!(inner.phase, Phase::Finished | Phase::Cancelled);

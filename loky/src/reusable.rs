@@ -25,6 +25,29 @@ pub enum Reuse {
 /// Returns the process-wide reusable executor, as
 /// [`get_reusable_executor_with`] with [`Reuse::Auto`] and without killing
 /// the workers of a replaced executor.
+///
+/// ```
+/// use loky::{Config, get_reusable_executor};
+///
+/// #[loky::task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> Result<(), loky::Error> {
+/// let executor = get_reusable_executor(Config::new().max_workers(2))?;
+/// assert_eq!(executor.submit(square, 4)?.result()?, 16);
+/// // Only the size differs: the same executor, resized.
+/// let same = get_reusable_executor(Config::new().max_workers(3))?;
+/// assert_eq!(same.id(), executor.id());
+/// // Another configuration replaces it (the old one finishes its work).
+/// let other = get_reusable_executor(Config::new().max_workers(2).retries(1))?;
+/// assert_ne!(other.id(), executor.id());
+/// // `task.spawn(args)` submits to the reusable executor.
+/// assert_eq!(square.spawn(5).result()?, 25);
+/// # Ok(())
+/// # }
+/// ```
 pub fn get_reusable_executor(config: Config) -> Result<Executor, Error> {
     get_reusable_executor_with(config, Reuse::Auto, false)
 }

@@ -53,6 +53,27 @@ fn watch_all<R>(futures: &[Future<R>], wake: Option<&Arc<WakeSlot>>) -> (u64, Re
 
 /// Blocks until `return_when` is met or `timeout` passes, and says which
 /// futures are done.
+///
+/// ```
+/// use loky::{ReturnWhen, WaitResult};
+/// use std::time::Duration;
+///
+/// #[loky::task]
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// # fn main() -> Result<(), loky::Error> {
+/// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+/// let futures = vec![executor.submit(nap, 60_000)?, executor.submit(nap, 10)?];
+/// let timeout = Some(Duration::from_secs(30));
+/// let WaitResult { done, not_done } = loky::wait(&futures, timeout, ReturnWhen::FirstCompleted);
+/// assert_eq!((done, not_done), (vec![1], vec![0]));
+/// futures[0].cancel(); // no longer needed
+/// # Ok(())
+/// # }
+/// ```
 pub fn wait<R>(
     futures: &[Future<R>],
     timeout: Option<Duration>,
@@ -94,6 +115,25 @@ pub fn wait<R>(
 
 /// Yields the futures as they finish, in completion order. If `timeout`
 /// passes first, yields one [`Error::WaitTimeout`] and stops.
+///
+/// ```
+/// #[loky::task]
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(std::time::Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// # fn main() -> Result<(), loky::Error> {
+/// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+/// let futures = vec![executor.submit(nap, 300)?, executor.submit(nap, 10)?];
+/// let mut order = Vec::new();
+/// for future in loky::as_completed(futures, None) {
+///     order.push(future?.result()?);
+/// }
+/// assert_eq!(order, [10, 300]);
+/// # Ok(())
+/// # }
+/// ```
 pub fn as_completed<R>(futures: Vec<Future<R>>, timeout: Option<Duration>) -> AsCompleted<R> {
     let wake = Arc::new(WakeSlot::default());
     let (key, notifications) = watch_all(&futures, Some(&wake));
