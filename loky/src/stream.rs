@@ -2,8 +2,8 @@
 //! `stream`): [`futures_core::Stream`], usable from tokio, async-std, smol or
 //! any executor, with no thread blocked per item.
 //!
-//! A [`Map`](crate::Map), [`MapUnordered`](crate::MapUnordered) or
-//! [`AsCompleted`](crate::AsCompleted) is both an `Iterator` and a `Stream`:
+//! A [`Map`], [`MapUnordered`] or
+//! [`AsCompleted`] is both an `Iterator` and a `Stream`:
 //! poll it from async code and the task sleeps until a result is ready.
 //! Backpressure is the same as for the iterator: inputs are pulled, and
 //! chunks submitted, only as results are consumed, within the window. The
