@@ -186,3 +186,45 @@ fn a_chunk_timeout_fails_only_the_element_that_ran_out_of_time() {
         }
     }
 }
+
+/// Regression (found writing the wait examples): cancelling running tasks
+/// kills their workers; until those were reaped they counted against
+/// `max_workers`, so new calls were prefetched behind a busy worker, and
+/// nothing started a worker for them once the dead ones were gone. A short
+/// task waited 3 s behind a long one in 4 runs of 5.
+#[test]
+fn after_cancelling_running_tasks_new_ones_do_not_queue_behind_a_busy_worker() {
+    let executor = Executor::new(Config::new().max_workers(4)).unwrap();
+    executor.start_workers().unwrap();
+    // Short calls first: the adaptive prefetch then queues deeply.
+    for result in executor.map(sleep_ms, vec![0; 200]).chunksize(1) {
+        result.unwrap();
+    }
+    let running: Vec<_> = (0..4)
+        .map(|_| executor.submit(sleep_ms, 10_000).unwrap())
+        .collect();
+    assert!(eventually(BOUND, || running.iter().all(|f| f.running())));
+    for future in &running[1..] {
+        assert!(future.cancel());
+    }
+    let started = Instant::now();
+    let long = executor.submit(sleep_ms, 3_000).unwrap();
+    let short = executor.submit(sleep_ms, 20).unwrap();
+    let other = executor.submit(sleep_ms, 3_000).unwrap();
+    assert_eq!(short.result_timeout(BOUND).unwrap(), 20);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the short task waited {:?} behind a long one",
+        started.elapsed()
+    );
+    // Room for three new workers: every new call starts, none waits
+    // behind the 10 s task that was not cancelled.
+    assert!(
+        eventually(Duration::from_millis(1500), || long.running()
+            && other.running()),
+        "a call waited behind a busy worker while the pool had room"
+    );
+    for future in [&running[0], &long, &other] {
+        future.cancel();
+    }
+}

@@ -1097,8 +1097,18 @@ impl<B: Backend> Manager<B> {
             return;
         }
         let starting = self.workers.values().filter(|w| w.is_starting()).count();
+        // Calls a busy worker holds and has not started are demand too:
+        // prefetched while dead workers still counted against the limit,
+        // they would otherwise wait behind a long call once room appears.
+        // A new worker takes them back as soon as it is idle.
+        let held: usize = self
+            .workers
+            .values()
+            .filter(|w| w.is_up())
+            .map(|w| w.inflight.len().saturating_sub(1))
+            .sum();
         let wanted = policy::spawn_count(
-            self.queue.len(),
+            self.queue.len().saturating_add(held),
             starting,
             self.workers.len(),
             self.config.get_max_workers(),
