@@ -126,10 +126,6 @@ impl Agent {
         Agent { child }
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
