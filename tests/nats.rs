@@ -116,7 +116,16 @@ struct Agent {
 
 impl Agent {
     fn start(server: &Server, workers: usize) -> Agent {
-        let child = Command::new(std::env::current_exe().unwrap())
+        Agent::start_with(server, workers, None)
+    }
+
+    /// An agent that commits `fault` (`LOKY_AGENT_FAULT`).
+    fn start_with(server: &Server, workers: usize, fault: Option<&str>) -> Agent {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        if let Some(fault) = fault {
+            command.env("LOKY_AGENT_FAULT", fault);
+        }
+        let child = command
             .env("LOKY_AGENT", &server.url)
             .env("LOKY_AGENT_WORKERS", workers.to_string())
             .stdin(Stdio::null())
@@ -360,4 +369,40 @@ fn an_unreachable_server_is_an_error_when_the_executor_is_built() {
         Err(Error::Config(message)) => assert!(message.contains("cannot reach"), "{message}"),
         other => panic!("expected a configuration error, got {other:?}"),
     }
+}
+
+#[test]
+fn an_agent_of_another_protocol_version_refuses_clearly() {
+    let server = Server::start();
+    let _agent = Agent::start_with(&server, 1, Some("version:999"));
+    let executor = client(&server);
+    let result = executor.submit(square, 2).unwrap().result_timeout(BOUND);
+    match remote(result.unwrap_err()) {
+        Error::Spawn(loky::SpawnError::ProtocolMismatch { ours, theirs, .. }) => {
+            assert_eq!(theirs, 999);
+            assert_ne!(ours, 999);
+        }
+        other => panic!("expected ProtocolMismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_task_the_agent_does_not_know_is_a_clear_error() {
+    let server = Server::start();
+    let _agent = Agent::start_with(&server, 1, Some("forget:nats::square"));
+    let executor = client(&server);
+    let result = executor.submit(square, 2).unwrap().result_timeout(BOUND);
+    match remote(result.unwrap_err()) {
+        Error::UnknownTask { task, .. } => assert_eq!(task, "nats::square"),
+        other => panic!("expected UnknownTask, got {other:?}"),
+    }
+    // Other tasks still run there.
+    assert_eq!(
+        executor
+            .submit(echo, vec![1, 2])
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        2
+    );
 }

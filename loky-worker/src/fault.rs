@@ -67,3 +67,34 @@ pub(crate) fn forgotten(task: &str) -> bool {
 pub(crate) fn forgotten(_task: &str) -> bool {
     false
 }
+
+/// The variable naming a fault of a cluster agent (feature `nats` of
+/// `loky`): `version:N` (announce protocol version N) or `forget:ID` (act
+/// as if no task were registered under ID). A variable of its own, so that
+/// the agent's local workers do not commit it too.
+pub const ENV_AGENT_FAULT: &str = "LOKY_AGENT_FAULT";
+
+/// The protocol version an agent speaks: `version` unless told otherwise.
+pub fn agent_version(version: u32) -> u32 {
+    agent_fault("version:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(version)
+}
+
+/// Whether an agent acts as if `task` were not registered.
+pub fn agent_forgets(task: &str) -> bool {
+    agent_fault("forget:").is_some_and(|id| id == task)
+}
+
+#[cfg(feature = "test-hooks")]
+fn agent_fault(prefix: &str) -> Option<String> {
+    std::env::var(ENV_AGENT_FAULT)
+        .ok()?
+        .strip_prefix(prefix)
+        .map(str::to_owned)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn agent_fault(_prefix: &str) -> Option<String> {
+    None
+}

@@ -211,18 +211,14 @@ impl Agent {
         };
         let reply = header(HEADER_REPLY);
         let call = header(HEADER_CALL).and_then(|c| c.parse::<u64>().ok());
-        // Acknowledged first: from here on it is this agent's to run or to
-        // refuse, and the server never delivers it again.
-        if let Err(error) = message.ack().await {
-            tracing::warn!(%error, "acknowledging a call failed: the server will redeliver it");
-            return;
-        }
         let (Some(reply), Some(call)) = (reply, call) else {
             tracing::warn!("a call without a reply subject or id: dropped");
+            let _ = message.ack().await;
             return;
         };
         let key = (reply.clone(), call);
         if self.cancelled.remove(&key) {
+            let _ = message.ack().await;
             return; // cancelled before it reached this agent: it never runs
         }
         let refuse = |reason| AgentSays::Refused {
@@ -230,19 +226,25 @@ impl Agent {
             host: self.host.clone(),
             reason,
         };
+        let ours = loky_worker::fault::agent_version(PROTOCOL_VERSION);
         let version = header(HEADER_VERSION).and_then(|v| v.parse::<u32>().ok());
-        if version != Some(PROTOCOL_VERSION) {
+        if version != Some(ours) {
             let refusal = refuse(Refusal::Version {
-                ours: PROTOCOL_VERSION,
+                ours,
                 theirs: version.unwrap_or(0),
             });
             self.say(&reply, &refusal).await;
+            let _ = message.ack().await;
             return;
         }
         let task = header(HEADER_TASK).unwrap_or_default();
-        let Ok(entry) = loky_worker::registry::lookup(&task).entry() else {
-            self.say(&reply, &refuse(Refusal::UnknownTask)).await;
-            return;
+        let entry = match loky_worker::registry::lookup(&task).entry() {
+            Ok(entry) if !loky_worker::fault::agent_forgets(&task) => entry,
+            _ => {
+                self.say(&reply, &refuse(Refusal::UnknownTask)).await;
+                let _ = message.ack().await;
+                return;
+            }
         };
         let kind = match header(HEADER_KIND).as_deref() {
             Some("chunk") => CallKind::Chunk,
@@ -251,12 +253,20 @@ impl Agent {
         let timeout = header(HEADER_TIMEOUT_MS)
             .and_then(|t| t.parse::<u64>().ok())
             .map(Duration::from_millis);
+        // Said before the acknowledgement: if this agent dies in between,
+        // its client has heard of it and reports the host lost, and the
+        // copy the server delivers again elsewhere is cancelled by the
+        // client (it no longer waits for it). Acknowledged first, a call
+        // would be lost without a word.
         let started = AgentSays::Started {
             call,
             host: self.host.clone(),
             agent: self.id.clone(),
         };
         self.say(&reply, &started).await;
+        if let Err(error) = message.ack().await {
+            tracing::warn!(%error, "acknowledging a call failed: the server may deliver it again");
+        }
         let submitted = self.executor.submit_encoded(
             entry.id(),
             kind,
