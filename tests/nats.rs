@@ -169,6 +169,15 @@ fn submit_and_map_give_correct_ordered_results() {
     let executor = client(&server);
     let future = executor.submit(square, 7).unwrap();
     assert_eq!(future.result_timeout(BOUND).unwrap(), 49);
+    assert!(
+        matches!(executor.resize(4), Err(Error::Config(_))),
+        "a cluster has no size of its own"
+    );
+    assert!(executor.worker_pids().is_empty());
+    assert!(
+        common::eventually(BOUND, || executor.stats().workers == 4),
+        "two agents of two workers"
+    );
     let squares: Vec<u64> = executor
         .map(square, 0..1000u64)
         .collect::<Result<_, _>>()

@@ -24,6 +24,11 @@ pub(crate) enum BackendKind {
 }
 
 impl Backend {
+    /// Whether tasks run on other hosts.
+    pub fn is_cluster(&self) -> bool {
+        !matches!(self.kind, BackendKind::Local)
+    }
+
     /// Worker processes of this machine: the default.
     pub fn local() -> Backend {
         Backend::default()

@@ -185,8 +185,18 @@ impl Executor {
     /// need them; shrinking retires surplus workers as soon as they are
     /// idle (idle ones at once), and the survivors keep their pids. No
     /// task is lost either way.
+    ///
+    /// A cluster executor (`Backend::nats`) has no size of its own: it
+    /// fails with [`Error::Config`]; start or stop agents instead.
     pub fn resize(&self, max_workers: usize) -> Result<(), Error> {
         crate::config::check_max_workers(max_workers)?;
+        if self.inner.config.get_backend().is_cluster() {
+            return Err(Error::Config(
+                "a cluster's size is its agents' workers: start or stop agents \
+                 (LOKY_AGENT_WORKERS sets each one's)"
+                    .to_owned(),
+            ));
+        }
         let gate = self.inner.open_gate()?;
         self.inner.max_workers.store(max_workers, Ordering::Relaxed);
         let _ = gate.events.send(Event::Resize(max_workers));
@@ -428,7 +438,9 @@ impl Executor {
     }
 
     /// The process ids of the workers alive now (including starting ones),
-    /// as the manager last published them.
+    /// as the manager last published them. Empty for a cluster executor,
+    /// whose workers are on other hosts: its `stats().workers` counts the
+    /// agents' workers.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.inner.shared.pids()
     }
