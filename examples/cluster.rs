@@ -73,18 +73,28 @@ fn main() -> Result<(), Error> {
         .collect();
 
     let executor = Executor::new(Config::new().backend(Backend::nats(&url)))?;
-    let results: Vec<(u64, u32)> = executor.map(whereabouts, 0..200).collect::<Result<_, _>>()?;
+    let results: Vec<(u64, u32)> = executor
+        .map(whereabouts, 0..200)
+        .collect::<Result<_, _>>()?;
     let mut workers: Vec<u32> = results.iter().map(|&(_, pid)| pid).collect();
     workers.sort_unstable();
     workers.dedup();
-    assert!(results.iter().enumerate().all(|(x, &(y, _))| y == (x * x) as u64));
+    assert!(
+        results
+            .iter()
+            .enumerate()
+            .all(|(x, &(y, _))| y == (x * x) as u64)
+    );
     println!("200 squares from {} workers on 2 agents", workers.len());
 
     match executor.submit(crash, ())?.result() {
         Err(error @ Error::Remote { .. }) => println!("a crash on an agent: {error}"),
         other => panic!("expected a remote error, got {other:?}"),
     }
-    println!("and the cluster carries on: 7² = {}", executor.submit(whereabouts, 7)?.result()?.0);
+    println!(
+        "and the cluster carries on: 7² = {}",
+        executor.submit(whereabouts, 7)?.result()?.0
+    );
 
     drop(executor);
     drop(agents);
