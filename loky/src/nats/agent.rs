@@ -138,29 +138,39 @@ async fn serve(url: &str, queue: &str, executor: Executor, workers: usize) -> Re
     let (taken_tx, mut taken) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            // One call per free worker: wait for one, take all that are free.
+            let Ok(first) = Arc::clone(&slots).acquire_owned().await else {
                 return;
             };
+            let mut permits = vec![first];
+            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+                permits.push(permit);
+            }
             let fetched = consumer
                 .fetch()
-                .max_messages(1)
+                .max_messages(permits.len())
                 .expires(Duration::from_millis(500))
                 .messages()
                 .await;
             match fetched {
-                Ok(mut batch) => match batch.next().await {
-                    Some(Ok(message)) => {
-                        let sent = taken_tx.send((message, permit));
-                        if sent.is_err() {
-                            return;
+                Ok(mut batch) => {
+                    while let Some(next) = batch.next().await {
+                        match next {
+                            Ok(message) => {
+                                let Some(permit) = permits.pop() else { break };
+                                if taken_tx.send((message, permit)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "fetching a call failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                break;
+                            }
                         }
                     }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "fetching a call failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    None => {}
-                },
+                    // Permits of calls that did not come are free again.
+                }
                 Err(error) => {
                     tracing::warn!(%error, "fetching calls failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;

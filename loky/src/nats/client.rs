@@ -80,7 +80,9 @@ pub(crate) fn start(config: Config, url: String, queue: String) -> Result<Execut
     let max_payload = client.server_info().max_payload;
     let reply = format!("loky.{queue}.reply.{}", client_id());
     Executor::start_with(config, move |_config, events, _events_tx, shared| {
+        let (unpublished_tx, unpublished) = tokio::sync::mpsc::unbounded_channel();
         let client = Client {
+            unpublished: unpublished_tx,
             url,
             queue,
             client,
@@ -94,7 +96,7 @@ pub(crate) fn start(config: Config, url: String, queue: String) -> Result<Execut
             broker_down: None,
             shutting_down: false,
         };
-        runtime.block_on(client.run(events, connection));
+        runtime.block_on(client.run(events, connection, unpublished));
     })
 }
 
@@ -120,6 +122,8 @@ struct Client {
     /// Agents heard from, by id.
     agents: HashMap<String, Seen>,
     disconnected_since: Option<Instant>,
+    /// Calls the server did not acknowledge, and why.
+    unpublished: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
     /// Why the server counts as lost, once it does.
     broker_down: Option<String>,
     shutting_down: bool,
@@ -143,6 +147,7 @@ impl Client {
         mut self,
         events: Receiver<Event>,
         mut connection: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+        unpublished: tokio::sync::mpsc::UnboundedReceiver<(u64, String)>,
     ) {
         // The executor's events arrive on a crossbeam channel: a thread
         // carries them into the runtime.
@@ -178,6 +183,7 @@ impl Client {
             }
         };
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut unpublished = unpublished;
         loop {
             tokio::select! {
                 event = events_rx.recv() => match event {
@@ -187,6 +193,12 @@ impl Client {
                 Some(message) = replies.next() => self.on_reply(&message.payload).await,
                 Some(message) = beats.next() => self.on_heartbeat(&message.payload),
                 Some(event) = connection.recv() => self.on_connection(event),
+                Some((call, reason)) = unpublished.recv() => {
+                    if let Some(pending) = self.jobs.remove(&call) {
+                        let task = pending.job.task();
+                        pending.job.completion.fail(self.broker_lost(task, &reason));
+                    }
+                }
                 _ = tick.tick() => self.on_tick().await,
             }
             if self.shutting_down && self.jobs.is_empty() {
@@ -261,17 +273,26 @@ impl Client {
         }
         headers.insert(HEADER_REPLY, self.reply.as_str());
         let payload = bytes::Bytes::copy_from_slice(bytes);
-        let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+        let published = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
             self.js
-                .publish_with_headers(calls_subject(&self.queue), headers, payload)
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())
-        })
+                .publish_with_headers(calls_subject(&self.queue), headers, payload),
+        )
         .await;
         match published {
-            Ok(Ok(_)) => {
+            Ok(Ok(acknowledged)) => {
+                // The server's acknowledgement is awaited beside the next
+                // calls, not before them: calls stream out.
+                let unpublished = self.unpublished.clone();
+                let call = job.id;
+                tokio::spawn(async move {
+                    let reason = match tokio::time::timeout(PUBLISH_TIMEOUT, acknowledged).await {
+                        Ok(Ok(_)) => return,
+                        Ok(Err(error)) => error.to_string(),
+                        Err(_) => format!("no acknowledgement within {PUBLISH_TIMEOUT:?}"),
+                    };
+                    let _ = unpublished.send((call, reason));
+                });
                 self.jobs.insert(
                     job.id,
                     Pending {
@@ -281,7 +302,9 @@ impl Client {
                     },
                 );
             }
-            Ok(Err(reason)) => job.completion.fail(self.broker_lost(task, &reason)),
+            Ok(Err(error)) => job
+                .completion
+                .fail(self.broker_lost(task, &error.to_string())),
             Err(_) => job.completion.fail(self.broker_lost(
                 task,
                 &format!("publishing the call took over {PUBLISH_TIMEOUT:?}"),
