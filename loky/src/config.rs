@@ -357,7 +357,6 @@ impl Config {
     }
 
     /// Where tasks run.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn get_backend(&self) -> &crate::cluster::Backend {
         &self.backend
     }

@@ -67,9 +67,9 @@ fn label(pid: u32, task: &str) -> String {
 /// process escaped the group), so that a worker's output is out before its
 /// death is reported. Those still running are left to finish alone.
 pub(super) fn drain(threads: Vec<JoinHandle<()>>, bound: Duration) {
-    let deadline = Instant::now() + bound;
+    let deadline = Instant::now().checked_add(bound);
     for thread in threads {
-        while !thread.is_finished() && Instant::now() < deadline {
+        while !thread.is_finished() && deadline.is_none_or(|d| Instant::now() < d) {
             std::thread::sleep(Duration::from_millis(1));
         }
         if thread.is_finished() {
