@@ -38,12 +38,12 @@ pub(crate) struct Feed<T: Task, I> {
     task: PhantomData<fn() -> T>,
     executor: Executor,
     input: I,
-    pub(crate) chunksize: Option<usize>,
-    pub(crate) timeout: Option<Duration>,
+    chunksize: Option<usize>,
+    timeout: Option<Duration>,
     /// Chunks submitted and not consumed, at most; `None`: the default
     /// window.
-    pub(crate) max_in_flight: Option<usize>,
-    pub(crate) retries: Option<u32>,
+    max_in_flight: Option<usize>,
+    retries: Option<u32>,
     /// Chunks submitted and not consumed.
     chunks: usize,
     /// Elements in the submitted, unconsumed chunks.
@@ -116,7 +116,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     /// automatically: from the input's length when it is known, otherwise
     /// growing from 1 while chunks finish quickly.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
-        self.feed.chunksize = (chunksize > 0).then_some(chunksize);
+        self.feed.set_chunksize(chunksize);
         self
     }
 
@@ -126,7 +126,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     /// applies to each chunk (as in pebble), so with a timeout and no
     /// explicit [`chunksize`](Self::chunksize), elements are sent one by one.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.feed.timeout = Some(timeout);
+        self.feed.set_timeout(timeout);
         self
     }
 
@@ -135,7 +135,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     /// small, until 128 elements per worker are in flight (at most 512
     /// chunks): short tasks then never wait for the next submission.
     pub fn max_in_flight(mut self, chunks: usize) -> Self {
-        self.feed.max_in_flight = Some(chunks.max(1));
+        self.feed.set_max_in_flight(chunks);
         self
     }
 
@@ -143,7 +143,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     /// running it, up to `retries` more times: see
     /// [`Config::retries`](crate::Config::retries).
     pub fn retries(mut self, retries: u32) -> Self {
-        self.feed.retries = Some(retries);
+        self.feed.set_retries(retries);
         self
     }
 
@@ -155,6 +155,26 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     pub fn unordered(self) -> crate::MapUnordered<T, I> {
         debug_assert!(self.pending.is_empty(), "not iterated yet");
         crate::MapUnordered::new(self.feed)
+    }
+}
+
+impl<T: Task, I> Feed<T, I> {
+    /// 0: automatic.
+    pub(crate) fn set_chunksize(&mut self, chunksize: usize) {
+        self.chunksize = (chunksize > 0).then_some(chunksize);
+    }
+
+    pub(crate) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = Some(timeout);
+    }
+
+    /// At least 1.
+    pub(crate) fn set_max_in_flight(&mut self, chunks: usize) {
+        self.max_in_flight = Some(chunks.max(1));
+    }
+
+    pub(crate) fn set_retries(&mut self, retries: u32) {
+        self.retries = Some(retries);
     }
 }
 

@@ -75,26 +75,26 @@ impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
 
     /// Sends inputs `chunksize` at a time: as [`Map::chunksize`](crate::Map::chunksize).
     pub fn chunksize(mut self, chunksize: usize) -> Self {
-        self.feed.chunksize = (chunksize > 0).then_some(chunksize);
+        self.feed.set_chunksize(chunksize);
         self
     }
 
     /// Limits how long each call may run: as [`Map::timeout`](crate::Map::timeout).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.feed.timeout = Some(timeout);
+        self.feed.set_timeout(timeout);
         self
     }
 
     /// How many chunks may be in flight: as
     /// [`Map::max_in_flight`](crate::Map::max_in_flight).
     pub fn max_in_flight(mut self, chunks: usize) -> Self {
-        self.feed.max_in_flight = Some(chunks.max(1));
+        self.feed.set_max_in_flight(chunks);
         self
     }
 
     /// Retries elements whose worker died: as [`Map::retries`](crate::Map::retries).
     pub fn retries(mut self, retries: u32) -> Self {
-        self.feed.retries = Some(retries);
+        self.feed.set_retries(retries);
         self
     }
 
