@@ -5,6 +5,8 @@
 //! of a no-op call, map throughput, and the time from an agent's death to
 //! the `HostLost` error. Medians; one machine, so the network is loopback.
 
+mod report;
+
 use loky::{Backend, Config, Error, Executor};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -30,11 +32,6 @@ impl Drop for Reaped {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn agent(url: &str, workers: usize) -> Reaped {
     Command::new(std::env::current_exe().unwrap())
         .env("LOKY_AGENT", url)
@@ -46,7 +43,6 @@ fn agent(url: &str, workers: usize) -> Reaped {
 }
 
 fn main() {
-    let json = std::env::args().any(|a| a == "--json");
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -80,7 +76,7 @@ fn main() {
             started.elapsed().as_secs_f64() * 1e6
         })
         .collect();
-    let p50 = median(round_trips);
+    let p50 = report::median(round_trips);
 
     let rate = |chunksize: usize| {
         let n = 10_000u64;
@@ -139,17 +135,7 @@ fn main() {
             "agent SIGKILLed mid-call -> HostLost",
         ),
     ];
-    if json {
-        let fields: Vec<String> = rows
-            .iter()
-            .map(|(k, v, _)| format!("\"{k}\": {v:.3}"))
-            .collect();
-        println!("{{{}}}", fields.join(", "));
-    } else {
-        for (key, value, what) in rows {
-            println!("{key:<26} {value:>14.3}   {what}");
-        }
-    }
+    report::print(&rows);
     for future in &long {
         future.cancel();
     }

@@ -4,6 +4,8 @@
 //! line, with the keys of ../shared/ANCHORS.md. Medians over repetitions;
 //! these machines are shared and noisy, so compare ratios from one run.
 
+mod report;
+
 use loky::{Config, Error, Executor, Shutdown};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -32,11 +34,6 @@ fn spin(iterations: u64) -> u64 {
     x
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
 fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[((values.len() - 1) as f64 * p).round() as usize]
@@ -47,7 +44,7 @@ fn two_workers() -> Executor {
 }
 
 fn cold_start_ms() -> f64 {
-    median(
+    report::median(
         (0..15)
             .map(|_| {
                 let started = Instant::now();
@@ -77,7 +74,7 @@ fn roundtrips_us(executor: &Executor) -> (f64, f64) {
 
 fn map_tasks_per_s(executor: &Executor, chunksize: usize) -> f64 {
     let n = 100_000u64;
-    median(
+    report::median(
         (0..3)
             .map(|_| {
                 let started = Instant::now();
@@ -95,7 +92,7 @@ fn map_tasks_per_s(executor: &Executor, chunksize: usize) -> f64 {
 
 fn echo_gb_per_s(executor: &Executor) -> f64 {
     let data = vec![7u8; 64 << 20];
-    median(
+    report::median(
         (0..5)
             .map(|_| {
                 let started = Instant::now();
@@ -125,7 +122,7 @@ fn sum_shared(data: loky::SharedBytes) -> u64 {
 fn shared_handoff_ms(executor: &Executor) -> f64 {
     let shared = loky::SharedBytes::new(&vec![1u8; 64 << 20]).unwrap();
     let expected = sum_shared.call(shared.clone());
-    median(
+    report::median(
         (0..7)
             .map(|_| {
                 let started = Instant::now();
@@ -162,7 +159,7 @@ fn crash_and_recover_ms(executor: &Executor) -> (f64, f64) {
         executor.submit(noop, 1).unwrap().result().unwrap();
         recover.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    (median(detect), median(recover))
+    (report::median(detect), report::median(recover))
 }
 
 fn cpu_speedup(executor: &Executor) -> f64 {
@@ -199,11 +196,10 @@ fn idle_worker_rss_mb(executor: &Executor) -> f64 {
             Some(kb / 1024.0)
         })
         .collect();
-    median(rss)
+    report::median(rss)
 }
 
 fn main() {
-    let json = std::env::args().any(|a| a == "--json");
     let cold_start_ms = cold_start_ms();
     let executor = two_workers();
     let (p50, p99) = roundtrips_us(&executor);
@@ -267,15 +263,5 @@ fn main() {
             "resident memory of an idle worker",
         ),
     ];
-    if json {
-        let fields: Vec<String> = rows
-            .iter()
-            .map(|(k, v, _)| format!("\"{k}\": {v:.3}"))
-            .collect();
-        println!("{{{}}}", fields.join(", "));
-    } else {
-        for (key, value, what) in rows {
-            println!("{key:<22} {value:>14.3}   {what}");
-        }
-    }
+    report::print(&rows);
 }
