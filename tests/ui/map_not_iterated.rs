@@ -1,4 +1,4 @@
-// A map that is built and never iterated does nothing: the compiler says so.
+//! A map that is built and never iterated does nothing: the compiler says so.
 #![deny(unused_must_use)]
 
 #[loky::task]
