@@ -444,10 +444,10 @@ fn leak_mb(mb: usize) -> u32 {
 fn env_role() {
     assert_eq!(loky::cpu_count(), 1);
     assert_eq!(loky::physical_cpu_count(), 1);
-    assert_eq!(loky::Config::default().get_max_workers(), 1);
     // The default configuration's 300 MB threshold is overridden: a worker
     // leaking 3 MB per task is replaced well before 300 MB.
     let executor = loky::Executor::new(loky::Config::default()).unwrap();
+    assert_eq!(executor.max_workers(), 1);
     let pids: std::collections::BTreeSet<u32> = (0..60)
         .map(|_| executor.submit(leak_mb, 3).unwrap())
         .map(|f| f.result_timeout(BOUND).unwrap())

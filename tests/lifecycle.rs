@@ -105,8 +105,8 @@ fn an_idle_worker_exits_after_its_timeout_and_workers_come_back() {
 
 #[test]
 fn a_plain_executor_keeps_idle_workers_by_default() {
-    assert_eq!(Config::default().get_idle_timeout(), None);
     let executor = executor(1);
+    assert_eq!(executor.idle_timeout(), None);
     let pid = executor
         .submit(worker_pid, ())
         .unwrap()

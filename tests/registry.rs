@@ -52,6 +52,11 @@ fn an_unknown_id_is_a_clear_error() {
             pid: None
         })
     ));
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "task `registry::nowhere` is not registered: only a function with \
+         `#[loky::task]` is registered (a hand-written `Task` implementation is not)"
+    );
 }
 
 #[test]

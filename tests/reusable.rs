@@ -62,7 +62,7 @@ fn the_same_config_reuses_and_another_size_resizes() {
 
     let grown = get_reusable_executor(config(3)).unwrap();
     assert_eq!(grown.id(), first.id(), "resized, not replaced");
-    assert_eq!(grown.config().get_max_workers(), 3);
+    assert_eq!(grown.max_workers(), 3);
     let grown_pids = busy_pids(&grown, 3);
     assert!(pids.is_subset(&grown_pids), "growing keeps the workers");
 
@@ -135,7 +135,7 @@ fn forced_reuse_keeps_the_executor_whatever_the_config() {
     )
     .unwrap();
     assert_eq!(forced.id(), first.id());
-    assert_eq!(forced.config().get_max_workers(), 1, "still resized");
+    assert_eq!(forced.max_workers(), 1, "still resized");
     let flavour = forced
         .submit(read_env, "LOKY_TEST_FLAVOUR".to_owned())
         .unwrap()
@@ -162,10 +162,7 @@ fn a_shut_down_or_broken_executor_is_replaced() {
 fn the_reusable_executor_lets_idle_workers_go_after_ten_seconds() {
     let _serial = serial();
     let executor = get_reusable_executor(config(1)).unwrap();
-    assert_eq!(
-        executor.config().get_idle_timeout(),
-        Some(loky::REUSABLE_IDLE_TIMEOUT)
-    );
+    assert_eq!(executor.idle_timeout(), Some(loky::REUSABLE_IDLE_TIMEOUT));
     assert_eq!(loky::REUSABLE_IDLE_TIMEOUT, Duration::from_secs(10));
     let quick = get_reusable_executor(config(1).idle_timeout(Duration::from_millis(50))).unwrap();
     let pid = quick.submit(worker_pid, ()).unwrap().result_timeout(BOUND);

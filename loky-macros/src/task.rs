@@ -196,18 +196,19 @@ fn generate(attr: &TaskAttr, function: &ItemFn, arg_types: &[Type]) -> TokenStre
 
     let output = match &function.sig.output {
         ReturnType::Default => quote!(()),
-        ReturnType::Type(_, ty) => quote!(#ty),
-    };
-    let output_span = match &function.sig.output {
-        ReturnType::Default => function.sig.ident.span(),
-        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Type(_, ty) => quote_spanned!(ty.span()=> #ty),
     };
     let arg_names: Vec<_> = (0..arg_types.len())
         .map(|i| format_ident!("__loky_arg{}", i))
         .collect();
     let (args_type, args_pattern) = match arg_types {
         [single] => (quote!(#single), quote!(#(#arg_names)*)),
-        _ => (quote!((#(#arg_types,)*)), quote!((#(#arg_names,)*))),
+        // The tuple is spanned at the parameter list, where the `Message`
+        // bound on `Task::Args` reports a parameter that cannot cross.
+        _ => (
+            quote_spanned!(function.sig.paren_token.span.join()=> (#(#arg_types,)*)),
+            quote!((#(#arg_names,)*)),
+        ),
     };
     let id = match &attr.id {
         Some(id) => quote!(#id),
@@ -216,24 +217,12 @@ fn generate(attr: &TaskAttr, function: &ItemFn, arg_types: &[Type]) -> TokenStre
             quote!(::core::concat!(::core::module_path!(), "::", #name))
         }
     };
-    let checks = arg_types
-        .iter()
-        .map(|ty| quote_spanned!(ty.span()=> ::loky::__private::require_message::<#ty>();));
-    let output_check =
-        quote_spanned!(output_span=> ::loky::__private::require_message::<#output>(););
 
     quote! {
         #(#docs)*
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
         #vis struct #name;
-
-        const _: () = {
-            fn __loky_check_types() {
-                #(#checks)*
-                #output_check
-            }
-        };
 
         impl #name {
             /// Runs the task in this process.

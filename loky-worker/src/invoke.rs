@@ -3,21 +3,21 @@
 //! becomes a [`Failure`] value that names its stage.
 
 use crate::panic;
-use crate::protocol::{self, Failure, Stage};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-/// Decodes `A` from `input`, calls `f`, and encodes its result.
+use crate::protocol::{Failure, Stage};
+/// Decodes `A` from `input` with `decode`, calls `f`, and encodes its
+/// result with `encode`.
 ///
-/// The `#[loky::task]` expansion registers a monomorphic instance of this.
-pub fn run<A, R>(f: impl FnOnce(A) -> R, input: &[u8]) -> Result<Vec<u8>, Failure>
-where
-    A: DeserializeOwned + 'static,
-    R: Serialize + 'static,
-{
-    let args: A = serde_stage(Stage::DecodeArgs, || protocol::decode_value(input))?;
+/// The `#[loky::task]` expansion registers a monomorphic instance of this,
+/// with the protocol's `decode_value` and `encode_value` for the task's types.
+pub fn run<A, R>(
+    decode: impl FnOnce(&[u8]) -> Result<A, String>,
+    f: impl FnOnce(A) -> R,
+    encode: impl FnOnce(&R) -> Result<Vec<u8>, String>,
+    input: &[u8],
+) -> Result<Vec<u8>, Failure> {
+    let args: A = serde_stage(Stage::DecodeArgs, || decode(input))?;
     let result = panic::catch(|| f(args)).map_err(Failure::Panicked)?;
-    serde_stage(Stage::EncodeResult, || protocol::encode_value(&result))
+    serde_stage(Stage::EncodeResult, || encode(&result))
 }
 
 /// Runs a serde step, turning its error or panic into a [`Failure::Serde`].

@@ -6,7 +6,9 @@ use crate::threads::ThreadLimit;
 use std::ffi::OsString;
 use std::time::Duration;
 
-/// How an [`Executor`](crate::Executor) runs its workers.
+/// How an [`Executor`](crate::Executor) runs its workers: a builder, read
+/// back through the executor ([`Executor::max_workers`](crate::Executor::max_workers),
+/// [`Executor::idle_timeout`](crate::Executor::idle_timeout)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -15,25 +17,28 @@ use std::time::Duration;
 ///     .max_workers(2)
 ///     .idle_timeout(Duration::from_secs(30))
 ///     .max_tasks_per_child(1000);
-/// assert_eq!(config.get_max_workers(), 2);
+/// let executor = loky::Executor::new(config)?;
+/// assert_eq!(executor.max_workers(), 2);
+/// assert_eq!(executor.idle_timeout(), Some(Duration::from_secs(30)));
+/// # Ok::<(), loky::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    max_workers: usize,
-    handshake_timeout: Duration,
-    prefetch: Option<usize>,
-    env: Vec<(OsString, OsString)>,
+    pub(crate) max_workers: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) prefetch: Option<usize>,
+    pub(crate) env: Vec<(OsString, OsString)>,
     /// `None`: not set (a plain executor keeps idle workers, the reusable
     /// one lets them go after [`REUSABLE_IDLE_TIMEOUT`]).
     idle_timeout: Option<Option<Duration>>,
-    max_tasks_per_child: Option<usize>,
-    initializer: Option<Initializer>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) initializer: Option<Initializer>,
     memory: MemoryLimits,
     threads: ThreadLimit,
-    retries: u32,
+    pub(crate) retries: u32,
     forward_logs: bool,
-    label_output: bool,
-    backend: crate::cluster::Backend,
+    pub(crate) label_output: bool,
+    pub(crate) backend: crate::cluster::Backend,
 }
 
 /// A task every worker runs once, before its first task.
@@ -338,34 +343,6 @@ impl Config {
         self
     }
 
-    /// The configured number of workers.
-    pub fn get_max_workers(&self) -> usize {
-        self.max_workers
-    }
-
-    pub(crate) fn get_handshake_timeout(&self) -> Duration {
-        self.handshake_timeout
-    }
-
-    /// The configured prefetch; `None`: adaptive.
-    pub(crate) fn get_prefetch(&self) -> Option<usize> {
-        self.prefetch
-    }
-
-    pub(crate) fn get_env(&self) -> &[(OsString, OsString)] {
-        &self.env
-    }
-
-    /// Where tasks run.
-    pub(crate) fn get_backend(&self) -> &crate::cluster::Backend {
-        &self.backend
-    }
-
-    /// Whether worker output is labelled.
-    pub(crate) fn get_label_output(&self) -> bool {
-        self.label_output
-    }
-
     /// The log level a new worker forwards, numbered as in the protocol.
     pub(crate) fn worker_log_level(&self) -> u8 {
         if self.forward_logs {
@@ -376,7 +353,7 @@ impl Config {
     }
 
     /// The thread-limit variables a new worker gets, on top of
-    /// [`get_env`](Self::get_env).
+    /// `env`.
     pub(crate) fn thread_limit_env(&self) -> Vec<(&'static str, String)> {
         crate::threads::worker_env(
             self.threads,
@@ -388,7 +365,7 @@ impl Config {
     }
 
     /// How long an idle worker is kept, if not forever.
-    pub fn get_idle_timeout(&self) -> Option<Duration> {
+    pub(crate) fn idle_limit(&self) -> Option<Duration> {
         self.idle_timeout.flatten()
     }
 
@@ -400,21 +377,8 @@ impl Config {
         self
     }
 
-    /// How often a task whose worker died runs again, by default.
-    pub(crate) fn get_retries(&self) -> u32 {
-        self.retries
-    }
-
-    pub(crate) fn get_max_tasks_per_child(&self) -> Option<usize> {
-        self.max_tasks_per_child
-    }
-
-    pub(crate) fn get_initializer(&self) -> Option<&Initializer> {
-        self.initializer.as_ref()
-    }
-
     /// The memory limits, with the environment override applied.
-    pub(crate) fn get_memory(&self) -> MemoryLimits {
+    pub(crate) fn memory_limits(&self) -> MemoryLimits {
         let mut memory = self.memory;
         if let Some(bytes) = std::env::var(ENV_LEAK_THRESHOLD)
             .ok()

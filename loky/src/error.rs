@@ -88,7 +88,7 @@ pub enum Error {
     },
     /// The worker has no task registered under this id (its binary differs
     /// from the parent's, or the task was not made with `#[loky::task]`).
-    #[error("task `{task}` is not registered{}", in_pid(*.pid))]
+    #[error("task `{task}` is not registered{}", unknown_where(*.pid))]
     UnknownTask {
         /// The task's id.
         task: &'static str,
@@ -201,9 +201,13 @@ pub enum Error {
     },
 }
 
-fn in_pid(pid: Option<u32>) -> String {
-    pid.map(|pid| format!(" in worker {pid}"))
-        .unwrap_or_default()
+fn unknown_where(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!(" in worker {pid}"),
+        None => ": only a function with `#[loky::task]` is registered \
+                 (a hand-written `Task` implementation is not)"
+            .to_owned(),
+    }
 }
 
 impl Error {

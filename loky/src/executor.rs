@@ -100,7 +100,7 @@ impl Executor {
         config.validate()?;
         crate::task::no_duplicates()?;
         #[cfg(feature = "nats")]
-        if let crate::cluster::BackendKind::Nats { url, queue } = &config.get_backend().kind {
+        if let crate::cluster::BackendKind::Nats { url, queue } = &config.backend.kind {
             let (url, queue) = (url.clone(), queue.clone());
             return crate::nats::client::start(config, url, queue);
         }
@@ -149,7 +149,7 @@ impl Executor {
         Ok(Executor {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                max_workers: AtomicUsize::new(config.get_max_workers()),
+                max_workers: AtomicUsize::new(config.max_workers),
                 config,
                 shared,
                 gate: Mutex::new(Gate {
@@ -170,9 +170,23 @@ impl Executor {
         self.inner.config.clone().max_workers(self.max_workers())
     }
 
-    /// The current `max_workers`.
-    pub(crate) fn max_workers(&self) -> usize {
+    /// How many workers this executor may run: as configured, or as last
+    /// [`resize`](Self::resize)d.
+    ///
+    /// ```
+    /// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+    /// assert_eq!(executor.max_workers(), 2);
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn max_workers(&self) -> usize {
         self.inner.max_workers.load(Ordering::Relaxed)
+    }
+
+    /// How long an idle worker is kept before it exits, if not forever:
+    /// [`Config::idle_timeout`], or [`REUSABLE_IDLE_TIMEOUT`](crate::REUSABLE_IDLE_TIMEOUT)
+    /// for the reusable executor when none was set.
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        self.inner.config.idle_limit()
     }
 
     /// This executor's id, unique in this process. The reusable executor
@@ -190,7 +204,7 @@ impl Executor {
     /// fails with [`Error::Config`]; start or stop agents instead.
     pub fn resize(&self, max_workers: usize) -> Result<(), Error> {
         crate::config::check_max_workers(max_workers)?;
-        if self.inner.config.get_backend().is_cluster() {
+        if self.inner.config.backend.is_cluster() {
             return Err(Error::Config(
                 "a cluster's size is its agents' workers: start or stop agents \
                  (LOKY_AGENT_WORKERS sets each one's)"

@@ -4,13 +4,13 @@
 
 use crate::error::{Attempt, Error};
 use crate::future::{Held, State};
+use crate::message::Message;
 use crate::shared::Shared;
 use ipc_channel::ipc::IpcSharedMemory;
 use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{
     self, Board, CallKind, ChunkItem, Claim as ClaimState, Outcome, Payload, Stage,
 };
-use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,7 +255,7 @@ impl<R: Send + 'static> Completion for Typed<R> {
 }
 
 /// Decodes the result of one call.
-pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
+pub(crate) fn decode_single<R: Message>(
     task: &'static str,
     pid: u32,
     encoded: Encoded<'_>,
@@ -268,17 +268,13 @@ pub(crate) fn decode_single<R: DeserializeOwned + 'static>(
     }
 }
 
-fn decode_bytes<R: DeserializeOwned + 'static>(
-    task: &'static str,
-    pid: u32,
-    bytes: &[u8],
-) -> Result<R, Error> {
-    serde_stage(Stage::DecodeResult, || protocol::decode_value(bytes))
+fn decode_bytes<R: Message>(task: &'static str, pid: u32, bytes: &[u8]) -> Result<R, Error> {
+    serde_stage(Stage::DecodeResult, || R::decode(bytes))
         .map_err(|failure| Error::from_failure(task, Some(pid), failure))
 }
 
 /// Decodes the results of a chunk: each element succeeds or fails alone.
-pub(crate) fn decode_chunk<R: DeserializeOwned + 'static>(
+pub(crate) fn decode_chunk<R: Message>(
     task: &'static str,
     _pid: u32,
     encoded: Encoded<'_>,
@@ -308,10 +304,7 @@ pub(crate) fn decode_chunk<R: DeserializeOwned + 'static>(
 }
 
 /// Encodes arguments in the submitting thread.
-pub(crate) fn encode_args<A: serde::Serialize + 'static>(
-    task: &'static str,
-    args: &A,
-) -> Result<Vec<u8>, Error> {
-    serde_stage(Stage::EncodeArgs, || protocol::encode_value(args))
+pub(crate) fn encode_args<A: Message>(task: &'static str, args: &A) -> Result<Vec<u8>, Error> {
+    serde_stage(Stage::EncodeArgs, || args.encode())
         .map_err(|failure| Error::from_failure(task, None, failure))
 }

@@ -47,6 +47,7 @@ mod job;
 mod manager;
 mod map;
 mod map_unordered;
+mod message;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod options;
@@ -94,6 +95,7 @@ pub use loky_worker::protocol::{RemotePanic, Stage};
 pub use loky_worker::shared_bytes::SharedBytes;
 pub use map::Map;
 pub use map_unordered::MapUnordered;
+pub use message::Message;
 pub use options::CallOptions;
 #[cfg(feature = "progress")]
 pub use progress::Progress;
@@ -176,10 +178,8 @@ pub use loky_macros::main;
 pub mod __private {
     //! What `#[loky::task]` and `#[loky::main]` expand to. Not public API.
 
-    use crate::{Future, Task};
+    use crate::{Future, Message, Task};
     use loky_worker::protocol::Failure;
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
 
     pub use inventory;
     pub use loky_worker::entry::main_entry;
@@ -187,17 +187,18 @@ pub mod __private {
 
     /// Runs one call of `T` on encoded arguments, in a worker.
     pub fn invoke<T: Task>(args: &[u8]) -> Result<Vec<u8>, Failure> {
-        loky_worker::invoke::run(|args| T::default().call(args), args)
+        loky_worker::invoke::run(
+            T::Args::decode,
+            |args| T::default().call(args),
+            T::Output::encode,
+            args,
+        )
     }
 
     /// `task.spawn(args)`.
     pub fn spawn<T: Task>(task: T, args: T::Args) -> Future<T::Output> {
         crate::reusable::spawn(task, args)
     }
-
-    /// Fails to compile, at the argument's span, for a type that cannot be
-    /// sent to a worker.
-    pub fn require_message<T: Serialize + DeserializeOwned + Send + 'static>() {}
 }
 
 /// The README's examples, compiled and run as doctests so that they stay

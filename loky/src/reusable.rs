@@ -80,8 +80,8 @@ pub fn get_reusable_executor_with(
             Reuse::Force => true,
         };
         if usable && keep {
-            if executor.max_workers() != config.get_max_workers() {
-                executor.resize(config.get_max_workers())?;
+            if executor.max_workers() != config.max_workers {
+                executor.resize(config.max_workers)?;
             }
             return Ok(executor.clone());
         }

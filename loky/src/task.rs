@@ -1,9 +1,8 @@
 //! The [`Task`] trait that `#[loky::task]` implements.
 
 use crate::error::Error;
+use crate::message::Message;
 use loky_worker::registry;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// A function registered with `#[loky::task]`, runnable in a worker process.
 ///
@@ -13,6 +12,11 @@ use serde::de::DeserializeOwned;
 /// reusable executor, and
 /// `executor.submit(square, 3)` and `executor.map(square, 0..10)` on an
 /// executor. One argument is passed as is, several as a tuple, none as `()`.
+///
+/// Implement it only through the attribute: the attribute also registers
+/// the function under [`ID`](Self::ID), which is how a worker finds it. A
+/// hand-written implementation registers nothing, and submitting it fails
+/// with [`Error::UnknownTask`](crate::Error::UnknownTask), which says so.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a loky task",
     label = "not a `#[loky::task]` function",
@@ -21,9 +25,9 @@ use serde::de::DeserializeOwned;
 )]
 pub trait Task: Copy + Default + Send + Sync + 'static {
     /// The arguments: the one argument's type, a tuple of several, or `()`.
-    type Args: Serialize + DeserializeOwned + Send + 'static;
+    type Args: Message;
     /// The return type.
-    type Output: Serialize + DeserializeOwned + Send + 'static;
+    type Output: Message;
     /// The stable id under which workers find the task: by default the
     /// module path and the function's name, such as `my_crate::square`.
     const ID: &'static str;

@@ -207,10 +207,7 @@ impl<B: Backend> Manager<B> {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         };
-        let idle_timeout = self
-            .config
-            .get_idle_timeout()
-            .filter(|_| self.queue.is_empty());
+        let idle_timeout = self.config.idle_limit().filter(|_| self.queue.is_empty());
         for worker in self.workers.values() {
             match &worker.life {
                 Life::Starting { deadline } => earliest(*deadline),
@@ -286,9 +283,7 @@ impl<B: Backend> Manager<B> {
         let up = self.workers.values().filter(|w| w.is_up()).count();
         let answer = match (&self.broken, &self.last_spawn_error) {
             (Some(error), _) => Err(error.clone()),
-            (None, Some(error)) if up < self.config.get_max_workers() => {
-                Err(Error::Spawn(error.clone()))
-            }
+            (None, Some(error)) if up < self.config.max_workers => Err(Error::Spawn(error.clone())),
             _ => Ok(()),
         };
         for waiter in self.start_waiters.drain(..) {
@@ -348,7 +343,7 @@ impl<B: Backend> Manager<B> {
                 (id, busy)
             })
             .collect();
-        for id in policy::shrink_victims(&active, self.config.get_max_workers()) {
+        for id in policy::shrink_victims(&active, self.config.max_workers) {
             self.retire(id, Retire::Shrink);
         }
     }
@@ -589,7 +584,7 @@ impl<B: Backend> Manager<B> {
         worker.board = Some(Arc::clone(&board));
         worker.idle_since = Instant::now();
         self.spawn_backoff_until = None;
-        worker.life = match self.config.get_initializer() {
+        worker.life = match self.config.initializer.as_ref() {
             Some(init) => {
                 let seq = worker.next_seq;
                 worker.next_seq += 1;
@@ -641,7 +636,10 @@ impl<B: Backend> Manager<B> {
     }
 
     fn initializer_task(&self) -> &'static str {
-        self.config.get_initializer().map_or("", |init| init.task)
+        self.config
+            .initializer
+            .as_ref()
+            .map_or("", |init| init.task)
     }
 
     /// A worker failed its initializer: after too many in a row, the
@@ -651,7 +649,8 @@ impl<B: Backend> Manager<B> {
         self.init_failures += 1;
         let max = self
             .config
-            .get_initializer()
+            .initializer
+            .as_ref()
             .map_or(usize::MAX, |init| init.max_failures);
         tracing::error!(
             failures = self.init_failures,
@@ -722,7 +721,7 @@ impl<B: Backend> Manager<B> {
         let killed_for_another = matches!(cause, Cause::Killed(Kill::Timeout | Kill::Cancel));
         let mut blamed = false;
         let mut requeue = Vec::new();
-        let retries = self.config.get_retries();
+        let retries = self.config.retries;
         for mut held in inflight {
             let state = board
                 .as_ref()
@@ -900,10 +899,7 @@ impl<B: Backend> Manager<B> {
     }
 
     fn check_timers(&mut self, now: Instant) {
-        let idle_timeout = self
-            .config
-            .get_idle_timeout()
-            .filter(|_| self.queue.is_empty());
+        let idle_timeout = self.config.idle_limit().filter(|_| self.queue.is_empty());
         let mut expired = Vec::new();
         let mut idle = Vec::new();
         let mut late = Vec::new();
@@ -960,7 +956,7 @@ impl<B: Backend> Manager<B> {
             self.retire(id, Retire::Idle);
         }
         for (id, pid) in late {
-            let timeout = self.config.get_handshake_timeout();
+            let timeout = self.config.handshake_timeout;
             self.handshake_failed(id, SpawnError::HandshakeTimeout { pid, timeout });
         }
     }
@@ -994,7 +990,7 @@ impl<B: Backend> Manager<B> {
     }
 
     fn send_queued(&mut self) {
-        let max_tasks = self.config.get_max_tasks_per_child();
+        let max_tasks = self.config.max_tasks_per_child;
         let starting = self.workers.values().filter(|w| w.is_starting()).count();
         // Workers that may still be started take jobs before anyone
         // prefetches them: the pool grows instead of queueing behind a
@@ -1002,12 +998,10 @@ impl<B: Backend> Manager<B> {
         let room = if self.broken.is_some() || self.shutdown.is_some_and(|r| r.kills()) {
             0
         } else {
-            self.config
-                .get_max_workers()
-                .saturating_sub(self.workers.len())
+            self.config.max_workers.saturating_sub(self.workers.len())
         };
         let incoming = starting.saturating_add(room);
-        let depth = policy::prefetch_depth(self.config.get_prefetch(), self.mean_call);
+        let depth = policy::prefetch_depth(self.config.prefetch, self.mean_call);
         while !self.queue.is_empty() {
             let limit = policy::hold_limit(self.queue.len(), incoming, depth);
             let candidates = self
@@ -1055,7 +1049,7 @@ impl<B: Backend> Manager<B> {
     /// unstarted call of the busiest worker so that the idle one runs it.
     /// True if a call was taken back.
     fn steal(&mut self) -> bool {
-        let max_tasks = self.config.get_max_tasks_per_child();
+        let max_tasks = self.config.max_tasks_per_child;
         if !self
             .workers
             .values()
@@ -1111,7 +1105,7 @@ impl<B: Backend> Manager<B> {
             self.queue.len().saturating_add(held),
             starting,
             self.workers.len(),
-            self.config.get_max_workers(),
+            self.config.max_workers,
             self.fill_pool,
         );
         self.fill_pool = false;
@@ -1124,7 +1118,7 @@ impl<B: Backend> Manager<B> {
             match self.backend.spawn(&self.config, notify) {
                 Ok(handle) => {
                     let pid = handle.pid();
-                    let deadline = deadline(Instant::now(), self.config.get_handshake_timeout());
+                    let deadline = deadline(Instant::now(), self.config.handshake_timeout);
                     self.workers.insert(id, Worker::new(handle, pid, deadline));
                     self.started += 1;
                 }

@@ -118,14 +118,14 @@ fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnE
     }
     command
         .envs(config.thread_limit_env())
-        .envs(config.get_env().iter().map(|(k, v)| (k, v)))
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
         .env(ENV_SERVER, &name)
         .env(ENV_SECRET, format!("{secret:x}"))
         .env(ENV_PARENT, std::process::id().to_string())
         .env(ENV_DEPTH, (crate::depth::current() + 1).to_string())
         .env(ENV_LOG_LEVEL, config.worker_log_level().to_string())
         .env(ENV_MEMORY, {
-            let memory = config.get_memory();
+            let memory = config.memory_limits();
             format!(
                 "{},{}",
                 memory.leak_threshold.unwrap_or(0),
@@ -134,13 +134,13 @@ fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnE
         })
         .env(
             ENV_LABEL_OUTPUT,
-            if config.get_label_output() { "1" } else { "0" },
+            if config.label_output { "1" } else { "0" },
         )
         .stdin(Stdio::null())
         // Its own process group, so that killing a worker kills whatever
         // it started too.
         .process_group(0);
-    if config.get_label_output() {
+    if config.label_output {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     let mut child = command
