@@ -31,5 +31,6 @@ pub mod memory;
 mod output;
 pub mod panic;
 pub mod protocol;
+pub mod region_pool;
 pub mod registry;
 pub mod shared_bytes;

@@ -474,7 +474,13 @@ impl Executor {
         options: CallOptions,
         decode: Decode<R>,
     ) -> Result<Future<R>, Error> {
-        let args = encoded.map(Payload::pack_args);
+        let args = encoded.and_then(|bytes| {
+            Payload::pack_args(bytes).map_err(|message| {
+                use loky_worker::protocol::{Failure, Stage};
+                let stage = Stage::EncodeArgs;
+                Error::from_failure(task, None, Failure::Serde { stage, message })
+            })
+        });
         let gate = self.inner.open_gate()?;
         let args = match args {
             Ok(args) => args,

@@ -35,6 +35,7 @@
 
 mod board;
 mod bytes;
+pub mod region;
 pub mod remote;
 
 pub use board::{ARENA, BOARD_BYTES, Board, ChunkProgress, Claim, SLOTS};
@@ -45,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
@@ -345,36 +346,41 @@ impl fmt::Display for RemotePanic {
 pub enum Payload {
     /// Bytes carried in the message itself.
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// Bytes carried in a shared memory region passed along the message.
-    Shared(IpcSharedMemory),
+    /// Bytes carried in a shared memory region passed along the message,
+    /// from the sender's pool of warm regions.
+    Shared(region::Region),
 }
 
 impl Payload {
     /// Wraps encoded arguments, in shared memory from
-    /// [`ARGS_SHARED_MEMORY_THRESHOLD`] on.
-    pub fn pack_args(bytes: Vec<u8>) -> Payload {
-        Payload::pack(bytes, ARGS_SHARED_MEMORY_THRESHOLD)
+    /// [`ARGS_SHARED_MEMORY_THRESHOLD`] on. `Err` when the OS refuses a
+    /// region: sent inline, they could block the sender on a busy worker.
+    pub fn pack_args(bytes: Vec<u8>) -> Result<Payload, String> {
+        if bytes.len() >= threshold_override().unwrap_or(ARGS_SHARED_MEMORY_THRESHOLD) {
+            crate::region_pool::fill(&[&bytes]).map(Payload::Shared)
+        } else {
+            Ok(Payload::Inline(bytes))
+        }
     }
 
     /// Wraps an encoded result, in shared memory from
-    /// [`RESULT_SHARED_MEMORY_THRESHOLD`] on.
+    /// [`RESULT_SHARED_MEMORY_THRESHOLD`] on, or inline when the OS refuses
+    /// a region (the parent reads results as they come: inline is only
+    /// slower).
     pub fn pack_result(bytes: Vec<u8>) -> Payload {
-        Payload::pack(bytes, RESULT_SHARED_MEMORY_THRESHOLD)
-    }
-
-    fn pack(bytes: Vec<u8>, threshold: usize) -> Payload {
-        if bytes.len() >= threshold_override().unwrap_or(threshold) {
-            Payload::Shared(IpcSharedMemory::from_bytes(&bytes))
-        } else {
-            Payload::Inline(bytes)
+        if bytes.len() >= threshold_override().unwrap_or(RESULT_SHARED_MEMORY_THRESHOLD) {
+            if let Ok(region) = crate::region_pool::fill(&[&bytes]) {
+                return Payload::Shared(region);
+            }
         }
+        Payload::Inline(bytes)
     }
 
     /// The encoded bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
             Payload::Inline(bytes) => bytes,
-            Payload::Shared(shared) => shared,
+            Payload::Shared(region) => region.bytes(),
         }
     }
 }
@@ -383,7 +389,7 @@ impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Payload::Inline(bytes) => write!(f, "Inline({} bytes)", bytes.len()),
-            Payload::Shared(shared) => write!(f, "Shared({} bytes)", shared.len()),
+            Payload::Shared(region) => write!(f, "Shared({} bytes)", region.bytes().len()),
         }
     }
 }

@@ -136,7 +136,11 @@ impl<B: Backend> Manager<B> {
         loop {
             match panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
                 Ok(true) => {}
-                Ok(false) => return,
+                Ok(false) => {
+                    // The executor is done: it keeps no idle shared memory.
+                    loky_worker::region_pool::trim();
+                    return;
+                }
                 Err(payload) => {
                     let message = loky_worker::panic::payload_message(&*payload);
                     self.break_down(format!("its manager thread panicked: {message}"));
@@ -593,7 +597,11 @@ impl<B: Backend> Manager<B> {
                     seq,
                     task: init.task.to_owned(),
                     kind: CallKind::Single,
-                    args: Payload::pack_args(init.args.clone().unwrap_or_default()),
+                    args: Payload::pack_args(init.args.clone().unwrap_or_default())
+                        .unwrap_or_else(|_| {
+                            // No region to be had: inline, once per worker.
+                            Payload::Inline(init.args.clone().unwrap_or_default())
+                        }),
                     regions: init.regions.0.clone(),
                 }]));
                 Life::Initializing { calls, seq }
@@ -862,8 +870,8 @@ impl<B: Backend> Manager<B> {
                 return None;
             }
             let remaining: ChunkArgs = elements[rest..].to_vec();
-            match protocol::encode(&remaining) {
-                Ok(bytes) => job.args = Payload::pack_args(bytes),
+            match protocol::encode(&remaining).and_then(Payload::pack_args) {
+                Ok(args) => job.args = args,
                 Err(message) => {
                     job.completion.fail(Error::Broken {
                         reason: format!("re-encoding a chunk: {message}"),
