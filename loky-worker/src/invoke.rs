@@ -3,7 +3,7 @@
 //! becomes a [`Failure`] value that names its stage.
 
 use crate::panic;
-use crate::protocol::{Failure, Stage};
+use crate::protocol::{Failure, Payload, Stage};
 /// Decodes `A` from `input` with `decode`, calls `f`, and encodes its
 /// result with `encode`.
 ///
@@ -12,9 +12,9 @@ use crate::protocol::{Failure, Stage};
 pub fn run<A, R>(
     decode: impl FnOnce(&[u8]) -> Result<A, String>,
     f: impl FnOnce(A) -> R,
-    encode: impl FnOnce(&R) -> Result<Vec<u8>, String>,
+    encode: impl FnOnce(&R) -> Result<Payload, String>,
     input: &[u8],
-) -> Result<Vec<u8>, Failure> {
+) -> Result<Payload, Failure> {
     let args: A = serde_stage(Stage::DecodeArgs, || decode(input))?;
     let result = panic::catch(|| f(args)).map_err(Failure::Panicked)?;
     serde_stage(Stage::EncodeResult, || encode(&result))

@@ -11,7 +11,7 @@ use crate::invoke;
 use crate::memory::MemoryWatch;
 use crate::protocol::{
     self, Board, Bootstrap, Call, CallKind, ChunkItem, EXIT_HANDSHAKE_FAILED, EXIT_PROTOCOL_ERROR,
-    Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Payload, Stage, ToWorker,
+    Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Packing, Payload, Stage, ToWorker,
 };
 use crate::registry;
 use ipc_channel::IpcError;
@@ -156,12 +156,15 @@ fn execute(mut call: Call, board: &Board, results: &impl Outbox) -> Outcome {
     running(Some(&call.task));
     let regions = std::mem::take(&mut call.regions);
     let encoded = crate::shared_bytes::provide(regions, || match call.kind {
-        CallKind::Single => entry.invoke(args),
-        CallKind::Chunk => run_chunk(call.seq, |one| entry.invoke(one), args, board, results),
+        CallKind::Single => entry.invoke(args, Packing::Result),
+        CallKind::Chunk => {
+            let invoke = |one: &[u8]| entry.invoke(one, Packing::Inline).map(Payload::into_bytes);
+            run_chunk(call.seq, invoke, args, board, results).map(Payload::pack_result)
+        }
     });
     running(None);
     match encoded {
-        Ok(bytes) => Outcome::Returned(Payload::pack_result(bytes)),
+        Ok(payload) => Outcome::Returned(payload),
         Err(failure) => Outcome::Failed(failure),
     }
 }

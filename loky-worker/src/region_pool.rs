@@ -42,7 +42,10 @@ pub fn trim() {
 /// How many regions the pool holds, and how many of them are free.
 pub fn census() -> (usize, usize) {
     let pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    (pool.len(), pool.iter().filter(|memory| free(memory)).count())
+    (
+        pool.len(),
+        pool.iter().filter(|memory| free(memory)).count(),
+    )
 }
 
 /// Nobody but the pool holds it, here or elsewhere.
@@ -155,9 +158,17 @@ mod tests {
         many.push(slot(2 * mib, false));
         assert_eq!(evict(&many), Some(1), "over the count: the oldest free one");
         let large = [slot(200 * mib, false), slot(100 * mib, false)];
-        assert_eq!(evict(&large), Some(0), "over the bytes, none free: the oldest");
+        assert_eq!(
+            evict(&large),
+            Some(0),
+            "over the bytes, none free: the oldest"
+        );
         let huge = [slot(300 * mib, true)];
-        assert_eq!(evict(&huge), Some(0), "a region larger than the pool is not kept");
+        assert_eq!(
+            evict(&huge),
+            Some(0),
+            "a region larger than the pool is not kept"
+        );
     }
 
     /// The only test of this binary that fills regions: the pool is the
@@ -187,7 +198,11 @@ mod tests {
         drop(received);
         assert_eq!(census(), (2, 2));
         let reused = [fill(&[b"ij"]).unwrap(), fill(&[b"kl"]).unwrap()];
-        assert!(reused.iter().any(|region| region.bytes().as_ptr() == address));
+        assert!(
+            reused
+                .iter()
+                .any(|region| region.bytes().as_ptr() == address)
+        );
         assert_eq!(census(), (2, 0), "no new region");
         drop(reused);
         trim();

@@ -4,12 +4,12 @@
 //! Architecture Invariant: an id that two entries share is never resolved to
 //! either of them: [`lookup`] reports it as [`Lookup::Duplicate`].
 
-use crate::protocol::Failure;
+use crate::protocol::{Failure, Packing, Payload};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// Runs one call: decodes the arguments, calls the task, encodes the result.
-pub type Invoke = fn(&[u8]) -> Result<Vec<u8>, Failure>;
+pub type Invoke = fn(&[u8], Packing) -> Result<Payload, Failure>;
 
 /// One registered task.
 #[derive(Debug)]
@@ -40,8 +40,8 @@ impl TaskEntry {
     }
 
     /// Runs one call of the task on encoded arguments.
-    pub fn invoke(&self, args: &[u8]) -> Result<Vec<u8>, Failure> {
-        (self.invoke)(args)
+    pub fn invoke(&self, args: &[u8], packing: Packing) -> Result<Payload, Failure> {
+        (self.invoke)(args, packing)
     }
 }
 

@@ -326,7 +326,7 @@ impl Executor {
     ) -> Result<Future<T::Output>, SubmitError<T::Args>> {
         let _ = task;
         let (encoded, regions) = loky_worker::shared_bytes::collect(|| {
-            crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &args))
+            crate::task::registered(T::ID).and_then(|()| job::encode_call_args(T::ID, &args))
         });
         match self.submit_encoded(
             T::ID,
@@ -470,17 +470,11 @@ impl Executor {
         &self,
         task: &'static str,
         kind: CallKind,
-        (encoded, regions): (Result<Vec<u8>, Error>, Vec<IpcSharedMemory>),
+        (encoded, regions): (Result<Payload, Error>, Vec<IpcSharedMemory>),
         options: CallOptions,
         decode: Decode<R>,
     ) -> Result<Future<R>, Error> {
-        let args = encoded.and_then(|bytes| {
-            Payload::pack_args(bytes).map_err(|message| {
-                use loky_worker::protocol::{Failure, Stage};
-                let stage = Stage::EncodeArgs;
-                Error::from_failure(task, None, Failure::Serde { stage, message })
-            })
-        });
+        let args = encoded;
         let gate = self.inner.open_gate()?;
         let args = match args {
             Ok(args) => args,

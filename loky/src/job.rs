@@ -9,7 +9,8 @@ use crate::shared::Shared;
 use ipc_channel::ipc::IpcSharedMemory;
 use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{
-    self, Board, CallKind, ChunkItem, Claim as ClaimState, Outcome, Payload, Stage,
+    self, Board, CallKind, ChunkItem, Claim as ClaimState, Failure, Outcome, Packing, Payload,
+    Stage,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -303,8 +304,26 @@ pub(crate) fn decode_chunk<R: Message>(
     Ok(results)
 }
 
-/// Encodes arguments in the submitting thread.
+/// Encodes arguments in the submitting thread, to travel inside a larger
+/// message (a chunk, an initializer's call).
 pub(crate) fn encode_args<A: Message>(task: &'static str, args: &A) -> Result<Vec<u8>, Error> {
-    serde_stage(Stage::EncodeArgs, || args.encode())
+    serde_stage(Stage::EncodeArgs, || {
+        args.encode(Packing::Inline).map(Payload::into_bytes)
+    })
+    .map_err(|failure| Error::from_failure(task, None, failure))
+}
+
+/// Encodes a call's arguments in the submitting thread, large ones
+/// straight into shared memory.
+pub(crate) fn encode_call_args<A: Message>(task: &'static str, args: &A) -> Result<Payload, Error> {
+    serde_stage(Stage::EncodeArgs, || args.encode(Packing::Args))
         .map_err(|failure| Error::from_failure(task, None, failure))
+}
+
+/// Wraps a call's encoded arguments, large ones in shared memory.
+pub(crate) fn pack_args(task: &'static str, bytes: Vec<u8>) -> Result<Payload, Error> {
+    Payload::pack_args(bytes).map_err(|message| {
+        let stage = Stage::EncodeArgs;
+        Error::from_failure(task, None, Failure::Serde { stage, message })
+    })
 }

@@ -179,18 +179,18 @@ pub mod __private {
     //! What `#[loky::task]` and `#[loky::main]` expand to. Not public API.
 
     use crate::{Future, Message, Task};
-    use loky_worker::protocol::Failure;
+    use loky_worker::protocol::{Failure, Packing, Payload};
 
     pub use inventory;
     pub use loky_worker::entry::main_entry;
     pub use loky_worker::registry::TaskEntry;
 
     /// Runs one call of `T` on encoded arguments, in a worker.
-    pub fn invoke<T: Task>(args: &[u8]) -> Result<Vec<u8>, Failure> {
+    pub fn invoke<T: Task>(args: &[u8], packing: Packing) -> Result<Payload, Failure> {
         loky_worker::invoke::run(
             T::Args::decode,
             |args| T::default().call(args),
-            T::Output::encode,
+            |result| result.encode(packing),
             args,
         )
     }

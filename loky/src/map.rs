@@ -254,8 +254,9 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
             state.finish(crate::future::Held::Ready(Ok(Vec::new())));
             Ok(future)
         } else {
-            let bytes =
-                crate::task::registered(T::ID).and_then(|()| job::encode_args(T::ID, &encoded));
+            let bytes = crate::task::registered(T::ID)
+                .and_then(|()| job::encode_args(T::ID, &encoded))
+                .and_then(|bytes| job::pack_args(T::ID, bytes));
             self.executor.submit_encoded(
                 T::ID,
                 CallKind::Chunk,

@@ -1,6 +1,6 @@
 //! The [`Message`] trait: what may cross a process boundary.
 
-use loky_worker::protocol;
+use loky_worker::protocol::{self, Packing, Payload};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 pub trait Message: Sized + Send + 'static {
     /// Encodes the value in the wire format. Not public API.
     #[doc(hidden)]
-    fn encode(&self) -> Result<Vec<u8>, String>;
+    fn encode(&self, packing: Packing) -> Result<Payload, String>;
 
     /// Decodes a value from the wire format. Not public API.
     #[doc(hidden)]
@@ -40,8 +40,8 @@ pub trait Message: Sized + Send + 'static {
 // encodes and decodes through its methods instead.
 #[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned + Send + 'static> Message for T {
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        protocol::encode_value(self)
+    fn encode(&self, packing: Packing) -> Result<Payload, String> {
+        Payload::encode(self, packing)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {

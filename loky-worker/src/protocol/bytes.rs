@@ -15,20 +15,30 @@ use std::any::{Any, TypeId};
 
 /// Encodes `value` as [`super::encode`] does, faster for byte strings.
 pub fn encode_value<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, String> {
-    let any: &dyn Any = value;
-    let bytes = any
-        .downcast_ref::<Vec<u8>>()
-        .or_else(|| any.downcast_ref::<(Vec<u8>,)>().map(|(bytes,)| bytes));
-    match bytes {
+    match byte_string(value) {
         Some(bytes) => encode_bytes(bytes),
         None => super::encode(value),
     }
 }
 
+/// The bytes of a value that takes the fast path: encoded, they are
+/// [`length_prefix`] then themselves.
+pub(super) fn byte_string<T: 'static>(value: &T) -> Option<&[u8]> {
+    let any: &dyn Any = value;
+    any.downcast_ref::<Vec<u8>>()
+        .or_else(|| any.downcast_ref::<(Vec<u8>,)>().map(|(bytes,)| bytes))
+        .map(Vec::as_slice)
+}
+
+/// What postcard writes before a byte string of `len` bytes.
+pub(super) fn length_prefix(len: usize) -> Result<Vec<u8>, String> {
+    super::encode(&len)
+}
+
 /// The length, then the bytes: what postcard writes for a byte string,
 /// into a buffer of the exact size.
 fn encode_bytes(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let header = super::encode(&bytes.len())?;
+    let header = length_prefix(bytes.len())?;
     let mut encoded = large_buffer(header.len() + bytes.len());
     encoded.extend_from_slice(&header);
     encoded.extend_from_slice(bytes);

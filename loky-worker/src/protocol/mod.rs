@@ -351,7 +351,58 @@ pub enum Payload {
     Shared(region::Region),
 }
 
+/// Where an encoded value is headed, which decides how it travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// A call's arguments: [`Payload::pack_args`].
+    Args,
+    /// A call's result: [`Payload::pack_result`].
+    Result,
+    /// Inside a larger message (a chunk's element): always inline.
+    Inline,
+}
+
 impl Payload {
+    /// Encodes `value` (as [`encode_value`] does) for `packing`. A large
+    /// byte string is written straight into its region, without an
+    /// encoded copy in between.
+    pub fn encode<T: Serialize + 'static>(value: &T, packing: Packing) -> Result<Payload, String> {
+        let threshold = match packing {
+            Packing::Args => ARGS_SHARED_MEMORY_THRESHOLD,
+            Packing::Result => RESULT_SHARED_MEMORY_THRESHOLD,
+            Packing::Inline => usize::MAX,
+        };
+        let threshold = match packing {
+            Packing::Inline => threshold,
+            _ => threshold_override().unwrap_or(threshold),
+        };
+        if let Some(bytes) = bytes::byte_string(value) {
+            let prefix = bytes::length_prefix(bytes.len())?;
+            if prefix.len() + bytes.len() >= threshold {
+                match crate::region_pool::fill(&[&prefix, bytes]) {
+                    Ok(region) => return Ok(Payload::Shared(region)),
+                    Err(reason) if packing == Packing::Args => return Err(reason),
+                    // A result goes inline instead: see `pack_result`.
+                    Err(_) => {}
+                }
+            }
+        }
+        let encoded = encode_value(value)?;
+        match packing {
+            Packing::Args => Payload::pack_args(encoded),
+            Packing::Result => Ok(Payload::pack_result(encoded)),
+            Packing::Inline => Ok(Payload::Inline(encoded)),
+        }
+    }
+
+    /// The bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Payload::Inline(bytes) => bytes,
+            Payload::Shared(region) => region.bytes().to_vec(),
+        }
+    }
+
     /// Wraps encoded arguments, in shared memory from
     /// [`ARGS_SHARED_MEMORY_THRESHOLD`] on. `Err` when the OS refuses a
     /// region: sent inline, they could block the sender on a busy worker.

@@ -51,7 +51,10 @@ impl Memory {
 
     fn from_shared(mut shared: IpcSharedMemory) -> Result<Memory, String> {
         if shared.len() < HEADER {
-            return Err(format!("a region of {} bytes, shorter than its header", shared.len()));
+            return Err(format!(
+                "a region of {} bytes, shorter than its header",
+                shared.len()
+            ));
         }
         // SAFETY: every access goes through `base`: atomically for the
         // header's word, and for the payload as the readers word allows.
@@ -86,7 +89,10 @@ impl Memory {
     pub unsafe fn write(&self, parts: &[&[u8]]) {
         let mut at = HEADER;
         for part in parts {
-            assert!(at + part.len() <= self.shared.len(), "the region is too small");
+            assert!(
+                at + part.len() <= self.shared.len(),
+                "the region is too small"
+            );
             // SAFETY: in bounds (asserted); no other handle reads it now.
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.base.add(at), part.len()) };
             at += part.len();
@@ -183,7 +189,9 @@ impl<'de> Deserialize<'de> for Region {
             .ok()
             .filter(|&len| len <= capacity)
             .ok_or_else(|| {
-                D::Error::custom(format!("a payload of {len} bytes in a region of {capacity}"))
+                D::Error::custom(format!(
+                    "a payload of {len} bytes in a region of {capacity}"
+                ))
             })?;
         Ok(region)
     }

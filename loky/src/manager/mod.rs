@@ -597,11 +597,12 @@ impl<B: Backend> Manager<B> {
                     seq,
                     task: init.task.to_owned(),
                     kind: CallKind::Single,
-                    args: Payload::pack_args(init.args.clone().unwrap_or_default())
-                        .unwrap_or_else(|_| {
+                    args: Payload::pack_args(init.args.clone().unwrap_or_default()).unwrap_or_else(
+                        |_| {
                             // No region to be had: inline, once per worker.
                             Payload::Inline(init.args.clone().unwrap_or_default())
-                        }),
+                        },
+                    ),
                     regions: init.regions.0.clone(),
                 }]));
                 Life::Initializing { calls, seq }

@@ -280,7 +280,10 @@ impl Agent {
         let submitted = self.executor.submit_encoded(
             entry.id(),
             kind,
-            (Ok(message.payload.to_vec()), Vec::new()),
+            (
+                crate::job::pack_args(entry.id(), message.payload.to_vec()),
+                Vec::new(),
+            ),
             CallOptions {
                 timeout,
                 retries: None,
