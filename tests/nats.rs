@@ -2,12 +2,14 @@
 //! port started for each test, agents that are this test binary started
 //! again with `LOKY_AGENT`, and a client executor. Results, crashes on an
 //! agent, timeouts, cancellation, a killed agent, a killed server, an
-//! oversized payload. Every wait is bounded.
+//! oversized payload; retries of calls lost with their host (killed,
+//! stopped and resumed) and of calls whose worker died on an agent. Every
+//! wait is bounded.
 
 mod common;
 
 use common::BOUND;
-use loky::{Backend, Config, Error, Executor, ExitReason};
+use loky::{Backend, CallOptions, Config, Error, Executor, ExitReason};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -39,6 +41,28 @@ fn segfaults() -> u8 {
 #[loky::task]
 fn exits(code: i32) -> u8 {
     std::process::exit(code)
+}
+
+/// Squares `x` after two seconds: long enough to kill its agent under it.
+#[loky::task]
+fn slow_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_secs(2));
+    x * x
+}
+
+/// Exits its worker the first time (when it creates `marker`), returns 7
+/// the next.
+#[loky::task]
+fn exits_once(marker: PathBuf) -> u8 {
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+        .is_ok();
+    if first {
+        std::process::exit(3);
+    }
+    7
 }
 
 #[loky::task]
@@ -138,6 +162,14 @@ impl Agent {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the agent process alone:
+    /// its workers run on.
+    fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child, which is not reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 }
 
@@ -414,4 +446,168 @@ fn a_task_the_agent_does_not_know_is_a_clear_error() {
             .unwrap(),
         2
     );
+}
+
+/// Submits `slow_square(7)` with `retries` to an agent of one worker, and
+/// once it runs there starts a second agent and waits until the client
+/// hears of both: the first agent and the future.
+fn running_on_the_first_of_two(
+    server: &Server,
+    executor: &Executor,
+    retries: u32,
+) -> (Agent, Agent, loky::Future<u64>) {
+    let first = Agent::start(server, 1);
+    let future = executor
+        .submit_with(slow_square, 7, CallOptions::new().retries(retries))
+        .unwrap();
+    assert!(
+        common::eventually(BOUND, || future.running()),
+        "never started"
+    );
+    let second = Agent::start(server, 1);
+    assert!(
+        common::eventually(BOUND, || executor.stats().workers == 2),
+        "the second agent was not heard of"
+    );
+    (first, second, future)
+}
+
+#[test]
+fn a_call_whose_agent_is_killed_runs_again_elsewhere_with_retries() {
+    let server = Server::start();
+    let executor = client(&server);
+    let (mut first, _second, future) = running_on_the_first_of_two(&server, &executor, 1);
+    let killed_at = Instant::now();
+    first.kill();
+    assert_eq!(future.result_timeout(BOUND).unwrap(), 49);
+    // Lost after a second of silence, then two seconds on the other agent.
+    let took = killed_at.elapsed();
+    assert!(took > Duration::from_secs(2), "ran again for only {took:?}");
+}
+
+#[test]
+fn a_call_out_of_retries_fails_as_host_lost_listing_the_lost_hosts() {
+    let server = Server::start();
+    let executor = client(&server);
+    let (mut first, mut second, future) = running_on_the_first_of_two(&server, &executor, 1);
+    first.kill();
+    // Declared lost (the client forgets the agent) and started again on
+    // the second.
+    assert!(
+        common::eventually(BOUND, || executor.stats().workers == 1 && future.running()),
+        "not run again after its host was lost"
+    );
+    second.kill();
+    match future.result_timeout(BOUND) {
+        Err(error @ Error::HostLost { .. }) => {
+            let Error::HostLost { host, earlier, .. } = &error else {
+                unreachable!()
+            };
+            assert_eq!(earlier.len(), 1, "{error}");
+            assert_eq!(earlier[0].host.as_ref(), Some(host));
+            assert!(
+                matches!(earlier[0].reason, ExitReason::HostLost { silent_for }
+                    if silent_for >= Duration::from_secs(1)),
+                "{error}"
+            );
+            assert!(
+                error.to_string().contains("after 1 earlier attempt: host"),
+                "{error}"
+            );
+        }
+        other => panic!("expected HostLost, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_lost_host_that_comes_back_does_not_settle_the_retried_call() {
+    let server = Server::start();
+    let executor = client(&server);
+    let first = Agent::start(&server, 1);
+    let future = executor
+        .submit_with(sleep_ms, 3_000, CallOptions::new().retries(1))
+        .unwrap();
+    let settled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&settled);
+    future.add_done_callback(move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    assert!(
+        common::eventually(BOUND, || future.running()),
+        "never started"
+    );
+    let second = Agent::start(&server, 1);
+    assert!(common::eventually(BOUND, || executor.stats().workers == 2));
+    // The first agent stops talking; its worker goes on sleeping.
+    first.signal(libc::SIGSTOP);
+    assert!(
+        common::eventually(BOUND, || executor.stats().workers == 1),
+        "the stopped agent was not declared lost"
+    );
+    // Back while the call runs again on the second: what it says of its
+    // own attempt (cancelled, or done) must not settle the future.
+    first.signal(libc::SIGCONT);
+    let pid = future.result_timeout(BOUND).unwrap();
+    assert_eq!(
+        parent_of(pid),
+        second.child.id(),
+        "the result is not the second agent's"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(settled.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The first agent serves again.
+    drop(second);
+    assert_eq!(
+        executor
+            .submit(square, 4)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        16
+    );
+}
+
+#[test]
+fn a_worker_death_on_an_agent_is_retried_there_within_the_budget() {
+    let server = Server::start();
+    let _agent = Agent::start(&server, 1);
+    let executor = client(&server);
+    let dir = TempDir(std::env::temp_dir().join(format!("loky-nats-once-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let once = executor
+        .submit_with(
+            exits_once,
+            dir.0.join("marker"),
+            CallOptions::new().retries(1),
+        )
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(once.unwrap(), 7);
+    // Out of budget: the last death, after the earlier one on that host.
+    let always = executor
+        .submit_with(exits, 3, CallOptions::new().retries(1))
+        .unwrap()
+        .result_timeout(BOUND);
+    let Err(Error::Remote { host, error }) = always else {
+        panic!("expected a death on a host, got {always:?}")
+    };
+    match *error {
+        Error::WorkerDied {
+            reason, earlier, ..
+        } => {
+            assert_eq!(reason, ExitReason::Code(3));
+            assert_eq!(earlier.len(), 1);
+            assert_eq!(earlier[0].reason, ExitReason::Code(3));
+            assert_eq!(earlier[0].host.as_ref(), Some(&host));
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+}
+
+/// The parent of process `pid`, from `/proc`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // `pid (comm) state ppid ...`; comm may hold spaces.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(1).unwrap().parse().unwrap()
 }

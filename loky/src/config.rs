@@ -200,6 +200,19 @@ impl Config {
     /// again. [`CallOptions::retries`](crate::CallOptions::retries) and
     /// [`Map::retries`](crate::Map::retries) override it.
     ///
+    /// On a cluster (feature `nats`) the same budget covers two things. A
+    /// call whose host is lost (silent for a second) is published again
+    /// and runs on any agent; the final [`Error::HostLost`](crate::Error::HostLost)
+    /// lists the lost hosts in `earlier`. It goes out again only once its
+    /// host is declared lost, and a late reply from that host is ignored,
+    /// so a call never runs twice at once (unless a lost host comes back
+    /// with it still running: then it is cancelled there). A worker that
+    /// dies under a call on an agent is retried by that agent, as here,
+    /// with what the lost hosts left of the budget; the final
+    /// `Error::Remote { error: WorkerDied { earlier, .. }, .. }` lists every
+    /// attempt with its host. A lost chunk runs again whole; retries an
+    /// agent made before its host was lost are not counted.
+    ///
     /// ```
     /// # #[loky::task] fn native_call(x: u64) -> u64 { x }
     /// # fn main() -> Result<(), loky::Error> {

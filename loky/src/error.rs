@@ -72,8 +72,9 @@ pub enum Error {
         pid: u32,
         /// How the process ended.
         reason: ExitReason,
-        /// The earlier attempts, whose workers died too, oldest first;
-        /// empty unless the task was retried.
+        /// The earlier attempts, whose workers died too (or, on a cluster,
+        /// whose hosts were lost), oldest first; empty unless the task was
+        /// retried.
         earlier: Vec<Attempt>,
     },
     /// Encoding or decoding the arguments or the result failed (or panicked).
@@ -165,8 +166,13 @@ pub enum Error {
     /// The host running the task went silent (its agent sent no heartbeat):
     /// the host, its network or its agent died. The task may have run in
     /// part; nothing more is known. Distinct from a task's own crash, which
-    /// is `Remote { WorkerDied }`.
-    #[error("host {host} went silent for {silent_for:?} while it ran task `{task}`")]
+    /// is `Remote { WorkerDied }`. With retries (see
+    /// [`Config::retries`](crate::Config::retries)), this is the last
+    /// attempt and `earlier` lists the others.
+    #[error(
+        "host {host} went silent for {silent_for:?} while it ran task `{task}`{}",
+        Attempt::list(earlier)
+    )]
     HostLost {
         /// The task's id.
         task: &'static str,
@@ -174,6 +180,9 @@ pub enum Error {
         host: String,
         /// How long it had been silent.
         silent_for: Duration,
+        /// The earlier attempts (hosts lost, workers that died on a host),
+        /// oldest first; empty unless the task was retried.
+        earlier: Vec<Attempt>,
     },
     /// The cluster's NATS server cannot be reached (or went away): the task
     /// may or may not have run.
@@ -211,6 +220,20 @@ fn unknown_where(pid: Option<u32>) -> String {
 }
 
 impl Error {
+    /// `self` with `attempts` listed before its own earlier attempts, if
+    /// it is a death or a lost host (here or on a host); else `self`.
+    pub(crate) fn after_attempts(mut self, mut attempts: Vec<Attempt>) -> Error {
+        let mut error = &mut self;
+        while let Error::Remote { error: inner, .. } = error {
+            error = inner;
+        }
+        if let Error::WorkerDied { earlier, .. } | Error::HostLost { earlier, .. } = error {
+            attempts.append(earlier);
+            *earlier = attempts;
+        }
+        self
+    }
+
     /// The error for a failure that a worker reported and survived.
     pub(crate) fn from_failure(task: &'static str, pid: Option<u32>, failure: Failure) -> Error {
         match failure {
@@ -289,31 +312,64 @@ impl SpawnError {
     }
 }
 
-/// One attempt at a task whose worker died: see [`Error::WorkerDied`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One attempt at a task whose worker died, or, on a cluster, whose host
+/// was lost: see [`Error::WorkerDied`] and [`Error::HostLost`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Attempt {
-    /// The worker's process id.
+    /// The worker's process id; 0 if unknown (its host was lost).
     pub pid: u32,
-    /// How it ended.
+    /// How it ended: [`ExitReason::HostLost`] if its host went silent.
     pub reason: ExitReason,
+    /// The host it ran on, on a cluster (feature `nats`); `None` on this
+    /// machine.
+    pub host: Option<String>,
 }
 
 impl Attempt {
+    /// A worker of this machine died running the task.
+    pub(crate) fn died(pid: u32, reason: ExitReason) -> Attempt {
+        Attempt {
+            pid,
+            reason,
+            host: None,
+        }
+    }
+
+    /// `host` went silent for `silent_for` while it ran the task.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn lost(host: String, silent_for: Duration) -> Attempt {
+        Attempt {
+            pid: 0,
+            reason: ExitReason::HostLost { silent_for },
+            host: Some(host),
+        }
+    }
+
     /// `earlier` as the tail of an error message.
     fn list(earlier: &[Attempt]) -> String {
         if earlier.is_empty() {
             return String::new();
         }
-        let attempts: Vec<String> = earlier
-            .iter()
-            .map(|a| format!("worker {} {}", a.pid, a.reason))
-            .collect();
+        let attempts: Vec<String> = earlier.iter().map(Attempt::to_string).collect();
         format!(
             ", after {} earlier attempt{}: {}",
             earlier.len(),
             if earlier.len() == 1 { "" } else { "s" },
             attempts.join("; ")
         )
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.host, self.reason) {
+            (Some(host), ExitReason::HostLost { silent_for }) => {
+                write!(f, "host {host} went silent for {silent_for:?}")
+            }
+            (Some(host), reason) => write!(f, "worker {} on host {host} {reason}", self.pid),
+            (None, reason) => write!(f, "worker {} {reason}", self.pid),
+        }
     }
 }
 
@@ -334,6 +390,12 @@ pub enum ExitReason {
     /// program ignores SIGCHLD (so the kernel discards it), or another
     /// thread waited for any child. Never a made-up code.
     Unknown,
+    /// On a cluster (in an [`Attempt`]): the host running it went silent
+    /// for this long, so how its worker ended is not known.
+    HostLost {
+        /// How long it had been silent when it was declared lost.
+        silent_for: Duration,
+    },
 }
 
 impl ExitReason {
@@ -354,7 +416,7 @@ impl ExitReason {
     pub fn signal_name(&self) -> Option<&'static str> {
         match self {
             ExitReason::Signal { signal, .. } => signal_info(*signal).map(|(name, _)| name),
-            ExitReason::Code(_) | ExitReason::Unknown => None,
+            ExitReason::Code(_) | ExitReason::Unknown | ExitReason::HostLost { .. } => None,
         }
     }
 }
@@ -367,6 +429,9 @@ impl fmt::Display for ExitReason {
                 "exited; its exit status is unknown (reaped elsewhere: SIGCHLD is \
                  ignored, or another thread waited for it)",
             ),
+            ExitReason::HostLost { silent_for } => {
+                write!(f, "was lost with its host (silent for {silent_for:?})")
+            }
             ExitReason::Signal {
                 signal,
                 core_dumped,

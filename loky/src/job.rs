@@ -92,13 +92,10 @@ impl Job {
         true
     }
 
-    /// `error` with the earlier attempts listed, if it is a death; they
-    /// are spent.
-    pub(crate) fn with_attempts(&mut self, mut error: Error) -> Error {
-        if let Error::WorkerDied { earlier, .. } = &mut error {
-            *earlier = std::mem::take(&mut self.attempts);
-        }
-        error
+    /// `error` with the earlier attempts listed first, if it is a death or
+    /// a lost host (see [`Error::after_attempts`]); they are spent.
+    pub(crate) fn with_attempts(&mut self, error: Error) -> Error {
+        error.after_attempts(std::mem::take(&mut self.attempts))
     }
 }
 

@@ -140,7 +140,8 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
     }
 
     /// Runs an element again, on another worker, if its worker dies while
-    /// running it, up to `retries` more times: see
+    /// running it (or, on a cluster, its host is lost), up to `retries`
+    /// more times: see
     /// [`Config::retries`](crate::Config::retries).
     pub fn retries(mut self, retries: u32) -> Self {
         self.feed.set_retries(retries);

@@ -34,7 +34,8 @@ impl CallOptions {
     }
 
     /// Runs the call again, on another worker, if its worker dies while
-    /// running it, up to `retries` more times: see
+    /// running it (or, on a cluster, its host is lost), up to `retries`
+    /// more times: see
     /// [`Config::retries`](crate::Config::retries). Overrides the
     /// executor's setting for this call.
     pub fn retries(mut self, retries: u32) -> CallOptions {

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub const HEADER_VERSION: &str = "Loky-Version";
 /// Header: the task's registered id.
 pub const HEADER_TASK: &str = "Loky-Task";
-/// Header: the call's id, unique for its client.
+/// Header: the call's id, unique for its client; each attempt at a
+/// submitted call (see [`HEADER_RETRIES`]) has its own.
 pub const HEADER_CALL: &str = "Loky-Call";
 /// Header: `single` or `chunk`.
 pub const HEADER_KIND: &str = "Loky-Kind";
@@ -18,6 +19,9 @@ pub const HEADER_KIND: &str = "Loky-Kind";
 pub const HEADER_TIMEOUT_MS: &str = "Loky-Timeout-Ms";
 /// Header: the subject where the client listens for what agents say.
 pub const HEADER_REPLY: &str = "Loky-Reply";
+/// Header: how many more times the agent's pool may run the call when its
+/// worker dies running it (what is left of the call's retry budget).
+pub const HEADER_RETRIES: &str = "Loky-Retries";
 
 /// Environment variable that makes the user's binary an agent: the URL of
 /// the NATS server (`nats://host:4222`).
@@ -130,6 +134,9 @@ pub enum RemoteError {
         signal: Option<i32>,
         /// Whether it dumped core.
         core_dumped: bool,
+        /// The agent's earlier attempts, whose workers died too, oldest
+        /// first.
+        earlier: Vec<RemoteDeath>,
     },
     /// Serialization failed.
     Serde {
@@ -151,6 +158,19 @@ pub enum RemoteError {
     Cancelled,
     /// Anything else, as text.
     Other(String),
+}
+
+/// A worker of an agent that died running a call, retried there.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDeath {
+    /// The worker's pid.
+    pub pid: u32,
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Whether it dumped core.
+    pub core_dumped: bool,
 }
 
 /// An agent's heartbeat, published on the queue's heartbeat subject.

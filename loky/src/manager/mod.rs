@@ -757,7 +757,7 @@ impl<B: Backend> Manager<B> {
                     // (timeout, cancel) or a kill on purpose may not.
                     let retry = (held.fate.is_none()
                         && matches!(cause, Cause::Unasked | Cause::Retired(_)))
-                    .then_some(Attempt { pid, reason });
+                    .then_some(Attempt::died(pid, reason));
                     let error = match (&cause, &held.fate) {
                         (_, Some(fate)) => fate.clone(),
                         (Cause::Killed(Kill::Shutdown), None) => Error::ShutDown,
@@ -1231,6 +1231,7 @@ impl Died {
     /// Whether `job` runs again (the attempt recorded).
     fn retried(&self, job: &mut Job) -> bool {
         self.retry
+            .clone()
             .is_some_and(|attempt| job.retry(attempt, self.retries))
     }
 }

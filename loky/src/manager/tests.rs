@@ -226,13 +226,7 @@ fn a_death_with_retries_left_runs_the_task_again_and_lists_attempts_when_out() {
     match future.result_timeout(BOUND) {
         Err(Error::WorkerDied { pid, earlier, .. }) => {
             assert_eq!(pid, second);
-            assert_eq!(
-                earlier,
-                [crate::Attempt {
-                    pid: first,
-                    reason: segfault
-                }]
-            );
+            assert_eq!(earlier, [crate::Attempt::died(first, segfault)]);
         }
         other => panic!("expected WorkerDied, got {other:?}"),
     }

@@ -1,6 +1,7 @@
 //! An agent: this program started with `LOKY_AGENT=url`. It serves the
 //! queue's calls with a local pool, taking one only when a worker is free:
-//! acknowledge, say it started, run it, send the outcome to its client. It
+//! acknowledge, say it started, run it (its pool retrying a worker death
+//! within the budget the call carries), send the outcome to its client. It
 //! says it is alive every `HEARTBEAT`, and kills a call its client cancels.
 
 use super::wire::to_remote;
@@ -15,8 +16,8 @@ use async_nats::jetstream;
 use futures_util::StreamExt;
 use loky_worker::protocol::remote::{
     AgentSays, CancelCall, ENV_AGENT_QUEUE, ENV_AGENT_WORKERS, HEADER_CALL, HEADER_KIND,
-    HEADER_REPLY, HEADER_TASK, HEADER_TIMEOUT_MS, HEADER_VERSION, Heartbeat, Refusal,
-    RemoteOutcome, RemotePiece,
+    HEADER_REPLY, HEADER_RETRIES, HEADER_TASK, HEADER_TIMEOUT_MS, HEADER_VERSION, Heartbeat,
+    Refusal, RemoteOutcome, RemotePiece,
 };
 use loky_worker::protocol::{self, CallKind, PROTOCOL_VERSION};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -263,6 +264,12 @@ impl Agent {
         let timeout = header(HEADER_TIMEOUT_MS)
             .and_then(|t| t.parse::<u64>().ok())
             .map(Duration::from_millis);
+        // A worker that dies under the call is this pool's to retry, as on
+        // one machine (never a timeout, cancel or panic), with what is left
+        // of the call's budget; the client retries only lost hosts.
+        let retries = header(HEADER_RETRIES)
+            .and_then(|r| r.parse::<u32>().ok())
+            .unwrap_or(0);
         // Said before the acknowledgement: if this agent dies in between,
         // its client has heard of it and reports the host lost, and the
         // copy the server delivers again elsewhere is cancelled by the
@@ -286,7 +293,7 @@ impl Agent {
             ),
             CallOptions {
                 timeout,
-                retries: None,
+                retries: Some(retries),
             },
             raw,
         );

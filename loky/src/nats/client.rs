@@ -1,12 +1,18 @@
 //! The client of a cluster: the manager thread of an executor whose tasks
 //! run on agents. It publishes each call to the queue's stream, and settles
 //! its future from what agents say: started, done, refused; or from their
-//! silence (`HostLost`) or the server's (`BrokerLost`).
+//! silence (`HostLost`, or the call published again while its retry budget
+//! lasts) or the server's (`BrokerLost`).
+//!
+//! Each attempt at a call has its own id on the wire, and only the current
+//! attempt's is awaited: what a lost host still says about an earlier one
+//! is ignored (its start is answered with a cancel), so a future finishes
+//! once, from one attempt.
 
 use super::wire::from_remote;
 use super::{BROKER_GRACE, HOST_SILENCE, calls_subject, cancel_subject, heartbeat_subject};
 use crate::config::Config;
-use crate::error::{Error, SpawnError};
+use crate::error::{Attempt, Error, SpawnError};
 use crate::executor::Executor;
 use crate::job::{Claim, Job, Piece, RemoteClaim};
 use crate::manager::{Event, ShutdownRequest};
@@ -17,11 +23,11 @@ use async_nats::jetstream;
 use crossbeam_channel::Receiver;
 use futures_util::StreamExt;
 use loky_worker::protocol::remote::{
-    AgentSays, CancelCall, HEADER_CALL, HEADER_KIND, HEADER_REPLY, HEADER_TASK, HEADER_TIMEOUT_MS,
-    HEADER_VERSION, Heartbeat, Refusal, RemoteOutcome, RemotePiece,
+    AgentSays, CancelCall, HEADER_CALL, HEADER_KIND, HEADER_REPLY, HEADER_RETRIES, HEADER_TASK,
+    HEADER_TIMEOUT_MS, HEADER_VERSION, Heartbeat, Refusal, RemoteOutcome, RemotePiece,
 };
 use loky_worker::protocol::{self, CallKind, Outcome, PROTOCOL_VERSION, Payload};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,7 +85,7 @@ pub(crate) fn start(config: Config, url: String, queue: String) -> Result<Execut
     })?;
     let max_payload = client.server_info().max_payload;
     let reply = format!("loky.{queue}.reply.{}", client_id());
-    Executor::start_with(config, move |_config, events, _events_tx, shared| {
+    Executor::start_with(config, move |config, events, _events_tx, shared| {
         let (unpublished_tx, unpublished) = tokio::sync::mpsc::unbounded_channel();
         let client = Client {
             unpublished: unpublished_tx,
@@ -90,8 +96,12 @@ pub(crate) fn start(config: Config, url: String, queue: String) -> Result<Execut
             reply,
             max_payload,
             shared,
+            retries: config.retries,
             jobs: HashMap::new(),
+            attempts: HashMap::new(),
+            next_wire: 1,
             agents: HashMap::new(),
+            lost: HashSet::new(),
             disconnected_since: None,
             broker_down: None,
             shutting_down: false,
@@ -117,12 +127,21 @@ struct Client {
     reply: String,
     max_payload: usize,
     shared: Arc<Shared>,
-    /// Calls published and not settled, by call id.
+    /// The executor's retry budget (`Config::retries`).
+    retries: u32,
+    /// Calls published and not settled, by job id.
     jobs: HashMap<u64, Pending>,
+    /// The job of each attempt awaited, by the attempt's id on the wire.
+    attempts: HashMap<u64, u64>,
+    /// The wire id of the next attempt.
+    next_wire: u64,
     /// Agents heard from, by id.
     agents: HashMap<String, Seen>,
+    /// Agents declared lost: if one comes back, whatever it still runs for
+    /// this client is cancelled there, until its heartbeat lists none.
+    lost: HashSet<String>,
     disconnected_since: Option<Instant>,
-    /// Calls the server did not acknowledge, and why.
+    /// Attempts the server did not acknowledge (wire ids), and why.
     unpublished: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
     /// Why the server counts as lost, once it does.
     broker_down: Option<String>,
@@ -131,8 +150,11 @@ struct Client {
 
 struct Pending {
     job: Job,
+    /// The current attempt's claim.
     claim: Arc<RemoteClaim>,
-    /// The agent that started it, and its host.
+    /// The current attempt's id on the wire.
+    wire: u64,
+    /// The agent that started the current attempt, and its host.
     agent: Option<(String, String)>,
 }
 
@@ -191,10 +213,10 @@ impl Client {
                     None => break,
                 },
                 Some(message) = replies.next() => self.on_reply(&message.payload).await,
-                Some(message) = beats.next() => self.on_heartbeat(&message.payload),
+                Some(message) = beats.next() => self.on_heartbeat(&message.payload).await,
                 Some(event) = connection.recv() => self.on_connection(event),
-                Some((call, reason)) = unpublished.recv() => {
-                    if let Some(pending) = self.jobs.remove(&call) {
+                Some((wire, reason)) = unpublished.recv() => {
+                    if let Some(pending) = self.take(wire) {
                         let task = pending.job.task();
                         pending.job.completion.fail(self.broker_lost(task, &reason));
                     }
@@ -221,9 +243,10 @@ impl Client {
             Event::Shutdown(request) => self.shutdown(request).await,
             // The future was cancelled while an agent held its call (or
             // could still take it): tell every agent.
-            Event::Cancel(call) => {
-                self.jobs.remove(&call);
-                self.cancel(call).await;
+            Event::Cancel(job) => {
+                if let Some(pending) = self.remove(job) {
+                    self.cancel(pending.wire).await;
+                }
             }
             Event::StartWorkers(answer) => {
                 // Agents are started by their hosts, not by the client.
@@ -255,14 +278,32 @@ impl Client {
             });
             return;
         }
+        self.publish(job).await;
+    }
+
+    /// Publishes an attempt at `job` under a new wire id and claim, unless
+    /// its future is cancelled already.
+    async fn publish(&mut self, job: Job) {
+        let task = job.task();
+        if let Some(reason) = &self.broker_down {
+            job.completion.fail(self.broker_lost(task, reason));
+            return;
+        }
         let claim = Arc::new(RemoteClaim::default());
         if !job.completion.attach(Claim::Flag(Arc::clone(&claim))) {
             return; // cancelled already: it never goes out
         }
+        let wire = self.next_wire;
+        self.next_wire += 1;
+        // What the agent's pool may spend on worker deaths: what the lost
+        // hosts left of the budget.
+        let budget = job.retries.unwrap_or(self.retries);
+        let left = budget.saturating_sub(u32::try_from(job.attempts.len()).unwrap_or(u32::MAX));
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_VERSION, PROTOCOL_VERSION.to_string().as_str());
         headers.insert(HEADER_TASK, task);
-        headers.insert(HEADER_CALL, job.id.to_string().as_str());
+        headers.insert(HEADER_CALL, wire.to_string().as_str());
+        headers.insert(HEADER_RETRIES, left.to_string().as_str());
         let kind = match job.kind {
             CallKind::Single => "single",
             CallKind::Chunk => "chunk",
@@ -272,7 +313,7 @@ impl Client {
             headers.insert(HEADER_TIMEOUT_MS, timeout.as_millis().to_string().as_str());
         }
         headers.insert(HEADER_REPLY, self.reply.as_str());
-        let payload = bytes::Bytes::copy_from_slice(bytes);
+        let payload = bytes::Bytes::copy_from_slice(job.args.bytes());
         let published = tokio::time::timeout(
             PUBLISH_TIMEOUT,
             self.js
@@ -284,20 +325,21 @@ impl Client {
                 // The server's acknowledgement is awaited beside the next
                 // calls, not before them: calls stream out.
                 let unpublished = self.unpublished.clone();
-                let call = job.id;
                 tokio::spawn(async move {
                     let reason = match tokio::time::timeout(PUBLISH_TIMEOUT, acknowledged).await {
                         Ok(Ok(_)) => return,
                         Ok(Err(error)) => error.to_string(),
                         Err(_) => format!("no acknowledgement within {PUBLISH_TIMEOUT:?}"),
                     };
-                    let _ = unpublished.send((call, reason));
+                    let _ = unpublished.send((wire, reason));
                 });
+                self.attempts.insert(wire, job.id);
                 self.jobs.insert(
                     job.id,
                     Pending {
                         job,
                         claim,
+                        wire,
                         agent: None,
                     },
                 );
@@ -318,22 +360,37 @@ impl Client {
             return;
         }
         let mut cancelled = Vec::new();
-        for (&call, pending) in &self.jobs {
+        for (&job, pending) in &self.jobs {
             let started = pending.agent.is_some();
             if !started && pending.job.completion.cancel() {
-                cancelled.push(call);
+                cancelled.push(job);
             } else if request.kill.is_some() {
                 pending.job.completion.fail(Error::ShutDown);
-                cancelled.push(call);
+                cancelled.push(job);
             }
         }
-        for call in cancelled {
-            self.jobs.remove(&call);
-            self.cancel(call).await;
+        for job in cancelled {
+            if let Some(pending) = self.remove(job) {
+                self.cancel(pending.wire).await;
+            }
         }
     }
 
-    /// Tells every agent to drop call `call`, or kill it if it runs it.
+    /// The job whose current attempt is `wire`, no longer awaited.
+    fn take(&mut self, wire: u64) -> Option<Pending> {
+        let job = self.attempts.remove(&wire)?;
+        self.jobs.remove(&job)
+    }
+
+    /// Job `job`, no longer awaited.
+    fn remove(&mut self, job: u64) -> Option<Pending> {
+        let pending = self.jobs.remove(&job)?;
+        self.attempts.remove(&pending.wire);
+        Some(pending)
+    }
+
+    /// Tells every agent to drop the attempt `call` (a wire id), or kill
+    /// it if it runs it.
     async fn cancel(&self, call: u64) {
         let request = CancelCall {
             reply: self.reply.clone(),
@@ -365,30 +422,41 @@ impl Client {
                     slots: 0,
                     last: Instant::now(),
                 });
-                let started = match self.jobs.get_mut(&call) {
+                let job = self.attempts.get(&call).copied();
+                match job.and_then(|job| self.jobs.get_mut(&job)) {
                     Some(pending) if pending.claim.start() => {
                         pending.agent = Some((agent, host));
-                        true
                     }
-                    _ => false,
-                };
-                if !started {
-                    // Cancelled before it started here: stop it there.
-                    self.jobs.remove(&call);
-                    self.cancel(call).await;
+                    // A second delivery of an attempt another agent
+                    // started (its acknowledgement failed): a cancel would
+                    // reach both, so the copy runs to its ignored end.
+                    Some(pending) if pending.agent.is_some() => {
+                        tracing::warn!(%host, %agent, call, "a call was delivered twice");
+                    }
+                    // Cancelled before it started here, or an attempt no
+                    // longer awaited (its host was declared lost, or it
+                    // settled): stop it there.
+                    _ => {
+                        if let Some(job) = job {
+                            self.remove(job);
+                        }
+                        self.cancel(call).await;
+                    }
                 }
             }
+            // Only the current attempt of a call settles it: a late word
+            // from a host declared lost is ignored.
             AgentSays::Done {
                 call,
                 host,
                 outcome,
             } => {
-                if let Some(pending) = self.jobs.remove(&call) {
+                if let Some(pending) = self.take(call) {
                     complete(pending.job, &host, outcome);
                 }
             }
             AgentSays::Refused { call, host, reason } => {
-                if let Some(pending) = self.jobs.remove(&call) {
+                if let Some(pending) = self.take(call) {
                     let task = pending.job.task();
                     let error = match reason {
                         Refusal::Version { ours, theirs } => {
@@ -410,10 +478,28 @@ impl Client {
         }
     }
 
-    fn on_heartbeat(&mut self, payload: &[u8]) {
+    async fn on_heartbeat(&mut self, payload: &[u8]) {
         let Ok(beat) = protocol::decode::<Heartbeat>(payload) else {
             return;
         };
+        if self.lost.contains(&beat.agent) {
+            // Back after it was declared lost: its attempts of this
+            // client's calls are no longer awaited, and stop there.
+            let stale: Vec<u64> = beat
+                .running
+                .iter()
+                .filter(|(reply, call)| *reply == self.reply && !self.attempts.contains_key(call))
+                .map(|&(_, call)| call)
+                .collect();
+            if stale.is_empty() {
+                // Nothing old runs there: a plain agent again (a copy the
+                // server delivers again is cancelled when it starts).
+                self.lost.remove(&beat.agent);
+            }
+            for call in stale {
+                self.cancel(call).await;
+            }
+        }
         self.agents.insert(
             beat.agent,
             Seen {
@@ -439,7 +525,8 @@ impl Client {
 
     async fn on_tick(&mut self) {
         let now = Instant::now();
-        // Hosts gone silent: their started calls fail.
+        // Hosts gone silent: their started calls run again while their
+        // budget lasts (only now: a call never runs twice at once), or fail.
         let lost: Vec<(String, Seen)> = {
             let silent: Vec<String> = self
                 .agents
@@ -455,20 +542,33 @@ impl Client {
         for (agent, seen) in lost {
             let silent_for = now.duration_since(seen.last);
             tracing::warn!(host = %seen.host, %agent, ?silent_for, "a host went silent");
-            let calls: Vec<u64> = self
+            let jobs: Vec<u64> = self
                 .jobs
                 .iter()
                 .filter(|(_, p)| p.agent.as_ref().is_some_and(|(a, _)| *a == agent))
-                .map(|(&call, _)| call)
+                .map(|(&job, _)| job)
                 .collect();
-            for call in calls {
-                if let Some(pending) = self.jobs.remove(&call) {
-                    let task = pending.job.task();
-                    pending.job.completion.fail(Error::HostLost {
+            self.lost.insert(agent);
+            for job in jobs {
+                let Some(mut pending) = self.remove(job) else {
+                    continue;
+                };
+                // Should the host still hear: the lost attempt stops.
+                self.cancel(pending.wire).await;
+                let task = pending.job.task();
+                let attempt = Attempt::lost(seen.host.clone(), silent_for);
+                if pending.job.retry(attempt, self.retries) {
+                    tracing::info!(host = %seen.host, task, "retrying a task whose host was lost");
+                    pending.job.completion.detach();
+                    self.publish(pending.job).await;
+                } else {
+                    let error = pending.job.with_attempts(Error::HostLost {
                         task,
                         host: seen.host.clone(),
                         silent_for,
+                        earlier: Vec::new(),
                     });
+                    pending.job.completion.fail(error);
                 }
             }
         }
@@ -479,6 +579,7 @@ impl Client {
                 .is_some_and(|since| now.duration_since(since) > BROKER_GRACE)
         {
             let reason = format!("disconnected for over {BROKER_GRACE:?}");
+            self.attempts.clear();
             for (_, pending) in self.jobs.drain() {
                 let task = pending.job.task();
                 pending.job.completion.fail(Error::BrokerLost {
@@ -508,8 +609,9 @@ impl Client {
     }
 }
 
-/// Settles a job from its outcome on `host`.
-fn complete(job: Job, host: &str, outcome: RemoteOutcome) {
+/// Settles a job from its outcome on `host`; a death there lists the
+/// hosts lost before it.
+fn complete(mut job: Job, host: &str, outcome: RemoteOutcome) {
     let task = job.task();
     match outcome {
         RemoteOutcome::Returned { pid, bytes } => {
@@ -525,11 +627,16 @@ fn complete(job: Job, host: &str, outcome: RemoteOutcome) {
                         skip: usize::try_from(skip).unwrap_or(usize::MAX),
                         bytes,
                     },
-                    RemotePiece::Failed(error) => Piece::Failed(from_remote(task, host, error)),
+                    RemotePiece::Failed(error) => Piece::Failed(
+                        from_remote(task, host, error).after_attempts(job.attempts.clone()),
+                    ),
                 })
                 .collect();
             job.completion.finish_chunk(pieces);
         }
-        RemoteOutcome::Failed(error) => job.completion.fail(from_remote(task, host, error)),
+        RemoteOutcome::Failed(error) => {
+            let error = job.with_attempts(from_remote(task, host, error));
+            job.completion.fail(error);
+        }
     }
 }

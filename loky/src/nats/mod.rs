@@ -28,6 +28,27 @@
 //! pending calls with `Error::BrokerLost`; arguments over the server's
 //! message size fail with `Error::PayloadTooLarge`. `SharedBytes` cannot
 //! travel to other hosts.
+//!
+//! **Retries.** `Config::retries`, `CallOptions::retries` and
+//! `Map::retries` mean here what they mean on one machine: a call runs
+//! again only after a death nobody asked for, never after a panic, a serde
+//! error, a timeout, a cancel or a shutdown. Two deaths qualify:
+//!
+//! - its host is lost: the client, once it declares the host lost (and not
+//!   before, so the call never runs twice at once), publishes the call again
+//!   under a new attempt id (at the back of the queue); whatever the lost
+//!   host still says of the old attempt is ignored, and if it comes back
+//!   its heartbeat's old attempts are cancelled there. A chunk runs again
+//!   whole. Out of budget: `HostLost { earlier, .. }`, each lost host an
+//!   `Attempt` with `ExitReason::HostLost`.
+//! - its worker dies on an agent: that agent's own pool retries it, as on
+//!   one machine (each element of a chunk with its own budget), with what
+//!   the lost hosts left of the budget (header `Loky-Retries`). Out of
+//!   budget: `Remote { error: WorkerDied { earlier, .. }, .. }`, the lost
+//!   hosts first, then the agent's dead workers with its host.
+//!
+//! The agent's own retries are not reported until the call ends, so a host
+//! lost after it retried a call locally counts as one attempt.
 
 pub(crate) mod agent;
 pub(crate) mod client;

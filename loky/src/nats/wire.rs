@@ -1,7 +1,7 @@
 //! Errors as they travel between agents and clients.
 
-use crate::error::{Error, ExitReason};
-use loky_worker::protocol::remote::RemoteError;
+use crate::error::{Attempt, Error, ExitReason};
+use loky_worker::protocol::remote::{RemoteDeath, RemoteError};
 use std::time::Duration;
 
 /// An agent's local error, for the wire.
@@ -11,20 +11,24 @@ pub(super) fn to_remote(error: &Error) -> RemoteError {
             pid: *pid,
             panic: panic.clone(),
         },
-        Error::WorkerDied { pid, reason, .. } => {
-            let (code, signal, core_dumped) = match *reason {
-                ExitReason::Code(code) => (Some(code), None, false),
-                ExitReason::Signal {
-                    signal,
-                    core_dumped,
-                } => (None, Some(signal), core_dumped),
-                _ => (None, None, false),
-            };
-            RemoteError::WorkerDied {
-                pid: *pid,
+        Error::WorkerDied {
+            pid,
+            reason,
+            earlier,
+            ..
+        } => {
+            let RemoteDeath {
+                pid,
                 code,
                 signal,
                 core_dumped,
+            } = death(*pid, *reason);
+            RemoteError::WorkerDied {
+                pid,
+                code,
+                signal,
+                core_dumped,
+                earlier: earlier.iter().map(|a| death(a.pid, a.reason)).collect(),
             }
         }
         Error::Serialization { stage, message, .. } => RemoteError::Serde {
@@ -50,18 +54,19 @@ pub(super) fn from_remote(task: &'static str, host: &str, error: RemoteError) ->
             code,
             signal,
             core_dumped,
+            earlier,
         } => Error::WorkerDied {
             task,
             pid,
-            reason: match (code, signal) {
-                (Some(code), _) => ExitReason::Code(code),
-                (None, Some(signal)) => ExitReason::Signal {
-                    signal,
-                    core_dumped,
-                },
-                (None, None) => ExitReason::Unknown,
-            },
-            earlier: Vec::new(),
+            reason: reason(code, signal, core_dumped),
+            earlier: earlier
+                .into_iter()
+                .map(|death| Attempt {
+                    pid: death.pid,
+                    reason: reason(death.code, death.signal, death.core_dumped),
+                    host: Some(host.to_owned()),
+                })
+                .collect(),
         },
         RemoteError::Serde { stage, message, .. } => Error::Serialization {
             task,
@@ -79,5 +84,35 @@ pub(super) fn from_remote(task: &'static str, host: &str, error: RemoteError) ->
     Error::Remote {
         host: host.to_owned(),
         error: Box::new(error),
+    }
+}
+
+/// A worker's death, for the wire.
+fn death(pid: u32, reason: ExitReason) -> RemoteDeath {
+    let (code, signal, core_dumped) = match reason {
+        ExitReason::Code(code) => (Some(code), None, false),
+        ExitReason::Signal {
+            signal,
+            core_dumped,
+        } => (None, Some(signal), core_dumped),
+        ExitReason::Unknown | ExitReason::HostLost { .. } => (None, None, false),
+    };
+    RemoteDeath {
+        pid,
+        code,
+        signal,
+        core_dumped,
+    }
+}
+
+/// How a worker of an agent ended, from the wire.
+fn reason(code: Option<i32>, signal: Option<i32>, core_dumped: bool) -> ExitReason {
+    match (code, signal) {
+        (Some(code), _) => ExitReason::Code(code),
+        (None, Some(signal)) => ExitReason::Signal {
+            signal,
+            core_dumped,
+        },
+        (None, None) => ExitReason::Unknown,
     }
 }
