@@ -44,6 +44,11 @@ fn start_sleeper_then_block(path: PathBuf) {
     drop(child);
 }
 
+#[loky::task]
+fn byte_len(data: Vec<u8>) -> usize {
+    data.len()
+}
+
 fn append_line(path: &Path, line: &str) {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
@@ -60,6 +65,7 @@ fn main() {
         Ok("fds") => fd_role(),
         Ok("nproc") => nproc_role(),
         Ok("env") => env_role(),
+        Ok("memory") => memory_role(),
         Ok(other) => panic!("unknown role {other}"),
         Err(_) => run_all(),
     }
@@ -68,7 +74,7 @@ fn main() {
 type Scenario = fn() -> Result<(), String>;
 
 fn run_all() {
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 5] = [
         (
             "workers_and_their_children_die_with_a_killed_parent",
             parent_death,
@@ -84,6 +90,10 @@ fn run_all() {
         (
             "environment_overrides_of_cpu_count_and_leak_threshold",
             env_overrides,
+        ),
+        (
+            "no_memory_for_a_shared_region_is_an_error_then_heals",
+            memory_scenario,
         ),
     ];
     let mut failed = 0;
@@ -182,6 +192,10 @@ fn fds_scenario() -> Result<(), String> {
 
 fn nproc_scenario() -> Result<(), String> {
     run_role("nproc")
+}
+
+fn memory_scenario() -> Result<(), String> {
+    run_role("memory")
 }
 
 fn env_overrides() -> Result<(), String> {
@@ -454,4 +468,49 @@ fn env_role() {
         .collect();
     assert!(pids.len() >= 2, "never replaced: {pids:?}");
     assert!(executor.stats().exits.memory >= 1);
+}
+
+/// This process's virtual memory size, in bytes.
+fn vm_size() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// Large arguments need a shared-memory region. With the address space
+/// too short for one, the submission fails with an error that says so;
+/// small calls go on meanwhile, and once memory is back the same executor
+/// takes large arguments again.
+fn memory_role() {
+    const LARGE: usize = 256 << 20;
+    let executor = loky::Executor::new(loky::Config::new().max_workers(1)).unwrap();
+    let small = || executor.submit(add, (2, 3)).unwrap().result_timeout(BOUND);
+    assert_eq!(small().unwrap(), 5);
+    let (first, second) = (vec![1u8; LARGE], vec![2u8; LARGE]);
+    set_limit(libc::RLIMIT_AS, vm_size() + (64 << 20));
+    let refused = executor
+        .submit(byte_len, first)
+        .unwrap()
+        .result_timeout(BOUND);
+    let Err(loky::Error::Serialization {
+        stage: loky::Stage::EncodeArgs,
+        message,
+        ..
+    }) = &refused
+    else {
+        panic!("expected an EncodeArgs error, got {refused:?}");
+    };
+    assert!(
+        message.contains("could not create a shared memory region"),
+        "{message}"
+    );
+    println!("  short of memory: {}", refused.unwrap_err());
+    assert_eq!(small().unwrap(), 5);
+    set_limit(libc::RLIMIT_AS, libc::RLIM_INFINITY);
+    let taken = executor
+        .submit(byte_len, second)
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(taken.unwrap(), LARGE);
 }

@@ -32,11 +32,13 @@ pub fn fill(parts: &[&[u8]]) -> Result<Region, String> {
     Ok(Region::owned(memory, len))
 }
 
-/// Lets go of every region nobody uses: an executor that shuts down keeps
-/// no shared memory alive.
+/// Lets go of every region no payload of this process holds: an executor
+/// that shuts down keeps no shared memory alive. Regions still read
+/// elsewhere go too (their readers keep their own mappings), among them
+/// one whose reader died before it let go.
 pub fn trim() {
     let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    pool.retain(|memory| !free(memory));
+    pool.retain(|memory| Arc::strong_count(memory) > 1);
 }
 
 /// How many regions the pool holds, and how many of them are free.

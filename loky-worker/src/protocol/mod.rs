@@ -419,10 +419,10 @@ impl Payload {
     /// a region (the parent reads results as they come: inline is only
     /// slower).
     pub fn pack_result(bytes: Vec<u8>) -> Payload {
-        if bytes.len() >= threshold_override().unwrap_or(RESULT_SHARED_MEMORY_THRESHOLD) {
-            if let Ok(region) = crate::region_pool::fill(&[&bytes]) {
-                return Payload::Shared(region);
-            }
+        if bytes.len() >= threshold_override().unwrap_or(RESULT_SHARED_MEMORY_THRESHOLD)
+            && let Ok(region) = crate::region_pool::fill(&[&bytes])
+        {
+            return Payload::Shared(region);
         }
         Payload::Inline(bytes)
     }

@@ -44,6 +44,7 @@ impl Memory {
         let len = capacity
             .checked_add(HEADER)
             .ok_or_else(|| format!("a region of {capacity} bytes"))?;
+        probe(len)?;
         let shared = std::panic::catch_unwind(|| IpcSharedMemory::from_byte(0, len))
             .map_err(|payload| crate::panic::payload_message(&*payload))?;
         Memory::from_shared(shared)
@@ -103,6 +104,21 @@ impl Memory {
     fn payload(&self, len: usize) -> &[u8] {
         &self.shared[HEADER..HEADER + len]
     }
+}
+
+/// Whether the address space has room for a mapping of `len` bytes.
+/// ipc-channel panics when a mapping fails, and the panic's backtrace then
+/// needs memory that is not there: asked first, the answer is an error.
+fn probe(len: usize) -> Result<(), String> {
+    use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+    let flags = MapFlags::PRIVATE | MapFlags::NORESERVE;
+    // SAFETY: a fresh mapping that nothing else knows of, unmapped at once.
+    unsafe {
+        let address = mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::empty(), flags)
+            .map_err(|error| format!("no room for {len} bytes of address space: {error}"))?;
+        let _ = munmap(address, len);
+    }
+    Ok(())
 }
 
 /// A payload in a region: this side's handle to it.
