@@ -19,6 +19,11 @@ fn echo(data: Vec<u8>) -> Vec<u8> {
 }
 
 #[loky::task]
+fn bytes_of(len: usize, fill: u8) -> Vec<u8> {
+    vec![fill; len]
+}
+
+#[loky::task]
 fn abort_holding(data: Vec<u8>) {
     assert!(!data.is_empty());
     std::process::abort();
@@ -110,4 +115,27 @@ fn a_worker_that_dies_reading_a_region_leaks_none() {
         "{} regions left after the executor",
         regions_here(size as u64)
     );
+}
+
+#[test]
+fn results_waiting_to_be_taken_hold_no_regions() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // In shared memory on the way (from 128 KiB), copied out on arrival
+    // (below 32 MiB): a thousand waiting results hold no descriptor.
+    let size = 256 << 10;
+    let executor = executor(2);
+    let futures: Vec<_> = (0..1000)
+        .map(|i| executor.submit(bytes_of, (size, i as u8)).unwrap())
+        .collect();
+    // Not `wait`, which decodes results to tell failures.
+    let all_done = || futures.iter().all(|future| future.done());
+    assert!(common::eventually(BOUND, all_done));
+    let held = regions_here(size as u64);
+    assert!(held <= 2, "{held} regions held by waiting results");
+    for (i, future) in futures.into_iter().enumerate() {
+        let bytes = future.result_timeout(BOUND).unwrap();
+        assert!(bytes.len() == size && bytes.iter().all(|&byte| byte == i as u8));
+    }
 }

@@ -90,11 +90,17 @@ pub const EXIT_PROTOCOL_ERROR: i32 = 71;
 pub const ARGS_SHARED_MEMORY_THRESHOLD: usize = 64 * 1024;
 
 /// Results at least this large travel through shared memory. Measured with
-/// `examples/threshold.rs` (echo round trip, medians, 2026-11-22): inline
-/// wins up to 16 MiB (65 ms inline against 84 ms shared), shared memory at
-/// 64 MiB (355 ms against 507 ms); a result is always read promptly by its
-/// link thread, so blocking is no concern on this side.
-pub const RESULT_SHARED_MEMORY_THRESHOLD: usize = 32 << 20;
+/// `examples/threshold.rs` (echo round trip of a `ByteBuf`, medians,
+/// 2026-11-26, warm regions): inline and shared are even at 64 KiB,
+/// shared wins from 128 KiB on (268 against 444 us; 1 MiB: 2.7 against
+/// 3.3 ms; 16 MiB: 61 against 102 ms).
+pub const RESULT_SHARED_MEMORY_THRESHOLD: usize = 128 << 10;
+
+/// A result region at least this large stays mapped until its result is
+/// taken; a smaller one is copied out as it arrives ([`Payload::settle`]),
+/// so that results waiting to be taken hold no descriptors (thousands of
+/// them would exhaust the process's) and the worker gets its region back.
+pub const RESULT_HELD_IN_PLACE: usize = 32 << 20;
 
 /// Environment variable overriding both thresholds (in bytes), for
 /// measurements. Workers inherit it.
@@ -392,6 +398,17 @@ impl Payload {
             Packing::Args => Payload::pack_args(encoded),
             Packing::Result => Ok(Payload::pack_result(encoded)),
             Packing::Inline => Ok(Payload::Inline(encoded)),
+        }
+    }
+
+    /// A received result as it waits to be taken: a region smaller than
+    /// [`RESULT_HELD_IN_PLACE`] is copied out (and released at once).
+    pub fn settle(self) -> Payload {
+        match self {
+            Payload::Shared(region) if region.bytes().len() < RESULT_HELD_IN_PLACE => {
+                Payload::Inline(region.bytes().to_vec())
+            }
+            other => other,
         }
     }
 

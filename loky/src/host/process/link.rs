@@ -6,7 +6,7 @@ use super::super::{Calls, Notify, WorkerEvent};
 use crate::error::SpawnError;
 use ipc_channel::IpcError;
 use ipc_channel::ipc::IpcOneShotServer;
-use loky_worker::protocol::{Bootstrap, FromWorker, PROTOCOL_VERSION};
+use loky_worker::protocol::{Bootstrap, FromWorker, Outcome, PROTOCOL_VERSION};
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,7 +100,7 @@ fn serve(
             // slows no other worker's results, nor the manager.
             Ok(FromWorker::Log(record)) => crate::worker_logs::emit(pid, &record),
             Ok(message) => {
-                if !notify(WorkerEvent::Message(message)) {
+                if !notify(WorkerEvent::Message(settle(message))) {
                     return;
                 }
             }
@@ -112,4 +112,19 @@ fn serve(
         }
     }
     notify(WorkerEvent::Closed);
+}
+
+/// A result as it waits for the manager and its taker: small regions are
+/// copied out here, off the manager thread (`Payload::settle`).
+fn settle(message: FromWorker) -> FromWorker {
+    match message {
+        FromWorker::Done {
+            seq,
+            outcome: Outcome::Returned(payload),
+        } => FromWorker::Done {
+            seq,
+            outcome: Outcome::Returned(payload.settle()),
+        },
+        other => other,
+    }
 }
