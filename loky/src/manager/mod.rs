@@ -1,6 +1,7 @@
 //! The manager: the one thread that owns an executor's workers and its queue
 //! of pending jobs. See `README.md` beside this file for its states.
 
+mod direct;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use direct::{Direct, Routed};
 use worker::{Cause, InFlight, Kill, Life, Retire, Worker};
 
 /// Everything the manager reacts to.
@@ -32,6 +34,8 @@ pub(crate) enum Event {
     Shutdown(ShutdownRequest),
     /// News from a worker's watchers.
     Worker(u64, WorkerEvent),
+    /// A worker's call finished and its link settled its future.
+    Delivered(u64, u64),
     /// The future of this job was cancelled while a worker held it: drop
     /// the call, or kill the worker if it runs it.
     Cancel(u64),
@@ -250,6 +254,7 @@ impl<B: Backend> Manager<B> {
             },
             Event::Shutdown(request) => self.shut_down(request),
             Event::Worker(id, event) => self.worker_event(id, event),
+            Event::Delivered(id, seq) => self.call_done(id, seq, None),
             Event::Cancel(job) => self.cancelled(job),
             Event::Resize(max_workers) => {
                 self.config = self.config.clone().max_workers(max_workers);
@@ -321,6 +326,7 @@ impl<B: Backend> Manager<B> {
                 self.kill_worker(id, Kill::Cancel, libc::SIGKILL);
             }
             ClaimState::Revoked | ClaimState::Gone => {
+                worker.direct.forget(seq);
                 worker.inflight.remove(position);
                 if position == 0 {
                     worker.advance(Instant::now());
@@ -384,9 +390,11 @@ impl<B: Backend> Manager<B> {
                     continue;
                 };
                 let head_before = worker.inflight.front().map(|h| h.seq);
+                let direct = Arc::clone(&worker.direct);
                 worker.inflight.retain(|held| {
                     let taken = board.revoke(held.seq);
                     if taken {
+                        direct.forget(held.seq);
                         held.job.completion.cancel();
                     }
                     !taken
@@ -432,6 +440,9 @@ impl<B: Backend> Manager<B> {
             .flatten();
         let shutting_down = matches!(why, Kill::Shutdown);
         worker.life = Life::Killed { why, escalate_at };
+        // What it still sends is the manager's to settle: a call it ran
+        // may have timed out or been cancelled meanwhile.
+        worker.direct.clear();
         let board = worker.board.clone();
         let mut requeue = Vec::new();
         for held in std::mem::take(&mut worker.inflight) {
@@ -503,17 +514,7 @@ impl<B: Backend> Manager<B> {
                     self.initialized(id, calls, outcome);
                     return;
                 }
-                let Some(position) = worker.inflight.iter().position(|h| h.seq == seq) else {
-                    return;
-                };
-                let held = worker.inflight.remove(position).expect("found above");
-                let pid = worker.pid;
-                if position == 0 {
-                    let took = now.saturating_duration_since(worker.head_since);
-                    self.mean_call = Some(policy::mean_call_time(self.mean_call, took));
-                    worker.advance(now);
-                }
-                complete(held, pid, outcome);
+                self.call_done(id, seq, Some(outcome));
             }
             WorkerEvent::Message(FromWorker::Items {
                 seq,
@@ -553,6 +554,29 @@ impl<B: Backend> Manager<B> {
                 // it left behind, so that nothing keeps its channel open.
                 worker.handle.signal(libc::SIGKILL);
             }
+        }
+    }
+
+    /// Call `seq` of worker `id` finished: with its `outcome`, or settled
+    /// already by the worker's link (`None`).
+    fn call_done(&mut self, id: u64, seq: u64, outcome: Option<Outcome>) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            // A worker reaped already.
+            return;
+        };
+        let Some(position) = worker.inflight.iter().position(|h| h.seq == seq) else {
+            return;
+        };
+        let held = worker.inflight.remove(position).expect("found above");
+        let pid = worker.pid;
+        if position == 0 {
+            let now = Instant::now();
+            let took = now.saturating_duration_since(worker.head_since);
+            self.mean_call = Some(policy::mean_call_time(self.mean_call, took));
+            worker.advance(now);
+        }
+        if let Some(outcome) = outcome {
+            complete(held, pid, outcome);
         }
     }
 
@@ -708,6 +732,9 @@ impl<B: Backend> Manager<B> {
     /// Collects a dead worker's status (its group killed first), settles
     /// the calls it held by their claims, and counts its exit.
     fn reap(&mut self, worker: Worker<B::Worker>) {
+        // A late outcome (its channel was not drained) goes to nobody: the
+        // calls are settled here.
+        worker.direct.clear();
         let Worker {
             handle,
             pid,
@@ -1082,6 +1109,7 @@ impl<B: Backend> Manager<B> {
             return false;
         }
         let held = worker.inflight.pop_back().expect("checked above");
+        worker.direct.forget(held.seq);
         held.job.completion.detach();
         self.queue.push_back(held.job);
         true
@@ -1122,13 +1150,23 @@ impl<B: Backend> Manager<B> {
             let id = self.next_worker;
             self.next_worker += 1;
             let events = self.events_tx.clone();
-            let notify: Notify =
-                Box::new(move |event| events.send(Event::Worker(id, event)).is_ok());
+            let direct = Arc::new(Direct::default());
+            let link_direct = Arc::clone(&direct);
+            // Runs on the worker's link thread: an expected outcome settles
+            // its future there, and the manager hears only that it did.
+            let notify: Notify = Box::new(move |event| {
+                let event = match link_direct.route(event) {
+                    Routed::Event(event) => Event::Worker(id, event),
+                    Routed::Delivered(seq) => Event::Delivered(id, seq),
+                };
+                events.send(event).is_ok()
+            });
             match self.backend.spawn(&self.config, notify) {
                 Ok(handle) => {
                     let pid = handle.pid();
                     let deadline = deadline(Instant::now(), self.config.handshake_timeout);
-                    self.workers.insert(id, Worker::new(handle, pid, deadline));
+                    let worker = Worker::new(handle, pid, deadline, direct);
+                    self.workers.insert(id, worker);
                     self.started += 1;
                 }
                 Err(error) => {
@@ -1159,6 +1197,9 @@ fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
         // Cancelled just now: it never runs.
         board.revoke(seq);
         return;
+    }
+    if job.kind == CallKind::Single {
+        worker.direct.expect(seq, Arc::clone(&job.completion));
     }
     worker.unsent.push(Call {
         seq,

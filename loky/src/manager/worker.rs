@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use crate::host::Calls;
+use super::direct::Direct;
 use crate::job::Job;
 use loky_worker::protocol::{Board, Call, SLOTS};
 use std::collections::VecDeque;
@@ -29,6 +30,8 @@ pub(super) struct Worker<W> {
     /// Calls given to it in this step, sent together at the step's end
     /// (they are in `inflight` already).
     pub(super) unsent: Vec<Call>,
+    /// Its single calls whose outcome its link delivers.
+    pub(super) direct: Arc<Direct>,
 }
 
 /// A call sent to a worker.
@@ -133,8 +136,14 @@ impl Life {
 }
 
 impl<W> Worker<W> {
-    pub(super) fn new(handle: W, pid: u32, deadline: Option<Instant>) -> Worker<W> {
+    pub(super) fn new(
+        handle: W,
+        pid: u32,
+        deadline: Option<Instant>,
+        direct: Arc<Direct>,
+    ) -> Worker<W> {
         let now = Instant::now();
+        direct.set_pid(pid);
         Worker {
             handle,
             pid,
@@ -146,6 +155,7 @@ impl<W> Worker<W> {
             idle_since: now,
             sent: 0,
             unsent: Vec::new(),
+            direct,
         }
     }
 

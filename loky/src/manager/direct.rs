@@ -1,0 +1,78 @@
+//! Outcomes a worker's link delivers straight to their futures.
+//!
+//! A single call's outcome needs nothing of the manager to settle its
+//! future, and routing it through the manager thread costs the waiting
+//! caller one more thread wake-up. So the manager registers each single
+//! call it sends to a worker ([`Direct::expect`]); the worker's `notify`,
+//! which runs on that worker's link thread, completes the future as the
+//! outcome arrives ([`Direct::route`]) and tells the manager only that the
+//! call is done. Whatever the manager still decides about a call (taken
+//! back, cancelled, timed out, its worker killed or dead) it first takes
+//! out of the table, so its outcome then reaches the manager as before.
+
+use crate::job::Completion;
+use crate::host::WorkerEvent;
+use loky_worker::protocol::FromWorker;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// One worker's single calls whose outcome its link delivers.
+#[derive(Default)]
+pub(super) struct Direct {
+    /// The worker's pid, set once it is spawned: outcomes name it.
+    pid: OnceLock<u32>,
+    expected: Mutex<HashMap<u64, Arc<dyn Completion>>>,
+}
+
+/// What the link passes on to the manager.
+pub(super) enum Routed {
+    /// The event, untouched.
+    Event(WorkerEvent),
+    /// Call `seq` finished and its future is settled.
+    Delivered(u64),
+}
+
+impl Direct {
+    pub(super) fn set_pid(&self, pid: u32) {
+        let _ = self.pid.set(pid);
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<dyn Completion>>> {
+        self.expected.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Call `seq`'s outcome settles `completion` where it arrives.
+    pub(super) fn expect(&self, seq: u64, completion: Arc<dyn Completion>) {
+        self.table().insert(seq, completion);
+    }
+
+    /// Call `seq`'s outcome, if any comes, goes to the manager.
+    pub(super) fn forget(&self, seq: u64) {
+        self.table().remove(&seq);
+    }
+
+    /// Every outcome still to come goes to the manager.
+    pub(super) fn clear(&self) {
+        self.table().clear();
+    }
+
+    /// On the link thread: settles an expected call's future with its
+    /// outcome, or passes the event on.
+    pub(super) fn route(&self, event: WorkerEvent) -> Routed {
+        let WorkerEvent::Message(FromWorker::Done { seq, outcome }) = event else {
+            return Routed::Event(event);
+        };
+        let expected = match self.pid.get() {
+            Some(&pid) => self.table().remove(&seq).map(|completion| (pid, completion)),
+            None => None,
+        };
+        match expected {
+            Some((pid, completion)) => {
+                // Outside the table's lock: callbacks may run here.
+                completion.finish_remote(pid, outcome);
+                Routed::Delivered(seq)
+            }
+            None => Routed::Event(WorkerEvent::Message(FromWorker::Done { seq, outcome })),
+        }
+    }
+}
