@@ -13,8 +13,16 @@ fn main() -> Result<(), loky::Error> {
     executor.start_workers()?;
     for _ in 0..5 {
         let started = Instant::now();
-        let n = executor.map(noop, 0..100_000).chunksize(1).filter(|r| r.is_ok()).count();
-        println!("{n} in {:?}: {:.0}/s", started.elapsed(), n as f64 / started.elapsed().as_secs_f64());
+        let n = executor
+            .map(noop, 0..100_000)
+            .chunksize(1)
+            .filter(|r| r.is_ok())
+            .count();
+        println!(
+            "{n} in {:?}: {:.0}/s",
+            started.elapsed(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -228,3 +228,24 @@ fn after_cancelling_running_tasks_new_ones_do_not_queue_behind_a_busy_worker() {
         future.cancel();
     }
 }
+
+/// A call submitted while a worker is idle goes straight to it, without
+/// the manager. Killed just before, the worker cannot take it: the call
+/// runs on its replacement, and the killed worker's death is nobody's.
+#[test]
+fn a_call_sent_to_a_worker_killed_just_before_runs_on_its_replacement() {
+    let executor = common::executor(1);
+    let mut pid = run(&executor, worker_pid, ());
+    for _ in 0..5 {
+        // SAFETY: kill only sends a signal, to our own worker.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        let next = executor
+            .submit(worker_pid, ())
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap();
+        assert_ne!(next, pid, "ran on the replacement");
+        pid = next;
+    }
+    assert_eq!(executor.stats().failed, 0);
+}

@@ -189,6 +189,12 @@ impl Executor {
         self.inner.config.idle_limit()
     }
 
+    /// The idle workers on offer to submitters, for the manager's tests.
+    #[cfg(test)]
+    pub(crate) fn lending(&self) -> &crate::manager::lend::Lending {
+        &self.inner.shared.lending
+    }
+
     /// This executor's id, unique in this process. The reusable executor
     /// gets a new id each time it is replaced.
     pub fn id(&self) -> u64 {
@@ -501,6 +507,10 @@ impl Executor {
             }),
             pieces: job::Pieces::default(),
             regions,
+        };
+        // Straight to an idle worker, if the manager lent one.
+        let Some(job) = self.inner.shared.lending.send(job, &gate.events) else {
+            return Ok(future);
         };
         if let Err(crossbeam_channel::SendError(Event::Submit(job))) =
             gate.events.send(Event::Submit(job))

@@ -13,9 +13,11 @@ pub(crate) struct Shared {
     /// Why the executor is broken, once it is.
     broken: Mutex<Option<String>>,
     /// What the manager last published: its counts and the live pids. Read
-    /// without asking the manager, so a done-callback (which runs on the
+    /// without asking the manager, so a done-callback (which may run on the
     /// manager thread) gets true answers.
     snapshot: Mutex<(Stats, Vec<u32>)>,
+    /// Idle workers on offer to submitters.
+    pub(crate) lending: crate::manager::lend::Lending,
 }
 
 impl Shared {

@@ -19,6 +19,7 @@ pub(crate) mod thread;
 use crate::config::Config;
 use crate::error::{ExitReason, SpawnError};
 use loky_worker::protocol::{FromWorker, ToWorker};
+use std::sync::Arc;
 
 /// Starts workers.
 pub(crate) trait Backend: Send + 'static {
@@ -64,12 +65,16 @@ pub(crate) enum WorkerEvent {
 /// Where a worker's events go; false once nobody listens.
 pub(crate) type Notify = Box<dyn Fn(WorkerEvent) -> bool + Send + Sync>;
 
-/// The sending end of a worker's call channel.
-pub(crate) struct Calls(Box<dyn Fn(ToWorker) -> Result<(), String> + Send>);
+/// The sending end of a worker's call channel; clones send on the same
+/// channel (a submitter holding a lent worker's, the manager its own).
+#[derive(Clone)]
+pub(crate) struct Calls(Arc<dyn Fn(ToWorker) -> Result<(), String> + Send + Sync>);
 
 impl Calls {
-    pub(crate) fn new(send: impl Fn(ToWorker) -> Result<(), String> + Send + 'static) -> Calls {
-        Calls(Box::new(send))
+    pub(crate) fn new(
+        send: impl Fn(ToWorker) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Calls {
+        Calls(Arc::new(send))
     }
 
     /// Sends a message; `Err` if the worker is gone.

@@ -10,8 +10,8 @@
 //! back, cancelled, timed out, its worker killed or dead) it first takes
 //! out of the table, so its outcome then reaches the manager as before.
 
-use crate::job::Completion;
 use crate::host::WorkerEvent;
+use crate::job::Completion;
 use loky_worker::protocol::FromWorker;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -63,7 +63,10 @@ impl Direct {
             return Routed::Event(event);
         };
         let expected = match self.pid.get() {
-            Some(&pid) => self.table().remove(&seq).map(|completion| (pid, completion)),
+            Some(&pid) => self
+                .table()
+                .remove(&seq)
+                .map(|completion| (pid, completion)),
             None => None,
         };
         match expected {

@@ -2,6 +2,7 @@
 //! of pending jobs. See `README.md` beside this file for its states.
 
 mod direct;
+pub(crate) mod lend;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -14,6 +15,7 @@ use crate::job::{Claim, Job, Piece};
 use crate::shared::Shared;
 use crate::stats::{Stats, WorkerExits};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use direct::{Direct, Routed};
 use loky_worker::protocol::{
     self, Board, Call, CallKind, ChunkArgs, Claim as ClaimState, FromWorker, Outcome, Payload,
     Setup, ToWorker,
@@ -23,7 +25,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use direct::{Direct, Routed};
 use worker::{Cause, InFlight, Kill, Life, Retire, Worker};
 
 /// Everything the manager reacts to.
@@ -36,6 +37,14 @@ pub(crate) enum Event {
     Worker(u64, WorkerEvent),
     /// A worker's call finished and its link settled its future.
     Delivered(u64, u64),
+    /// A submitter took worker `worker`'s ticket: `job` is call `seq`,
+    /// queued on `board` and sent (or about to be).
+    Lent {
+        worker: u64,
+        seq: u64,
+        board: Arc<Board>,
+        job: Job,
+    },
     /// The future of this job was cancelled while a worker held it: drop
     /// the call, or kill the worker if it runs it.
     Cancel(u64),
@@ -162,6 +171,13 @@ impl<B: Backend> Manager<B> {
                 .recv()
                 .map_err(|_| RecvTimeoutError::Disconnected),
         };
+        // Lent workers come back before anything else is decided; those
+        // whose ticket was taken stay busy until their `Lent` arrives.
+        for id in self.shared.lending.reclaim() {
+            if let Some(worker) = self.workers.get_mut(&id) {
+                worker.lent = None;
+            }
+        }
         match event {
             Ok(event) => self.handle(event),
             Err(RecvTimeoutError::Timeout) => {}
@@ -177,9 +193,75 @@ impl<B: Backend> Manager<B> {
         // the queue.
         self.reap_ready(now);
         self.dispatch();
+        self.lend();
         self.publish();
         self.answer_start_waiters();
         !self.finished()
+    }
+
+    /// Offers each idle worker to submitters, while nothing is queued.
+    fn lend(&mut self) {
+        if !self.queue.is_empty() || self.shutdown.is_some() || self.broken.is_some() {
+            return;
+        }
+        let max_tasks = self.config.max_tasks_per_child;
+        for (&id, worker) in &mut self.workers {
+            // `can_take` is false for a worker lent already.
+            if !(worker.is_idle() && worker.unsent.is_empty() && worker.can_take(1, max_tasks)) {
+                continue;
+            }
+            let (Some(board), Some(calls)) = (worker.board.clone(), worker.calls().cloned()) else {
+                continue;
+            };
+            let seq = worker.next_seq;
+            worker.next_seq += 1;
+            worker.lent = Some(seq);
+            self.shared.lending.offer(lend::Ticket {
+                worker: id,
+                seq,
+                board,
+                calls,
+                direct: Arc::clone(&worker.direct),
+            });
+        }
+    }
+
+    /// A submitter sent `job` as call `seq` to worker `id`, lent to it.
+    fn lent(&mut self, id: u64, seq: u64, board: &Board, job: Job) {
+        let max_tasks = self.config.max_tasks_per_child;
+        let Some(worker) = self.workers.get_mut(&id) else {
+            // Reaped meanwhile: the call runs elsewhere if it never
+            // started, which is the only way (its `Lent` came first).
+            if board.revoke(seq) {
+                job.completion.detach();
+                self.requeue(vec![job]);
+            } else {
+                job.completion.fail(Error::Broken {
+                    reason: "a call sent to a worker reaped meanwhile".to_owned(),
+                });
+            }
+            return;
+        };
+        if worker.lent == Some(seq) {
+            worker.lent = None;
+        }
+        if board.state(seq) == ClaimState::Revoked {
+            // Cancelled before it left: never runs.
+            worker.direct.forget(seq);
+            return;
+        }
+        if worker.inflight.is_empty() {
+            worker.head_since = Instant::now();
+        }
+        worker.inflight.push_back(InFlight {
+            seq,
+            job,
+            fate: None,
+        });
+        worker.sent += 1;
+        if max_tasks.is_some_and(|max| worker.sent >= max) {
+            worker.retire(Retire::MaxTasks);
+        }
     }
 
     /// Stops for good without losing anything: every job fails with
@@ -255,6 +337,12 @@ impl<B: Backend> Manager<B> {
             Event::Shutdown(request) => self.shut_down(request),
             Event::Worker(id, event) => self.worker_event(id, event),
             Event::Delivered(id, seq) => self.call_done(id, seq, None),
+            Event::Lent {
+                worker,
+                seq,
+                board,
+                job,
+            } => self.lent(worker, seq, &board, job),
             Event::Cancel(job) => self.cancelled(job),
             Event::Resize(max_workers) => {
                 self.config = self.config.clone().max_workers(max_workers);
@@ -1017,6 +1105,7 @@ impl<B: Backend> Manager<B> {
         for worker in self.workers.values_mut() {
             if let Life::Leaving { calls, why } = &worker.life
                 && worker.inflight.is_empty()
+                && worker.lent.is_none()
             {
                 // If the send fails the worker is gone already.
                 let _ = calls.send(ToWorker::Shutdown);

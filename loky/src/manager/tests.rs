@@ -489,3 +489,64 @@ fn an_outcome_still_in_the_link_is_never_lost_to_a_failed_send() {
     assert_eq!(finished.result_timeout(BOUND).unwrap(), 970);
     assert_eq!(next.result_timeout(BOUND).unwrap(), 971);
 }
+
+/// A call submitted while a worker is idle goes straight to it. If that
+/// worker died meanwhile (its death not yet seen), the send fails and the
+/// call, still queued on its board, runs on the worker that replaces it.
+#[test]
+fn a_call_sent_straight_to_a_worker_that_just_died_runs_elsewhere() {
+    let (executor, control) = executor(Config::new().max_workers(1));
+    assert_eq!(
+        executor
+            .submit(record, 980)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        980
+    );
+    let lending = executor.lending();
+    assert!(
+        eventually(|| lending.offered() == 1),
+        "the idle worker is lent"
+    );
+    let fake = Arc::clone(&control.workers()[0]);
+    fake.vanish(ExitReason::Signal {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    });
+    let sent = executor.submit(record, 981).unwrap();
+    assert_eq!(lending.offered(), 0, "sent straight to the lent worker");
+    fake.report_exit();
+    assert_eq!(sent.result_timeout(BOUND).unwrap(), 981);
+    assert_eq!(control.workers().len(), 2, "it ran on the replacement");
+    assert_eq!(executor.stats().exits.crashed, 1);
+}
+
+/// The outcome of a call sent straight to a worker settles its future on
+/// the worker's link, and the manager still counts the worker idle again:
+/// the next calls go straight to it too, and it retires when idle.
+#[test]
+fn calls_sent_straight_keep_the_pool_s_bookkeeping_exact() {
+    let (executor, control) = executor(
+        Config::new()
+            .max_workers(1)
+            .idle_timeout(Duration::from_millis(100)),
+    );
+    for key in 990..995 {
+        let lending = executor.lending();
+        assert!(key == 990 || eventually(|| lending.offered() == 1));
+        assert_eq!(
+            executor
+                .submit(record, key)
+                .unwrap()
+                .result_timeout(BOUND)
+                .unwrap(),
+            key
+        );
+    }
+    assert_eq!(control.workers().len(), 1, "one worker served them all");
+    assert!(
+        eventually(|| executor.stats().exits.idle == 1),
+        "and retired when idle"
+    );
+}

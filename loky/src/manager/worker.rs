@@ -1,9 +1,9 @@
 //! One worker as the manager sees it: its handle, its [`Life`], its board
 //! and the calls it holds.
 
+use super::direct::Direct;
 use crate::error::Error;
 use crate::host::Calls;
-use super::direct::Direct;
 use crate::job::Job;
 use loky_worker::protocol::{Board, Call, SLOTS};
 use std::collections::VecDeque;
@@ -32,6 +32,9 @@ pub(super) struct Worker<W> {
     pub(super) unsent: Vec<Call>,
     /// Its single calls whose outcome its link delivers.
     pub(super) direct: Arc<Direct>,
+    /// The call number of its ticket while it is lent to submitters
+    /// (`lend.rs`): busy until the ticket is reclaimed or its call arrives.
+    pub(super) lent: Option<u64>,
 }
 
 /// A call sent to a worker.
@@ -156,6 +159,7 @@ impl<W> Worker<W> {
             sent: 0,
             unsent: Vec::new(),
             direct,
+            lent: None,
         }
     }
 
@@ -173,7 +177,7 @@ impl<W> Worker<W> {
         self.is_starting() || self.is_up()
     }
 
-    /// Idle: serving and holding no call.
+    /// Idle: serving and holding no call (perhaps lent: see `lent`).
     pub(super) fn is_idle(&self) -> bool {
         matches!(self.life, Life::Serving { .. }) && self.inflight.is_empty()
     }
@@ -186,6 +190,7 @@ impl<W> Worker<W> {
             .front()
             .is_none_or(|oldest| self.next_seq - oldest.seq < SLOTS as u64);
         matches!(self.life, Life::Serving { .. })
+            && self.lent.is_none()
             && self.inflight.len() < limit
             && slot_free
             && max_tasks.is_none_or(|max| self.sent < max)

@@ -252,7 +252,13 @@ impl Client {
                 // Agents are started by their hosts, not by the client.
                 let _ = answer.send(Ok(()));
             }
-            Event::Resize(_) | Event::Worker(..) => {}
+            // Local workers only: a cluster lends none and has no links.
+            Event::Resize(_) | Event::Worker(..) | Event::Delivered(..) => {}
+            Event::Lent { job, .. } => {
+                job.completion.fail(Error::Broken {
+                    reason: "a cluster executor was lent a local worker".to_owned(),
+                });
+            }
         }
     }
 
