@@ -271,6 +271,15 @@ fn decode_bytes<R: Message>(task: &'static str, pid: u32, bytes: &[u8]) -> Resul
         .map_err(|failure| Error::from_failure(task, Some(pid), failure))
 }
 
+/// Decodes the result of a single call that stands for a chunk of one.
+pub(crate) fn decode_as_chunk<R: Message>(
+    task: &'static str,
+    pid: u32,
+    encoded: Encoded<'_>,
+) -> Result<Vec<Result<R, Error>>, Error> {
+    Ok(vec![decode_single(task, pid, encoded)])
+}
+
 /// Decodes the results of a chunk: each element succeeds or fails alone.
 pub(crate) fn decode_chunk<R: Message>(
     task: &'static str,
@@ -287,14 +296,21 @@ pub(crate) fn decode_chunk<R: Message>(
         match piece {
             Piece::Failed(error) => results.push(Err(error)),
             Piece::Items { pid, skip, bytes } => {
-                let items = serde_stage(Stage::DecodeResult, || protocol::decode_items(&bytes))
-                    .map_err(|failure| Error::from_failure(task, Some(pid), failure))?;
-                results.extend(items.into_iter().skip(skip).map(|item| match item {
-                    ChunkItem::Returned(bytes) => decode_bytes(task, pid, &bytes),
-                    ChunkItem::Failed(failure) => {
-                        Err(Error::from_failure(task, Some(pid), failure))
+                // Item by item, without a vector of them in between; an
+                // item that cannot be read fails the whole chunk.
+                for (index, item) in protocol::items(&bytes).enumerate() {
+                    let item = serde_stage(Stage::DecodeResult, || item)
+                        .map_err(|failure| Error::from_failure(task, Some(pid), failure))?;
+                    if index < skip {
+                        continue;
                     }
-                }));
+                    results.push(match item {
+                        ChunkItem::Returned(bytes) => decode_bytes(task, pid, &bytes),
+                        ChunkItem::Failed(failure) => {
+                            Err(Error::from_failure(task, Some(pid), failure))
+                        }
+                    });
+                }
             }
         }
     }

@@ -6,10 +6,11 @@ use crate::error::Error;
 use crate::executor::Executor;
 use crate::future::Future;
 use crate::job;
+use crate::message::Message;
 use crate::options::CallOptions;
 use crate::task::Task;
-use loky_worker::protocol::CallKind;
-use serde_bytes::ByteBuf;
+use loky_worker::invoke::serde_stage;
+use loky_worker::protocol::{CallKind, ChunkArgsBuilder, Stage};
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
@@ -85,7 +86,7 @@ const ELEMENTS_IN_FLIGHT: usize = 128;
 const MAX_CHUNKS_IN_FLIGHT: usize = 512;
 
 /// The largest automatic chunk.
-const MAX_AUTO_CHUNK: usize = 1024;
+const MAX_AUTO_CHUNK: usize = 4096;
 /// An automatic chunk grows while chunks take less than this.
 const CHUNK_TARGET: Duration = Duration::from_millis(20);
 
@@ -218,17 +219,28 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
             return None;
         }
         let size = self.next_chunk_size();
-        // A huge explicit chunksize must not reserve its whole size up front.
-        let mut encoded = Vec::with_capacity(size.min(MAX_AUTO_CHUNK));
+        let mut encoded = ChunkArgsBuilder::default();
+        // A chunk of one travels as a single call: no chunk bookkeeping on
+        // either side, and it may go straight to an idle worker.
+        let mut single = None;
         let mut early = Vec::new();
         let mut len = 0;
         let ((), regions) = loky_worker::shared_bytes::collect(|| {
             while len < size {
                 match panic::catch_unwind(AssertUnwindSafe(|| self.input.next())) {
-                    Ok(Some(args)) => {
-                        match job::encode_args(T::ID, &args) {
-                            Ok(bytes) => encoded.push(ByteBuf::from(bytes)),
+                    Ok(Some(args)) if size == 1 => {
+                        match job::encode_call_args(T::ID, &args) {
+                            Ok(payload) => single = Some(payload),
                             Err(error) => early.push((len, error)),
+                        }
+                        len += 1;
+                    }
+                    Ok(Some(args)) => {
+                        let pushed = serde_stage(Stage::EncodeArgs, || {
+                            encoded.push(|out| args.encode_into(out))
+                        });
+                        if let Err(failure) = pushed {
+                            early.push((len, Error::from_failure(T::ID, None, failure)));
                         }
                         len += 1;
                     }
@@ -249,23 +261,32 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
         if len == 0 {
             return None;
         }
-        let future = if encoded.is_empty() {
+        let options = CallOptions {
+            timeout: self.timeout,
+            retries: self.retries,
+        };
+        let future = if let Some(payload) = single {
+            let args = crate::task::registered(T::ID).map(|()| payload);
+            self.executor.submit_encoded(
+                T::ID,
+                CallKind::Single,
+                (args, regions),
+                options,
+                job::decode_as_chunk::<T::Output>,
+            )
+        } else if encoded.is_empty() {
             // Every element failed before it could be sent.
             let (future, state) = Future::new(T::ID);
             state.finish(crate::future::Held::Ready(Ok(Vec::new())));
             Ok(future)
         } else {
             let bytes = crate::task::registered(T::ID)
-                .and_then(|()| job::encode_args(T::ID, &encoded))
-                .and_then(|bytes| job::pack_args(T::ID, bytes));
+                .and_then(|()| job::pack_args(T::ID, encoded.finish()));
             self.executor.submit_encoded(
                 T::ID,
                 CallKind::Chunk,
                 (bytes, regions),
-                CallOptions {
-                    timeout: self.timeout,
-                    retries: self.retries,
-                },
+                options,
                 job::decode_chunk::<T::Output>,
             )
         };

@@ -29,6 +29,10 @@ pub trait Message: Sized + Send + 'static {
     #[doc(hidden)]
     fn encode(&self, packing: Packing) -> Result<Payload, String>;
 
+    /// Appends the value, encoded, to `out`. Not public API.
+    #[doc(hidden)]
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String>;
+
     /// Decodes a value from the wire format. Not public API.
     #[doc(hidden)]
     fn decode(bytes: &[u8]) -> Result<Self, String>;
@@ -42,6 +46,10 @@ pub trait Message: Sized + Send + 'static {
 impl<T: Serialize + DeserializeOwned + Send + 'static> Message for T {
     fn encode(&self, packing: Packing) -> Result<Payload, String> {
         Payload::encode(self, packing)
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        protocol::encode_value_into(self, out)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {

@@ -21,6 +21,28 @@ pub fn encode_value<T: Serialize + 'static>(value: &T) -> Result<Vec<u8>, String
     }
 }
 
+/// Appends `value`, encoded as [`encode_value`] does, to `out`.
+pub fn encode_value_into<T: Serialize + 'static>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    if let Some(bytes) = byte_string(value) {
+        out.extend_from_slice(&length_prefix(bytes.len())?);
+        out.extend_from_slice(bytes);
+        return Ok(());
+    }
+    match postcard::to_extend(value, std::mem::take(out)) {
+        Ok(extended) => {
+            *out = extended;
+            Ok(())
+        }
+        // Encoded again for the message (see `encode`): errors are rare.
+        Err(error) => Err(super::encode(value)
+            .err()
+            .unwrap_or_else(|| error.to_string())),
+    }
+}
+
 /// The bytes of a value that takes the fast path: encoded, they are
 /// [`length_prefix`] then themselves.
 pub(super) fn byte_string<T: 'static>(value: &T) -> Option<&[u8]> {

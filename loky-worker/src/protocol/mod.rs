@@ -39,7 +39,7 @@ pub mod region;
 pub mod remote;
 
 pub use board::{ARENA, BOARD_BYTES, Board, ChunkProgress, Claim, SLOTS};
-pub use bytes::{decode_value, encode_value};
+pub use bytes::{decode_value, encode_value, encode_value_into};
 
 use ipc_channel::ipc::{IpcReceiver, IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
@@ -186,6 +186,57 @@ pub enum CallKind {
 
 /// The encoded arguments of a chunk.
 pub type ChunkArgs = Vec<serde_bytes::ByteBuf>;
+
+/// Builds encoded [`ChunkArgs`] element by element in one buffer: the very
+/// bytes encoding the `Vec<ByteBuf>` gives (a count, then each element's
+/// length and bytes), without an allocation per element.
+#[derive(Default)]
+pub struct ChunkArgsBuilder {
+    body: Vec<u8>,
+    count: usize,
+    scratch: Vec<u8>,
+}
+
+impl ChunkArgsBuilder {
+    /// Adds one element, which `encode` writes into an empty buffer; on
+    /// error (or panic) nothing is added.
+    pub fn push<E>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        self.scratch.clear();
+        encode(&mut self.scratch)?;
+        write_varint(&mut self.body, self.scratch.len());
+        self.body.extend_from_slice(&self.scratch);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// How many elements it holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The encoded chunk.
+    pub fn finish(self) -> Vec<u8> {
+        let mut encoded = Vec::with_capacity(10 + self.body.len());
+        write_varint(&mut encoded, self.count);
+        encoded.extend_from_slice(&self.body);
+        encoded
+    }
+}
+
+/// Appends `value` as postcard writes a `usize`: seven bits a byte, low
+/// first, the high bit set on every byte but the last.
+fn write_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
 
 /// Decodes [`ChunkArgs`], borrowing each element's bytes from `bytes`.
 pub fn decode_chunk_args(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
@@ -510,19 +561,68 @@ pub fn encode_item(item: &ChunkItem<'_>, buffer: Vec<u8>) -> Result<Vec<u8>, Str
 
 /// Decodes encoded [`ChunkItem`]s laid one after the other, borrowing
 /// each result's bytes from `bytes`.
-pub fn decode_items(mut bytes: &[u8]) -> Result<Vec<ChunkItem<'_>>, String> {
-    let mut items = Vec::new();
-    while !bytes.is_empty() {
-        let (item, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
-        items.push(item);
-        bytes = rest;
-    }
-    Ok(items)
+pub fn decode_items(bytes: &[u8]) -> Result<Vec<ChunkItem<'_>>, String> {
+    items(bytes).collect()
+}
+
+/// The encoded [`ChunkItem`]s laid one after the other in `bytes`, one at a
+/// time, each result's bytes borrowed; stops after the first error.
+pub fn items(mut bytes: &[u8]) -> impl Iterator<Item = Result<ChunkItem<'_>, String>> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        match postcard::take_from_bytes(bytes) {
+            Ok((item, rest)) => {
+                bytes = rest;
+                Some(Ok(item))
+            }
+            Err(error) => {
+                bytes = &[];
+                Some(Err(error.to_string()))
+            }
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_args_built_in_place_are_the_encoded_vector() {
+        let elements: Vec<Vec<u8>> = vec![vec![1, 2], Vec::new(), vec![3; 300], vec![4; 20_000]];
+        let mut builder = ChunkArgsBuilder::default();
+        for element in &elements {
+            builder
+                .push(|out| {
+                    out.extend_from_slice(element);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+        // A failed element adds nothing.
+        assert!(
+            builder
+                .push(|out| {
+                    out.push(9);
+                    Err(())
+                })
+                .is_err()
+        );
+        assert_eq!(builder.len(), 4);
+        let args: ChunkArgs = elements
+            .iter()
+            .cloned()
+            .map(serde_bytes::ByteBuf::from)
+            .collect();
+        assert_eq!(builder.finish(), encode(&args).unwrap());
+        for count in [0usize, 1, 127, 128, 300, 16_384, usize::MAX] {
+            let mut out = Vec::new();
+            write_varint(&mut out, count);
+            assert_eq!(out, encode(&count).unwrap(), "{count}");
+        }
+    }
 
     #[test]
     fn chunk_args_encoded_owned_decode_borrowed() {
