@@ -98,3 +98,46 @@ fn a_worker_that_exits_before_its_handshake_leaves_no_process() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+#[loky::task]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[loky::task]
+fn abort_now() {
+    std::process::abort();
+}
+
+/// A worker holds the outcomes of short calls back to send several in one
+/// message, on its board meanwhile. Dying with some held back, it loses
+/// none: the parent reads them from the board, and only the call that was
+/// running is blamed. (The hold is stretched to a minute, so that the
+/// outcomes are still held when the worker dies.)
+#[test]
+fn outcomes_held_back_by_a_worker_that_dies_are_not_lost() {
+    let config = Config::new()
+        .max_workers(1)
+        .prefetch(8)
+        .env("LOKY_WORKER_FAULT", "hold:60000");
+    let executor = Executor::new(config).unwrap();
+    executor.start_workers().unwrap();
+    // The rest queue up on the worker while it sleeps; then it runs the
+    // additions, holds their outcomes back (more calls wait behind them),
+    // and aborts.
+    let slept = executor.submit(sleep_ms, 300).unwrap();
+    let sums: Vec<_> = (0..5)
+        .map(|i| executor.submit(add, (i, 100)).unwrap())
+        .collect();
+    let crash = executor.submit(abort_now, ()).unwrap();
+    assert_eq!(slept.result_timeout(BOUND).unwrap(), 300);
+    for (i, sum) in (0..).zip(sums) {
+        assert_eq!(sum.result_timeout(BOUND).unwrap(), i + 100);
+    }
+    assert!(matches!(
+        crash.result_timeout(BOUND),
+        Err(Error::WorkerDied { .. })
+    ));
+    assert!(common::eventually(BOUND, || executor.stats().exits.crashed == 1));
+}

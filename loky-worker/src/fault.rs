@@ -10,7 +10,10 @@
 //! - `hang`: never connect;
 //! - `version:N`: introduce itself with protocol version N;
 //! - `forget:ID`: act as if no task were registered under ID, as a worker
-//!   built from other sources would.
+//!   built from other sources would;
+//! - `hold:MS`: hold single calls' outcomes back up to MS milliseconds
+//!   (instead of `batch::HOLD_AT_MOST`), so that a test can die holding
+//!   some.
 
 /// The variable naming the fault.
 pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
@@ -66,6 +69,21 @@ pub(crate) fn forgotten(task: &str) -> bool {
 #[cfg(not(feature = "test-hooks"))]
 pub(crate) fn forgotten(_task: &str) -> bool {
     false
+}
+
+/// How long outcomes are held back at most: `hold:MS`, or `default`.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn hold_at_most(default: std::time::Duration) -> std::time::Duration {
+    std::env::var(ENV_FAULT)
+        .ok()
+        .and_then(|fault| fault.strip_prefix("hold:")?.parse().ok())
+        .map_or(default, std::time::Duration::from_millis)
+}
+
+/// Without the feature: no fault.
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn hold_at_most(default: std::time::Duration) -> std::time::Duration {
+    default
 }
 
 /// The variable naming a fault of a cluster agent (feature `nats` of

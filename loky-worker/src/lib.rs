@@ -22,6 +22,7 @@
 //! The modules stay documented, not `#[doc(hidden)]`: they are the map of
 //! the worker side for whoever works on loky.
 
+mod batch;
 pub mod entry;
 pub mod fault;
 pub mod invoke;

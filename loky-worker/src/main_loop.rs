@@ -6,6 +6,7 @@
 //! process's ipc-channel link, or channels in the parent's own process for
 //! the manager's unit tests.
 
+use crate::batch::Batch;
 use crate::fault;
 use crate::invoke;
 use crate::memory::MemoryWatch;
@@ -66,47 +67,81 @@ pub fn run(server: String, secret: u64) -> i32 {
 /// The worker loop: returns the exit code. `memory` watches this process's
 /// memory, if it is a worker process of its own.
 #[doc(hidden)]
-pub fn serve(mut calls: impl Inbox, results: &impl Outbox, memory: Option<MemoryWatch>) -> i32 {
-    let mut memory = memory;
-    let mut board: Option<Board> = None;
+pub fn serve(
+    mut calls: impl Inbox,
+    results: &(impl Outbox + Sync),
+    memory: Option<MemoryWatch>,
+) -> i32 {
+    // The board comes first.
+    let board = match calls.recv() {
+        Ok(Some(ToWorker::Setup(setup))) => match Board::from_shared(setup.board) {
+            Ok(board) => board,
+            Err(error) => return protocol_error(&error),
+        },
+        Ok(Some(ToWorker::Calls(_))) => return protocol_error("a call before the board"),
+        Ok(Some(ToWorker::Shutdown) | None) => return 0,
+        Err(error) => return protocol_error(&error),
+    };
+    let batch = Batch::new(&board, results);
+    std::thread::scope(|scope| {
+        // Without it (the OS refused a thread), outcomes go one by one.
+        let _flusher = std::thread::Builder::new()
+            .name("loky-flusher".to_owned())
+            .spawn_scoped(scope, || batch.run_flusher());
+        let code = serve_calls(calls, &board, &batch, results, memory);
+        batch.stop();
+        code
+    })
+}
+
+/// Runs the calls as they come, until the parent says stop or goes.
+fn serve_calls(
+    mut calls: impl Inbox,
+    board: &Board,
+    batch: &Batch<'_, impl Outbox>,
+    results: &impl Outbox,
+    mut memory: Option<MemoryWatch>,
+) -> i32 {
     let mut retiring = false;
     // Calls received and not yet run, in order.
     let mut waiting = std::collections::VecDeque::new();
     loop {
         let call = match waiting.pop_front() {
             Some(call) => call,
-            None => match calls.recv() {
-                Ok(Some(ToWorker::Setup(setup))) => match Board::from_shared(setup.board) {
-                    Ok(mapped) => {
-                        board = Some(mapped);
+            None => {
+                // Nothing left to run: what is held back goes now.
+                if !batch.flush() {
+                    return 0;
+                }
+                match calls.recv() {
+                    Ok(Some(ToWorker::Setup(_))) => return protocol_error("a second board"),
+                    Ok(Some(ToWorker::Calls(received))) => {
+                        waiting.extend(received);
                         continue;
                     }
+                    Ok(Some(ToWorker::Shutdown) | None) => return 0,
                     Err(error) => return protocol_error(&error),
-                },
-                Ok(Some(ToWorker::Calls(batch))) => {
-                    waiting.extend(batch);
-                    continue;
                 }
-                Ok(Some(ToWorker::Shutdown) | None) => return 0,
-                Err(error) => return protocol_error(&error),
-            },
-        };
-        let Some(board) = &board else {
-            return protocol_error("a call before the board");
+            }
         };
         if !board.claim(call.seq) {
             // Taken back by the parent: it never runs.
             continue;
         }
         let seq = call.seq;
+        let kind = call.kind;
+        if kind == CallKind::Chunk && !batch.flush() {
+            return 0;
+        }
         let outcome = execute(call, board, results);
-        if !results.send(FromWorker::Done { seq, outcome }) {
+        let held = kind == CallKind::Single && batch.hold(seq, &outcome);
+        if !held && !results.send(FromWorker::Done { seq, outcome }) {
             // The parent is gone: nobody is left to serve.
             return 0;
         }
         if !retiring && let Some(reason) = memory.as_mut().and_then(MemoryWatch::after_task) {
             // Keep serving until the parent says stop.
-            retiring = results.send(FromWorker::Retire(reason));
+            retiring = batch.flush() && results.send(FromWorker::Retire(reason));
         }
     }
 }

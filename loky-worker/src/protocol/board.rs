@@ -11,7 +11,9 @@
 //! word SLOTS + ARENA_FIRST    index of the first element whose outcome is in the arena
 //! word SLOTS + ARENA_COUNT    outcomes in the arena (published last)
 //! word SLOTS + ARENA_BYTES    bytes of the arena in use
+//! word SLOTS + OUTBOX_BYTES   bytes of the outbox in use
 //! byte HEADER ..              the arena: encoded `ChunkItem`s, one after the other
+//! byte HEADER + ARENA ..      the outbox: encoded `SettledCall`s, one after the other
 //! ```
 //!
 //! **Claims.** The parent writes `seq, QUEUED` into slot `seq % SLOTS`
@@ -30,6 +32,11 @@
 //! when a worker dies in a chunk, the parent reads, from memory that
 //! outlives the process, which element was running and the outcomes of
 //! those that finished.
+//!
+//! **Held-back outcomes.** A worker holds the outcomes of single calls back
+//! briefly, to send many in one message (`loky-worker/src/batch.rs`); it
+//! keeps them in the outbox meanwhile, so when it dies the parent reads
+//! them there: a call whose outcome is in the outbox finished.
 
 use ipc_channel::ipc::IpcSharedMemory;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,12 +48,15 @@ const CHUNK_STARTED: usize = SLOTS + 1;
 const ARENA_FIRST: usize = SLOTS + 2;
 const ARENA_COUNT: usize = SLOTS + 3;
 const ARENA_BYTES: usize = SLOTS + 4;
+const OUTBOX_BYTES: usize = SLOTS + 5;
 /// Bytes before the arena.
 const HEADER: usize = (SLOTS + 8) * 8;
 /// Bytes of chunk outcomes the arena holds before a flush.
 pub const ARENA: usize = 64 * 1024;
+/// Bytes of held-back outcomes the outbox holds before they are sent.
+const OUTBOX: usize = 64 * 1024;
 /// The board's size in bytes.
-pub const BOARD_BYTES: usize = HEADER + ARENA;
+pub const BOARD_BYTES: usize = HEADER + ARENA + OUTBOX;
 
 const QUEUED: u64 = 1;
 const STARTED: u64 = 2;
@@ -228,6 +238,38 @@ impl Board {
         self.word(ARENA_COUNT).store(0, Ordering::Release);
         self.word(ARENA_BYTES).store(0, Ordering::Release);
         self.word(ARENA_FIRST).store(next, Ordering::Release);
+    }
+
+    /// Worker: appends one encoded held-back outcome; false if it does
+    /// not fit.
+    pub fn outbox_push(&self, record: &[u8]) -> bool {
+        let used = self.word(OUTBOX_BYTES).load(Ordering::Relaxed) as usize;
+        if record.len() > OUTBOX - used {
+            return false;
+        }
+        // SAFETY: `HEADER + ARENA + used .. + record.len()` lies within the
+        // mapping (checked above); only this worker writes the outbox, and
+        // the parent reads it only after this process is dead.
+        unsafe {
+            let at = self.base.add(HEADER + ARENA + used);
+            std::ptr::copy_nonoverlapping(record.as_ptr(), at, record.len());
+        }
+        self.word(OUTBOX_BYTES)
+            .store((used + record.len()) as u64, Ordering::Release);
+        true
+    }
+
+    /// The held-back outcomes (the worker's to send, or a dead worker's).
+    pub fn outbox_records(&self) -> Vec<u8> {
+        let used = (self.word(OUTBOX_BYTES).load(Ordering::Acquire) as usize).min(OUTBOX);
+        // SAFETY: within the mapping; written only by the worker, which
+        // reads its own writes, or is dead when the parent reads.
+        unsafe { std::slice::from_raw_parts(self.base.add(HEADER + ARENA), used) }.to_vec()
+    }
+
+    /// Worker: the outbox was sent.
+    pub fn outbox_reset(&self) {
+        self.word(OUTBOX_BYTES).store(0, Ordering::Release);
     }
 
     /// Parent, once the worker is dead: the progress of chunk `seq`, if

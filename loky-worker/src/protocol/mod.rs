@@ -278,6 +278,65 @@ pub enum FromWorker {
         /// Encoded [`ChunkItem`]s, one after the other.
         items: Payload,
     },
+    /// Single calls finished, their outcomes held back and sent together:
+    /// encoded [`SettledCall`]s, one after the other.
+    Settled {
+        /// The records, as the board's outbox held them.
+        records: Payload,
+    },
+}
+
+/// A single call's outcome, held back in the worker's outbox and sent with
+/// others in a [`FromWorker::Settled`].
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SettledCall<'a> {
+    /// The call's number.
+    pub seq: u64,
+    /// Its outcome (`Returned`: the encoded result).
+    #[serde(borrow)]
+    pub item: ChunkItem<'a>,
+}
+
+/// The [`SettledCall`]s laid one after the other in `bytes`, one at a
+/// time; stops after the first error.
+pub fn settled_calls(mut bytes: &[u8]) -> impl Iterator<Item = Result<SettledCall<'_>, String>> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        match postcard::take_from_bytes(bytes) {
+            Ok((record, rest)) => {
+                bytes = rest;
+                Some(Ok(record))
+            }
+            Err(error) => {
+                bytes = &[];
+                Some(Err(error.to_string()))
+            }
+        }
+    })
+}
+
+/// The outcomes in encoded [`SettledCall`]s, by call number, as a
+/// [`FromWorker::Done`] would carry them; `Err` for unreadable records (the
+/// outcomes before them are kept).
+pub fn settled_outcomes(bytes: &[u8]) -> (Vec<(u64, Outcome)>, Option<String>) {
+    let mut outcomes = Vec::new();
+    for record in settled_calls(bytes) {
+        match record {
+            Ok(SettledCall { seq, item }) => outcomes.push((
+                seq,
+                match item {
+                    ChunkItem::Returned(bytes) => {
+                        Outcome::Returned(Payload::Inline(bytes.into_owned()))
+                    }
+                    ChunkItem::Failed(failure) => Outcome::Failed(failure),
+                },
+            )),
+            Err(error) => return (outcomes, Some(error)),
+        }
+    }
+    (outcomes, None)
 }
 
 /// A log event from a worker: see [`FromWorker::Log`].

@@ -12,7 +12,7 @@
 
 use crate::host::WorkerEvent;
 use crate::job::Completion;
-use loky_worker::protocol::FromWorker;
+use loky_worker::protocol::{self, FromWorker, Outcome};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -56,12 +56,30 @@ impl Direct {
         self.table().clear();
     }
 
-    /// On the link thread: settles an expected call's future with its
-    /// outcome, or passes the event on.
-    pub(super) fn route(&self, event: WorkerEvent) -> Routed {
-        let WorkerEvent::Message(FromWorker::Done { seq, outcome }) = event else {
-            return Routed::Event(event);
-        };
+    /// On the link thread: settles expected calls' futures with their
+    /// outcomes (held-back outcomes arrive several to a message), and
+    /// passes the rest on, one event per call.
+    pub(super) fn route(&self, event: WorkerEvent) -> Vec<Routed> {
+        match event {
+            WorkerEvent::Message(FromWorker::Settled { records }) => {
+                let (outcomes, error) = protocol::settled_outcomes(records.bytes());
+                if let Some(error) = error {
+                    // Settled when the worker is reaped, from its board.
+                    tracing::error!(%error, "unreadable outcomes from a worker");
+                }
+                outcomes
+                    .into_iter()
+                    .map(|(seq, outcome)| self.route_done(seq, outcome))
+                    .collect()
+            }
+            WorkerEvent::Message(FromWorker::Done { seq, outcome }) => {
+                vec![self.route_done(seq, outcome)]
+            }
+            other => vec![Routed::Event(other)],
+        }
+    }
+
+    fn route_done(&self, seq: u64, outcome: Outcome) -> Routed {
         let expected = match self.pid.get() {
             Some(&pid) => self
                 .table()

@@ -617,6 +617,14 @@ impl<B: Backend> Manager<B> {
                         .receive(pid, first, count, items.bytes().to_vec());
                 }
             }
+            WorkerEvent::Message(FromWorker::Settled { records }) => {
+                // The worker's `notify` splits these into `Done`s; in case
+                // one comes whole, the same.
+                let (outcomes, _) = protocol::settled_outcomes(records.bytes());
+                for (seq, outcome) in outcomes {
+                    self.worker_event(id, WorkerEvent::Message(FromWorker::Done { seq, outcome }));
+                }
+            }
             WorkerEvent::Message(FromWorker::Log(record)) => {
                 crate::worker_logs::emit(worker.pid, &record);
             }
@@ -846,7 +854,18 @@ impl<B: Backend> Manager<B> {
         let mut blamed = false;
         let mut requeue = Vec::new();
         let retries = self.config.retries;
+        // Outcomes it held back and never sent: those calls finished.
+        let mut held_back: std::collections::HashMap<u64, Outcome> = board
+            .as_ref()
+            .map(|board| protocol::settled_outcomes(&board.outbox_records()).0)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         for mut held in inflight {
+            if let Some(outcome) = held_back.remove(&held.seq) {
+                complete(held, pid, outcome);
+                continue;
+            }
             let state = board
                 .as_ref()
                 .map_or(ClaimState::Queued, |b| b.state(held.seq));
@@ -1244,11 +1263,13 @@ impl<B: Backend> Manager<B> {
             // Runs on the worker's link thread: an expected outcome settles
             // its future there, and the manager hears only that it did.
             let notify: Notify = Box::new(move |event| {
-                let event = match link_direct.route(event) {
-                    Routed::Event(event) => Event::Worker(id, event),
-                    Routed::Delivered(seq) => Event::Delivered(id, seq),
-                };
-                events.send(event).is_ok()
+                link_direct.route(event).into_iter().all(|routed| {
+                    let event = match routed {
+                        Routed::Event(event) => Event::Worker(id, event),
+                        Routed::Delivered(seq) => Event::Delivered(id, seq),
+                    };
+                    events.send(event).is_ok()
+                })
             });
             match self.backend.spawn(&self.config, notify) {
                 Ok(handle) => {
