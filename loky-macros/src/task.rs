@@ -256,6 +256,7 @@ fn generate(attr: &TaskAttr, function: &ItemFn, arg_types: &[Type]) -> TokenStre
                 <#name as ::loky::Task>::ID,
                 ::core::concat!(::core::file!(), ":", ::core::line!()),
                 ::loky::__private::invoke::<#name>,
+                ::loky::__private::invoke_into::<#name>,
             )
         }
     }

@@ -20,6 +20,19 @@ pub fn run<A, R>(
     serde_stage(Stage::EncodeResult, || encode(&result))
 }
 
+/// As [`run`], appending the encoded result to `out` with `encode`.
+pub fn run_into<A, R>(
+    decode: impl FnOnce(&[u8]) -> Result<A, String>,
+    f: impl FnOnce(A) -> R,
+    encode: impl FnOnce(&R, &mut Vec<u8>) -> Result<(), String>,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let args: A = serde_stage(Stage::DecodeArgs, || decode(input))?;
+    let result = panic::catch(|| f(args)).map_err(Failure::Panicked)?;
+    serde_stage(Stage::EncodeResult, || encode(&result, out))
+}
+
 /// Runs a serde step, turning its error or panic into a [`Failure::Serde`].
 pub fn serde_stage<T>(
     stage: Stage,

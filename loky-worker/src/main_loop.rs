@@ -193,7 +193,7 @@ fn execute(mut call: Call, board: &Board, results: &impl Outbox) -> Outcome {
     let encoded = crate::shared_bytes::provide(regions, || match call.kind {
         CallKind::Single => entry.invoke(args, Packing::Result),
         CallKind::Chunk => {
-            let invoke = |one: &[u8]| entry.invoke(one, Packing::Inline).map(Payload::into_bytes);
+            let invoke = |one: &[u8], out: &mut Vec<u8>| entry.invoke_into(one, out);
             run_chunk(call.seq, invoke, args, board, results).map(Payload::pack_result)
         }
     });
@@ -210,30 +210,39 @@ fn execute(mut call: Call, board: &Board, results: &impl Outbox) -> Outcome {
 /// outcomes still in the arena at the end are returned.
 fn run_chunk(
     seq: u64,
-    invoke: impl Fn(&[u8]) -> Result<Vec<u8>, Failure>,
+    invoke: impl Fn(&[u8], &mut Vec<u8>) -> Result<(), Failure>,
     args: &[u8],
     board: &Board,
     results: &impl Outbox,
 ) -> Result<Vec<u8>, Failure> {
     let elements = invoke::serde_stage(Stage::DecodeArgs, || protocol::decode_chunk_args(args))?;
     board.chunk_begin(seq);
-    // One buffer for every element's encoded outcome.
+    // One buffer for every element's encoded outcome, one for its result.
     let mut encoded = Vec::new();
+    let mut result = Vec::new();
     for (index, one) in (0u64..).zip(elements) {
         board.element_started(index);
-        let item = match invoke(one) {
-            Ok(bytes) => ChunkItem::Returned(bytes.into()),
-            Err(failure) => ChunkItem::Failed(failure),
+        result.clear();
+        let encoded_item = match invoke(one, &mut result) {
+            Ok(()) => {
+                protocol::encode_returned_item(&result, &mut encoded);
+                Ok(())
+            }
+            Err(failure) => {
+                encoded.clear();
+                let item = ChunkItem::Failed(failure);
+                protocol::encode_item(&item, std::mem::take(&mut encoded)).map(|bytes| {
+                    encoded = bytes;
+                })
+            }
         };
-        encoded.clear();
-        encoded =
-            protocol::encode_item(&item, std::mem::take(&mut encoded)).unwrap_or_else(|message| {
-                let failure = ChunkItem::Failed(Failure::Serde {
-                    stage: Stage::EncodeResult,
-                    message,
-                });
-                protocol::encode_item(&failure, Vec::new()).expect("a failure encodes")
+        if let Err(message) = encoded_item {
+            let failure = ChunkItem::Failed(Failure::Serde {
+                stage: Stage::EncodeResult,
+                message,
             });
+            encoded = protocol::encode_item(&failure, Vec::new()).expect("a failure encodes");
+        }
         if board.arena_push(&encoded) {
             continue;
         }

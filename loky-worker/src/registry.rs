@@ -11,22 +11,38 @@ use std::sync::OnceLock;
 /// Runs one call: decodes the arguments, calls the task, encodes the result.
 pub type Invoke = fn(&[u8], Packing) -> Result<Payload, Failure>;
 
+/// Runs one element of a chunk as [`Invoke`] does, appending the encoded
+/// result to a buffer the caller reuses.
+pub type InvokeInto = fn(&[u8], &mut Vec<u8>) -> Result<(), Failure>;
+
 /// One registered task.
 #[derive(Debug)]
 pub struct TaskEntry {
     id: &'static str,
     location: &'static str,
     invoke: Invoke,
+    invoke_into: InvokeInto,
 }
 
 impl TaskEntry {
     /// A new entry, made by the `#[loky::task]` expansion.
-    pub const fn new(id: &'static str, location: &'static str, invoke: Invoke) -> Self {
+    pub const fn new(
+        id: &'static str,
+        location: &'static str,
+        invoke: Invoke,
+        invoke_into: InvokeInto,
+    ) -> Self {
         TaskEntry {
             id,
             location,
             invoke,
+            invoke_into,
         }
+    }
+
+    /// Runs one element of a chunk, appending its encoded result to `out`.
+    pub fn invoke_into(&self, args: &[u8], out: &mut Vec<u8>) -> Result<(), Failure> {
+        (self.invoke_into)(args, out)
     }
 
     /// The task's stable id.

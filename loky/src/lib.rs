@@ -195,6 +195,17 @@ pub mod __private {
         )
     }
 
+    /// Runs one element of a chunk of `T`, in a worker.
+    pub fn invoke_into<T: Task>(args: &[u8], out: &mut Vec<u8>) -> Result<(), Failure> {
+        loky_worker::invoke::run_into(
+            T::Args::decode,
+            |args| T::default().call(args),
+            |result, out| result.encode_into(out),
+            args,
+            out,
+        )
+    }
+
     /// `task.spawn(args)`.
     pub fn spawn<T: Task>(task: T, args: T::Args) -> Future<T::Output> {
         crate::reusable::spawn(task, args)

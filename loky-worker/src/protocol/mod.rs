@@ -618,6 +618,16 @@ pub fn encode_item(item: &ChunkItem<'_>, buffer: Vec<u8>) -> Result<Vec<u8>, Str
     postcard::to_extend(item, buffer).map_err(|e| e.to_string())
 }
 
+/// Writes into `out` (emptied first) what [`encode_item`] writes for
+/// `ChunkItem::Returned(result)`: the variant's index (0), the length, the
+/// bytes.
+pub fn encode_returned_item(result: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(0);
+    write_varint(out, result.len());
+    out.extend_from_slice(result);
+}
+
 /// Decodes encoded [`ChunkItem`]s laid one after the other, borrowing
 /// each result's bytes from `bytes`.
 pub fn decode_items(bytes: &[u8]) -> Result<Vec<ChunkItem<'_>>, String> {
@@ -680,6 +690,17 @@ mod tests {
             let mut out = Vec::new();
             write_varint(&mut out, count);
             assert_eq!(out, encode(&count).unwrap(), "{count}");
+        }
+    }
+
+    #[test]
+    fn a_returned_item_written_by_hand_is_the_encoded_one() {
+        for len in [0, 1, 127, 128, 70_000] {
+            let result: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut out = vec![9; 3];
+            encode_returned_item(&result, &mut out);
+            let item = ChunkItem::Returned(std::borrow::Cow::Borrowed(&result));
+            assert_eq!(out, encode_item(&item, Vec::new()).unwrap(), "{len} bytes");
         }
     }
 
