@@ -291,7 +291,16 @@ pub(crate) fn decode_chunk<R: Message>(
             reason: "a chunk completed as a single call".to_owned(),
         });
     };
-    let mut results = Vec::new();
+    // Counted first: the results are large (an `Error` is), so the vector
+    // is sized once rather than grown and copied.
+    let count = pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Failed(_) => 1,
+            Piece::Items { skip, bytes, .. } => protocol::count_items(bytes).saturating_sub(*skip),
+        })
+        .sum();
+    let mut results = Vec::with_capacity(count);
     for piece in pieces {
         match piece {
             Piece::Failed(error) => results.push(Err(error)),
@@ -299,8 +308,10 @@ pub(crate) fn decode_chunk<R: Message>(
                 // Item by item, without a vector of them in between; an
                 // item that cannot be read fails the whole chunk.
                 for (index, item) in protocol::items(&bytes).enumerate() {
-                    let item = serde_stage(Stage::DecodeResult, || item)
-                        .map_err(|failure| Error::from_failure(task, Some(pid), failure))?;
+                    let item = item.map_err(|message| {
+                        let stage = Stage::DecodeResult;
+                        Error::from_failure(task, Some(pid), Failure::Serde { stage, message })
+                    })?;
                     if index < skip {
                         continue;
                     }

@@ -634,6 +634,29 @@ pub fn decode_items(bytes: &[u8]) -> Result<Vec<ChunkItem<'_>>, String> {
     items(bytes).collect()
 }
 
+/// How many encoded [`ChunkItem`]s `bytes` holds, found without decoding
+/// results (as far as they can be read).
+pub fn count_items(mut bytes: &[u8]) -> usize {
+    let mut count = 0;
+    while !bytes.is_empty() {
+        // A returned result: its variant (0), its length, its bytes.
+        let skipped = match bytes {
+            [0, rest @ ..] => postcard::take_from_bytes::<usize>(rest)
+                .ok()
+                .and_then(|(len, rest)| rest.get(len..)),
+            _ => postcard::take_from_bytes::<ChunkItem<'_>>(bytes)
+                .ok()
+                .map(|(_, rest)| rest),
+        };
+        match skipped {
+            Some(rest) => bytes = rest,
+            None => break,
+        }
+        count += 1;
+    }
+    count
+}
+
 /// The encoded [`ChunkItem`]s laid one after the other in `bytes`, one at a
 /// time, each result's bytes borrowed; stops after the first error.
 pub fn items(mut bytes: &[u8]) -> impl Iterator<Item = Result<ChunkItem<'_>, String>> {
@@ -691,6 +714,21 @@ mod tests {
             write_varint(&mut out, count);
             assert_eq!(out, encode(&count).unwrap(), "{count}");
         }
+    }
+
+    #[test]
+    fn items_are_counted_without_decoding_them() {
+        let mut bytes = Vec::new();
+        for item in [
+            ChunkItem::Returned(vec![1, 2, 3].into()),
+            ChunkItem::Failed(Failure::UnknownTask),
+            ChunkItem::Returned(vec![7; 300].into()),
+        ] {
+            bytes = encode_item(&item, bytes).unwrap();
+        }
+        assert_eq!(count_items(&bytes), 3);
+        assert_eq!(count_items(&bytes[..bytes.len() - 1]), 2, "a cut item");
+        assert_eq!(count_items(&[]), 0);
     }
 
     #[test]
