@@ -166,3 +166,76 @@ fn no_region_outlives_its_users() {
         "the worker kept regions"
     );
 }
+
+/// The sum of all bytes of several buffers.
+#[loky::task]
+fn sum_all(buffers: Vec<SharedBytes>) -> u64 {
+    buffers.iter().map(|data| sum(data)).sum()
+}
+
+/// The same buffer for every element of large chunks: it travels once per
+/// chunk. (Once per element, a chunk carried more descriptors than a
+/// message may, and the executor broke.)
+#[test]
+fn one_buffer_for_every_element_of_a_chunk_travels_once() {
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    let table = SharedBytes::new(&pattern(4096)).unwrap();
+    let expected = sum(&table);
+    let sums: Vec<(u64, bool)> = executor
+        .map(inspect, std::iter::repeat_n(table, 1000))
+        .chunksize(500)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        sums.iter()
+            .all(|&(total, in_place)| total == expected && in_place)
+    );
+}
+
+/// Many distinct buffers: a chunk ends early rather than carry more than
+/// a message may, and every element is served.
+#[test]
+fn many_distinct_buffers_are_spread_over_messages() {
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    let buffers: Vec<SharedBytes> = (0..300u32)
+        .map(|i| SharedBytes::new(&i.to_le_bytes()).unwrap())
+        .collect();
+    let sums: Vec<(u64, bool)> = executor
+        .map(inspect, buffers.clone())
+        .chunksize(300)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (i, (total, _)) in sums.iter().enumerate() {
+        assert_eq!(*total, sum(&(i as u32).to_le_bytes()), "element {i}");
+    }
+    // Single calls too, many queued behind a busy worker at once.
+    let futures: Vec<_> = buffers
+        .iter()
+        .map(|data| executor.submit(inspect, data.clone()).unwrap())
+        .collect();
+    for (i, future) in futures.into_iter().enumerate() {
+        let (total, _) = future.result_timeout(BOUND).unwrap();
+        assert_eq!(total, sum(&(i as u32).to_le_bytes()), "call {i}");
+    }
+}
+
+/// One call naming more buffers than a message carries fails clearly, and
+/// the executor goes on.
+#[test]
+fn a_call_with_too_many_buffers_is_a_clear_error() {
+    let executor = Executor::new(Config::new().max_workers(1)).unwrap();
+    let buffers: Vec<SharedBytes> = (0..70u8)
+        .map(|i| SharedBytes::new(&[i; 8]).unwrap())
+        .collect();
+    let refused = executor
+        .submit(sum_all, buffers.clone())
+        .unwrap()
+        .result_timeout(BOUND);
+    let Err(Error::Serialization { message, .. }) = &refused else {
+        panic!("expected a serialization error, got {refused:?}");
+    };
+    assert!(message.contains("at most 64 shared regions"), "{message}");
+    let fewer = buffers[..60].to_vec();
+    let expected: u64 = fewer.iter().map(|data| sum(data)).sum();
+    assert_eq!(run(&executor, sum_all, fewer), expected);
+}

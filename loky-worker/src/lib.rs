@@ -35,3 +35,4 @@ pub mod protocol;
 pub mod region_pool;
 pub mod registry;
 pub mod shared_bytes;
+pub mod shared_slice;

@@ -39,7 +39,10 @@ impl SharedBytes {
             return Ok(SharedBytes { region: None });
         }
         // ipc-channel panics when the region cannot be created (out of
-        // memory or descriptors): an error here, not a panic.
+        // memory or descriptors): an error here, not a panic. Out of
+        // address space is asked first (the panic's backtrace would need
+        // memory that is not there).
+        crate::protocol::region::probe(bytes.len()).map_err(std::io::Error::other)?;
         std::panic::catch_unwind(|| IpcSharedMemory::from_bytes(bytes))
             .map(|region| SharedBytes {
                 region: Some(Arc::new(region)),
@@ -87,11 +90,12 @@ impl Eq for SharedBytes {}
 const EMPTY: u32 = u32::MAX;
 
 thread_local! {
-    /// Regions of the call being encoded on this thread, if one is.
-    static SENDING: RefCell<Option<Vec<IpcSharedMemory>>> = const { RefCell::new(None) };
-    /// Regions of the call being decoded on this thread, if one is: each
-    /// is taken by the value that names it.
-    static RECEIVING: RefCell<Option<Vec<Option<IpcSharedMemory>>>> = const { RefCell::new(None) };
+    /// Regions of the call being encoded on this thread, if one is, each
+    /// once (with the address of its `Arc`, which identifies it).
+    static SENDING: RefCell<Option<Vec<(usize, IpcSharedMemory)>>> = const { RefCell::new(None) };
+    /// Regions of the call being decoded on this thread, if one is: every
+    /// value that names one shares its mapping.
+    static RECEIVING: RefCell<Option<Vec<Arc<IpcSharedMemory>>>> = const { RefCell::new(None) };
 }
 
 impl Serialize for SharedBytes {
@@ -99,11 +103,20 @@ impl Serialize for SharedBytes {
         let Some(region) = &self.region else {
             return serializer.serialize_u32(EMPTY);
         };
+        // A region named several times in one call (the same table for
+        // every element of a chunk) travels once.
+        let identity = Arc::as_ptr(region) as usize;
         let index = SENDING.with(|sending| {
             let mut sending = sending.borrow_mut();
             let regions = sending.as_mut()?;
-            regions.push(IpcSharedMemory::clone(region));
-            u32::try_from(regions.len() - 1).ok()
+            let index = match regions.iter().position(|(known, _)| *known == identity) {
+                Some(index) => index,
+                None => {
+                    regions.push((identity, IpcSharedMemory::clone(region)));
+                    regions.len() - 1
+                }
+            };
+            u32::try_from(index).ok()
         });
         match index {
             Some(index) => serializer.serialize_u32(index),
@@ -122,14 +135,14 @@ impl<'de> Deserialize<'de> for SharedBytes {
         }
         let region = RECEIVING.with(|receiving| {
             receiving
-                .borrow_mut()
-                .as_mut()?
-                .get_mut(index as usize)?
-                .take()
+                .borrow()
+                .as_ref()?
+                .get(index as usize)
+                .map(Arc::clone)
         });
         match region {
             Some(region) => Ok(SharedBytes {
-                region: Some(Arc::new(region)),
+                region: Some(region),
             }),
             None => Err(D::Error::custom(format!(
                 "SharedBytes: the call carries no shared region {index}"
@@ -174,7 +187,16 @@ impl<T: 'static> Drop for Restore<T> {
 pub fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<IpcSharedMemory>) {
     let scope = Restore::set(&SENDING, Vec::new());
     let result = encode();
-    (result, scope.finish().unwrap_or_default())
+    let regions = scope.finish().unwrap_or_default();
+    (
+        result,
+        regions.into_iter().map(|(_, region)| region).collect(),
+    )
+}
+
+/// Within [`collect`]: how many distinct regions were serialized so far.
+pub fn collected() -> usize {
+    SENDING.with(|sending| sending.borrow().as_ref().map_or(0, Vec::len))
 }
 
 /// Runs `decode` with `regions` (a call's) available to the `SharedBytes`
@@ -183,7 +205,7 @@ pub fn provide<R>(regions: Vec<IpcSharedMemory>, decode: impl FnOnce() -> R) -> 
     if regions.is_empty() {
         return decode();
     }
-    let scope = Restore::set(&RECEIVING, regions.into_iter().map(Some).collect());
+    let scope = Restore::set(&RECEIVING, regions.into_iter().map(Arc::new).collect());
     let result = decode();
     drop(scope);
     result

@@ -419,6 +419,14 @@ impl Config {
         }
         if let Some(init) = &self.initializer {
             crate::task::registered(init.task)?;
+            // Its arguments may take one more region when sent.
+            if init.regions.0.len() >= loky_worker::protocol::MAX_DESCRIPTORS {
+                return Err(Error::Config(format!(
+                    "the initializer's arguments name {} shared regions; at most {}",
+                    init.regions.0.len(),
+                    loky_worker::protocol::MAX_DESCRIPTORS - 1
+                )));
+            }
             if let Err(message) = &init.args {
                 return Err(Error::Config(format!(
                     "the initializer's arguments: {message}"

@@ -480,7 +480,26 @@ impl Executor {
         options: CallOptions,
         decode: Decode<R>,
     ) -> Result<Future<R>, Error> {
-        let args = encoded;
+        // One message carries at most `MAX_DESCRIPTORS` regions.
+        let carried = regions.len()
+            + usize::from(matches!(
+                encoded,
+                Ok(loky_worker::protocol::Payload::Shared(_))
+            ));
+        let args = match encoded {
+            Ok(_) if carried > loky_worker::protocol::MAX_DESCRIPTORS => {
+                Err(Error::Serialization {
+                    task,
+                    stage: loky_worker::protocol::Stage::EncodeArgs,
+                    message: format!(
+                        "a call carries at most {} shared regions (distinct SharedBytes and \
+                         large arguments), this one {carried}",
+                        loky_worker::protocol::MAX_DESCRIPTORS
+                    ),
+                })
+            }
+            other => other,
+        };
         let gate = self.inner.open_gate()?;
         let args = match args {
             Ok(args) => args,

@@ -63,6 +63,9 @@ mod threads;
 mod wait;
 mod worker_logs;
 
+/// Plain-value casts for [`SharedSlice`]: implement [`bytemuck::Pod`] on
+/// your own `#[repr(C)]` types to share them.
+pub use bytemuck;
 pub use cluster::Backend;
 pub use config::{Config, DEFAULT_LEAK_THRESHOLD, ENV_LEAK_THRESHOLD, REUSABLE_IDLE_TIMEOUT};
 pub use cpu::{ENV_MAX_CPU_COUNT, cpu_count, physical_cpu_count};
@@ -93,6 +96,25 @@ pub use loky_worker::protocol::{RemotePanic, Stage};
 /// # }
 /// ```
 pub use loky_worker::shared_bytes::SharedBytes;
+/// # Example
+///
+/// ```
+/// # #[loky::task] fn row_sum(matrix: loky::SharedSlice<f64>, row: usize) -> f64 {
+/// #     matrix[row * 1000..(row + 1) * 1000].iter().sum()
+/// # }
+/// # fn main() -> Result<(), loky::Error> {
+/// // A 1000 x 1000 matrix, shared once, read in place by every task.
+/// let values: Vec<f64> = (0..1_000_000).map(|i| (i % 1000) as f64).collect();
+/// let matrix = loky::SharedSlice::new(&values).expect("a shared region");
+/// let executor = loky::Executor::new(loky::Config::new().max_workers(2))?;
+/// let sums: Vec<f64> = executor
+///     .map(row_sum, (0..1000).map(|row| (matrix.clone(), row)))
+///     .collect::<Result<_, _>>()?;
+/// assert!(sums.iter().all(|&sum| sum == 499_500.0));
+/// # Ok(())
+/// # }
+/// ```
+pub use loky_worker::shared_slice::SharedSlice;
 pub use map::Map;
 pub use map_unordered::MapUnordered;
 pub use message::Message;

@@ -226,7 +226,10 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
         let mut early = Vec::new();
         let mut len = 0;
         let ((), regions) = loky_worker::shared_bytes::collect(|| {
-            while len < size {
+            // A chunk ends early rather than carry more regions than one
+            // message may (one left for its arguments' own).
+            let room = loky_worker::protocol::MAX_DESCRIPTORS - 1;
+            while len < size && loky_worker::shared_bytes::collected() < room {
                 match panic::catch_unwind(AssertUnwindSafe(|| self.input.next())) {
                     Ok(Some(args)) if size == 1 => {
                         match job::encode_call_args(T::ID, &args) {

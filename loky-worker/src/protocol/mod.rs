@@ -174,6 +174,40 @@ pub struct Call {
     pub regions: Vec<IpcSharedMemory>,
 }
 
+/// The most descriptors one message carries (ipc-channel's limit; it
+/// panics past it): each shared region of a call is one.
+pub const MAX_DESCRIPTORS: usize = 64;
+
+impl Call {
+    /// The descriptors it carries: its `SharedBytes` regions, and its
+    /// arguments' region if they travel in one.
+    pub fn descriptors(&self) -> usize {
+        self.regions.len() + usize::from(matches!(self.args, Payload::Shared(_)))
+    }
+}
+
+/// Splits `calls` into messages of at most [`MAX_DESCRIPTORS`] descriptors
+/// each, in order. A call that carries more on its own goes alone (the
+/// executor refuses such calls before they get here).
+pub fn split_by_descriptors(calls: Vec<Call>) -> Vec<Vec<Call>> {
+    let mut messages: Vec<Vec<Call>> = Vec::new();
+    let mut used = 0;
+    for call in calls {
+        let needed = call.descriptors();
+        match messages.last_mut() {
+            Some(message) if used + needed <= MAX_DESCRIPTORS => {
+                used += needed;
+                message.push(call);
+            }
+            _ => {
+                used = needed;
+                messages.push(vec![call]);
+            }
+        }
+    }
+    messages
+}
+
 /// Whether a call carries one argument or a chunk of them.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallKind {
@@ -714,6 +748,35 @@ mod tests {
             write_varint(&mut out, count);
             assert_eq!(out, encode(&count).unwrap(), "{count}");
         }
+    }
+
+    #[test]
+    fn calls_are_split_into_messages_within_the_descriptor_limit() {
+        let call = |seq, regions: usize| Call {
+            seq,
+            task: "t".to_owned(),
+            kind: CallKind::Single,
+            args: Payload::Inline(Vec::new()),
+            regions: (0..regions)
+                .map(|_| IpcSharedMemory::from_bytes(&[1]))
+                .collect(),
+        };
+        let shape = |calls: Vec<Call>| -> Vec<Vec<u64>> {
+            split_by_descriptors(calls)
+                .into_iter()
+                .map(|message| message.into_iter().map(|call| call.seq).collect())
+                .collect()
+        };
+        assert_eq!(
+            shape(vec![call(0, 0), call(1, 0), call(2, 0)]),
+            [vec![0, 1, 2]]
+        );
+        assert_eq!(
+            shape(vec![call(0, 40), call(1, 24), call(2, 1)]),
+            [vec![0, 1], vec![2]]
+        );
+        assert_eq!(shape(vec![call(0, 70), call(1, 0)]), [vec![0], vec![1]]);
+        assert!(shape(Vec::new()).is_empty());
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Memory {
 /// Whether the address space has room for a mapping of `len` bytes.
 /// ipc-channel panics when a mapping fails, and the panic's backtrace then
 /// needs memory that is not there: asked first, the answer is an error.
-fn probe(len: usize) -> Result<(), String> {
+pub(crate) fn probe(len: usize) -> Result<(), String> {
     use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
     let flags = MapFlags::PRIVATE | MapFlags::NORESERVE;
     // SAFETY: a fresh mapping that nothing else knows of, unmapped at once.

@@ -1178,8 +1178,11 @@ impl<B: Backend> Manager<B> {
                 continue;
             }
             let batch = std::mem::take(&mut worker.unsent);
+            // Few messages, each within the descriptors one may carry.
             let sent = match worker.calls() {
-                Some(calls) => calls.send(ToWorker::Calls(batch)),
+                Some(calls) => protocol::split_by_descriptors(batch)
+                    .into_iter()
+                    .try_for_each(|message| calls.send(ToWorker::Calls(message))),
                 None => Err("it takes no calls".to_owned()),
             };
             if let Err(error) = sent {
