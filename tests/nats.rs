@@ -3,15 +3,17 @@
 //! again with `LOKY_AGENT`, and a client executor. Results, crashes on an
 //! agent, timeouts, cancellation, a killed agent, a killed server, an
 //! oversized payload; retries of calls lost with their host (killed,
-//! stopped and resumed) and of calls whose worker died on an agent. Every
-//! wait is bounded.
+//! stopped and resumed) and of calls whose worker died on an agent; calls
+//! the server delivers again after their agent died, started (never run
+//! again) or not (run elsewhere once). Every wait is bounded.
 
 mod common;
 
 use common::BOUND;
 use loky::{Backend, CallOptions, Config, Error, Executor, ExitReason};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,10 +78,37 @@ fn touch(path: PathBuf) {
     std::fs::write(path, "ran").unwrap();
 }
 
+/// Appends a line to `path`: each run leaves one.
+#[loky::task]
+fn record_run(path: PathBuf) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    file.write_all(b"ran\n").unwrap();
+}
+
+/// How many times `record_run(path)` ran.
+fn runs(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |runs| runs.lines().count())
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `nats-server -js` on a free loopback port, killed and reaped on drop.
 struct Server {
     child: Child,
     url: String,
+    /// Its monitoring port.
+    monitor: u16,
     _store: TempDir,
 }
 
@@ -93,15 +122,13 @@ impl Drop for TempDir {
 
 impl Server {
     fn start() -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
+        let monitor = free_port();
         let store = std::env::temp_dir().join(format!("loky-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&store).unwrap();
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string(), "-sd"])
             .arg(&store)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -111,6 +138,7 @@ impl Server {
         let server = Server {
             child,
             url: format!("nats://127.0.0.1:{port}"),
+            monitor,
             _store: TempDir(store),
         };
         let ready = common::eventually(Duration::from_secs(10), || {
@@ -123,6 +151,25 @@ impl Server {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// How many messages the server's streams hold (calls published and
+    /// not acknowledged), from its monitoring endpoint.
+    fn messages(&self) -> Option<u64> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.monitor)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream
+            .write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let after = &response[response.find("\"messages\":")? + "\"messages\":".len()..];
+        let digits: String = after
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
     }
 }
 
@@ -162,6 +209,11 @@ impl Agent {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Whether the agent process has exited (it is then reaped).
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
     }
 
     /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the agent process alone:
@@ -610,4 +662,105 @@ fn parent_of(pid: u32) -> u32 {
     // `pid (comm) state ppid ...`; comm may hold spaces.
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     after.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// `record_run` submitted with `retries` to an agent that says it started
+/// it, runs it, and dies before its acknowledgement reaches the server; a
+/// second agent, started once the first is declared lost, gets the call
+/// again from the server. Returns
+/// the outcome and how many times it ran, once the server holds no call.
+fn started_then_unacknowledged(retries: u32) -> (Result<(), Error>, usize) {
+    let server = Server::start();
+    let executor = client(&server);
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "loky-nats-unacked-{}-{retries}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.join("runs");
+    let mut first = Agent::start_with(&server, 1, Some("die-after-started:nats::record_run"));
+    let future = executor
+        .submit_with(
+            record_run,
+            path.clone(),
+            CallOptions::new().retries(retries),
+        )
+        .unwrap();
+    assert!(
+        common::eventually(BOUND, || first.exited()),
+        "the agent did not die after the call"
+    );
+    assert_eq!(runs(&path), 1, "the first agent did not run it");
+    assert!(
+        common::eventually(BOUND, || future.running()),
+        "its start was not heard"
+    );
+    // Declared lost (failed, or published again): the cancel of the lost
+    // attempt went out. An agent started now has not heard it, and gets
+    // the lost attempt's message when its `ack_wait` runs out.
+    assert!(
+        common::eventually(BOUND, || !future.running()),
+        "its host was not declared lost"
+    );
+    let _second = Agent::start(&server, 1);
+    // Its worker warm before the server's copy comes (at `ack_wait`), so
+    // that a copy it started would run at once.
+    let warm = executor.submit(square, 3).unwrap().result_timeout(BOUND);
+    assert_eq!(warm.unwrap(), 9);
+    let outcome = future.result_timeout(BOUND);
+    // The server delivered the unacknowledged call again (after `ack_wait`)
+    // and the second agent acknowledged it, run or not.
+    assert!(
+        common::eventually(BOUND, || server.messages() == Some(0)),
+        "the call delivered again was never acknowledged"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    (outcome, runs(&path))
+}
+
+#[test]
+fn a_started_call_whose_agent_died_before_acknowledging_it_never_runs_again() {
+    let (outcome, runs) = started_then_unacknowledged(0);
+    match outcome {
+        Err(Error::HostLost { task, earlier, .. }) => {
+            assert_eq!(task, "nats::record_run");
+            assert!(earlier.is_empty());
+        }
+        other => panic!("expected HostLost, got {other:?}"),
+    }
+    assert_eq!(runs, 1, "the copy the server delivered again ran");
+}
+
+#[test]
+fn a_started_call_whose_agent_died_before_acknowledging_it_is_retried_once() {
+    // The lost host's attempt is published again under a new id and runs
+    // on the second agent; the server's copy of the lost attempt does not.
+    let (outcome, runs) = started_then_unacknowledged(1);
+    outcome.unwrap();
+    assert_eq!(runs, 2, "one run per attempt");
+}
+
+#[test]
+fn a_call_whose_agent_died_before_starting_it_runs_elsewhere_once() {
+    let server = Server::start();
+    let executor = client(&server);
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("loky-nats-unstarted-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.join("runs");
+    let mut first = Agent::start_with(&server, 1, Some("die-before-started:nats::record_run"));
+    let future = executor.submit(record_run, path.clone()).unwrap();
+    assert!(
+        common::eventually(BOUND, || first.exited()),
+        "the agent did not die on taking the call"
+    );
+    assert!(!future.running());
+    let _second = Agent::start(&server, 1);
+    future.result_timeout(BOUND).unwrap();
+    assert!(
+        common::eventually(BOUND, || server.messages() == Some(0)),
+        "the call was not acknowledged"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(runs(&path), 1);
 }

@@ -87,9 +87,17 @@ pub(crate) fn hold_at_most(default: std::time::Duration) -> std::time::Duration 
 }
 
 /// The variable naming a fault of a cluster agent (feature `nats` of
-/// `loky`): `version:N` (announce protocol version N) or `forget:ID` (act
-/// as if no task were registered under ID). A variable of its own, so that
-/// the agent's local workers do not commit it too.
+/// `loky`), one of:
+/// - `version:N`: announce protocol version N;
+/// - `forget:ID`: act as if no task were registered under ID;
+/// - `die-before-started:ID`: abort on taking a call of task ID, before
+///   saying it started (the server delivers it again);
+/// - `die-after-started:ID`: say a call of task ID started, never
+///   acknowledge it, and abort once it is over (so it ran once, and the
+///   server delivers it again).
+///
+/// A variable of its own, so that the agent's local workers do not commit
+/// it too.
 pub const ENV_AGENT_FAULT: &str = "LOKY_AGENT_FAULT";
 
 /// The protocol version an agent speaks: `version` unless told otherwise.
@@ -102,6 +110,18 @@ pub fn agent_version(version: u32) -> u32 {
 /// Whether an agent acts as if `task` were not registered.
 pub fn agent_forgets(task: &str) -> bool {
     agent_fault("forget:").is_some_and(|id| id == task)
+}
+
+/// Whether an agent aborts on taking a call of `task`, before it says it
+/// started.
+pub fn agent_dies_before_started(task: &str) -> bool {
+    agent_fault("die-before-started:").is_some_and(|id| id == task)
+}
+
+/// Whether an agent says a call of `task` started, never acknowledges it,
+/// and aborts once it is over.
+pub fn agent_dies_after_started(task: &str) -> bool {
+    agent_fault("die-after-started:").is_some_and(|id| id == task)
 }
 
 #[cfg(feature = "test-hooks")]

@@ -151,6 +151,11 @@ impl RemoteClaim {
             .is_ok()
     }
 
+    /// Whether the call is neither started nor taken back.
+    pub(crate) fn queued(&self) -> bool {
+        self.state() == ClaimState::Queued
+    }
+
     /// An agent started the call: false if it was taken back first.
     pub(crate) fn start(&self) -> bool {
         self.swap(RemoteClaim::STARTED)

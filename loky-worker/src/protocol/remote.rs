@@ -61,6 +61,30 @@ pub enum AgentSays {
         /// Why.
         reason: Refusal,
     },
+    /// A request (its answer: [`GoAhead`]): the server delivered the call
+    /// to this agent again, and the agent starts it only if the client
+    /// says so.
+    MayStart {
+        /// The call's id.
+        call: u64,
+        /// The agent's host name.
+        host: String,
+        /// The agent's id.
+        agent: String,
+    },
+}
+
+/// The client's answer to [`AgentSays::MayStart`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoAhead {
+    /// Nobody started the call and the client awaits it: start it now.
+    Go,
+    /// Some agent started the call, or the client no longer awaits it:
+    /// acknowledge it and never run it.
+    Skip,
+    /// Another agent was just told to go: leave the call to the server,
+    /// which delivers it again shortly.
+    NotYet,
 }
 
 /// Why an agent refused a call.

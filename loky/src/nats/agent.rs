@@ -1,11 +1,20 @@
 //! An agent: this program started with `LOKY_AGENT=url`. It serves the
 //! queue's calls with a local pool, taking one only when a worker is free:
-//! acknowledge, say it started, run it (its pool retrying a worker death
+//! say it started, acknowledge, run it (its pool retrying a worker death
 //! within the budget the call carries), send the outcome to its client. It
 //! says it is alive every `HEARTBEAT`, and kills a call its client cancels.
+//!
+//! A call the server delivers again (an agent took it and never
+//! acknowledged it: it died, or its acknowledgement was lost) may have
+//! started elsewhere: the agent starts it only once its client says so
+//! ([`GoAhead::Go`]); told to skip it, it acknowledges it unrun; with no
+//! answer in time, it leaves it to the server.
 
 use super::wire::to_remote;
-use super::{HEARTBEAT, cancel_subject, heartbeat_subject};
+use super::{
+    BROKER_GRACE, DELIVER_AGAIN_AFTER, GO_AHEAD_TIMEOUT, HEARTBEAT, cancel_subject,
+    heartbeat_subject,
+};
 use crate::config::Config;
 use crate::error::Error;
 use crate::executor::Executor;
@@ -13,9 +22,10 @@ use crate::future::Future;
 use crate::job::{Encoded, Piece};
 use crate::options::CallOptions;
 use async_nats::jetstream;
+use async_nats::jetstream::AckKind;
 use futures_util::StreamExt;
 use loky_worker::protocol::remote::{
-    AgentSays, CancelCall, ENV_AGENT_QUEUE, ENV_AGENT_WORKERS, HEADER_CALL, HEADER_KIND,
+    AgentSays, CancelCall, ENV_AGENT_QUEUE, ENV_AGENT_WORKERS, GoAhead, HEADER_CALL, HEADER_KIND,
     HEADER_REPLY, HEADER_RETRIES, HEADER_TASK, HEADER_TIMEOUT_MS, HEADER_VERSION, Heartbeat,
     Refusal, RemoteOutcome, RemotePiece,
 };
@@ -31,6 +41,13 @@ inventory::submit! {
 
 /// How many cancellations of calls not seen yet an agent remembers.
 const REMEMBERED_CANCELS: usize = 10_000;
+
+/// Deliveries after which a call whose client has nobody listening any
+/// more is dropped: by then it has been unheard for longer than a client
+/// waits for a lost server before it fails its calls (`BROKER_GRACE`), so
+/// nobody awaits it.
+const UNHEARD_DELIVERIES: i64 =
+    2 + (BROKER_GRACE.as_millis() / DELIVER_AGAIN_AFTER.as_millis()) as i64;
 
 /// Runs this process as an agent of the server at `url`; the exit code.
 fn run(url: String) -> i32 {
@@ -95,6 +112,12 @@ fn raw(_task: &'static str, pid: u32, encoded: Encoded<'_>) -> Result<Raw, Error
     })
 }
 
+/// Test faults: this agent dies as if killed.
+fn die() -> ! {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    std::process::abort()
+}
+
 /// A call in the agent: its client's reply subject and the call's id.
 type Key = (String, u64);
 
@@ -105,6 +128,8 @@ struct Agent {
     id: String,
     /// Outcomes to send, from done-callbacks.
     said: mpsc::UnboundedSender<(Key, AgentSays)>,
+    /// Calls delivered again whose client said to start them.
+    cleared: mpsc::UnboundedSender<(jetstream::Message, OwnedSemaphorePermit)>,
     running: HashMap<Key, Future<Raw>>,
     /// Calls cancelled before this agent saw them, oldest first.
     cancelled: HashSet<Key>,
@@ -123,7 +148,9 @@ async fn serve(url: &str, queue: &str, executor: Executor, workers: usize) -> Re
         .map_err(|e| e.to_string())?;
     let host = super::host_name();
     let (said, mut said_rx) = mpsc::unbounded_channel();
+    let (cleared, mut cleared_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
+        cleared,
         client: client.clone(),
         executor,
         id: format!("{host}-{}", std::process::id()),
@@ -183,7 +210,8 @@ async fn serve(url: &str, queue: &str, executor: Executor, workers: usize) -> Re
     let beats = heartbeat_subject(queue);
     loop {
         tokio::select! {
-            Some((message, permit)) = taken.recv() => agent.take(message, permit).await,
+            Some((message, permit)) = taken.recv() => agent.take(message, permit, false).await,
+            Some((message, permit)) = cleared_rx.recv() => agent.take(message, permit, true).await,
             Some(message) = cancels.next() => agent.on_cancel(&message.payload),
             Some((key, says)) = said_rx.recv() => {
                 agent.running.remove(&key);
@@ -211,8 +239,15 @@ impl Agent {
         }
     }
 
-    /// Takes a fetched call: acknowledge, check, say it started, run it.
-    async fn take(&mut self, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+    /// Takes a fetched call: check, say it started, acknowledge, run it.
+    /// A call delivered again is first cleared with its client (`ask`),
+    /// then taken again with `cleared`.
+    async fn take(
+        &mut self,
+        message: jetstream::Message,
+        permit: OwnedSemaphorePermit,
+        cleared: bool,
+    ) {
         let header = |name: &str| {
             message
                 .headers
@@ -227,6 +262,10 @@ impl Agent {
             let _ = message.ack().await;
             return;
         };
+        let task = header(HEADER_TASK).unwrap_or_default();
+        if loky_worker::fault::agent_dies_before_started(&task) {
+            die();
+        }
         let key = (reply.clone(), call);
         if self.cancelled.remove(&key) {
             let _ = message.ack().await;
@@ -248,7 +287,11 @@ impl Agent {
             let _ = message.ack().await;
             return;
         }
-        let task = header(HEADER_TASK).unwrap_or_default();
+        // Delivered again: another agent may have started it.
+        if !cleared && message.info().is_ok_and(|info| info.delivered > 1) {
+            self.ask(message, permit, reply, call);
+            return;
+        }
         let entry = match loky_worker::registry::lookup(&task).entry() {
             Ok(entry) if !loky_worker::fault::agent_forgets(&task) => entry,
             _ => {
@@ -270,18 +313,22 @@ impl Agent {
         let retries = header(HEADER_RETRIES)
             .and_then(|r| r.parse::<u32>().ok())
             .unwrap_or(0);
-        // Said before the acknowledgement: if this agent dies in between,
-        // its client has heard of it and reports the host lost, and the
-        // copy the server delivers again elsewhere is cancelled by the
-        // client (it no longer waits for it). Acknowledged first, a call
-        // would be lost without a word.
+        // Said before the acknowledgement, on the same connection: if this
+        // agent dies in between, its client has heard of the start and
+        // reports the host lost, and the copy the server delivers again
+        // elsewhere never starts (its agent asks the client first).
+        // Acknowledged first, a call would be lost without a word.
         let started = AgentSays::Started {
             call,
             host: self.host.clone(),
             agent: self.id.clone(),
         };
         self.say(&reply, &started).await;
-        if let Err(error) = message.ack().await {
+        let dies = loky_worker::fault::agent_dies_after_started(&task);
+        if dies {
+            // The start reaches the server, the acknowledgement never.
+            let _ = self.client.flush().await;
+        } else if let Err(error) = message.ack().await {
             tracing::warn!(%error, "acknowledging a call failed: the server may deliver it again");
         }
         let submitted = self.executor.submit_encoded(
@@ -303,6 +350,9 @@ impl Agent {
                 let said = self.said.clone();
                 let done_key = key.clone();
                 future.add_done_callback(move |result| {
+                    if dies {
+                        die();
+                    }
                     let outcome = match result {
                         Ok(Raw::Single { pid, bytes }) => RemoteOutcome::Returned {
                             pid: *pid,
@@ -330,6 +380,61 @@ impl Agent {
                 self.say(&reply, &done).await;
             }
         }
+    }
+
+    /// Asks the client of a call delivered again whether to start it (in a
+    /// task of its own, so that heartbeats and other calls go on): told to,
+    /// it comes back to `take` through `cleared`; told to skip it, it is
+    /// acknowledged unrun; otherwise it goes back to the server, which
+    /// delivers it again shortly. Dropped only once its client has long
+    /// had nobody listening.
+    fn ask(
+        &self,
+        message: jetstream::Message,
+        permit: OwnedSemaphorePermit,
+        reply: String,
+        call: u64,
+    ) {
+        let request = AgentSays::MayStart {
+            call,
+            host: self.host.clone(),
+            agent: self.id.clone(),
+        };
+        let client = self.client.clone();
+        let cleared = self.cleared.clone();
+        tokio::spawn(async move {
+            let delivered = message.info().map_or(0, |info| info.delivered);
+            let asked = match protocol::encode(&request) {
+                Ok(bytes) => {
+                    tokio::time::timeout(GO_AHEAD_TIMEOUT, client.request(reply, bytes.into()))
+                        .await
+                }
+                Err(_) => return,
+            };
+            let again = AckKind::Nak(Some(DELIVER_AGAIN_AFTER));
+            let verdict = match asked {
+                Ok(Ok(answer)) => match protocol::decode::<GoAhead>(&answer.payload) {
+                    Ok(GoAhead::Go) => {
+                        let _ = cleared.send((message, permit));
+                        return;
+                    }
+                    Ok(GoAhead::Skip) => AckKind::Ack,
+                    Ok(GoAhead::NotYet) | Err(_) => again,
+                },
+                Ok(Err(error))
+                    if error.kind() == async_nats::RequestErrorKind::NoResponders
+                        && delivered > UNHEARD_DELIVERIES =>
+                {
+                    tracing::warn!(call, "dropping a call whose client is gone");
+                    AckKind::Term
+                }
+                Ok(Err(_)) | Err(_) => again,
+            };
+            if let Err(error) = message.ack_with(verdict).await {
+                tracing::warn!(%error, "answering the server about a call delivered again failed");
+            }
+            drop(permit);
+        });
     }
 
     /// A client cancelled a call: kill it if it runs here, else remember

@@ -8,9 +8,17 @@
 //! attempt's is awaited: what a lost host still says about an earlier one
 //! is ignored (its start is answered with a cancel), so a future finishes
 //! once, from one attempt.
+//!
+//! An agent asks before it starts an attempt the server delivered again
+//! (`AgentSays::MayStart`): the client says go only if it awaits the
+//! attempt, heard of no start of it, and gave no other agent a go-ahead
+//! for it within `GO_AHEAD_HELD`. So an attempt whose start was heard never
+//! starts again, whatever became of its acknowledgement.
 
 use super::wire::from_remote;
-use super::{BROKER_GRACE, HOST_SILENCE, calls_subject, cancel_subject, heartbeat_subject};
+use super::{
+    BROKER_GRACE, GO_AHEAD_HELD, HOST_SILENCE, calls_subject, cancel_subject, heartbeat_subject,
+};
 use crate::config::Config;
 use crate::error::{Attempt, Error, SpawnError};
 use crate::executor::Executor;
@@ -23,8 +31,8 @@ use async_nats::jetstream;
 use crossbeam_channel::Receiver;
 use futures_util::StreamExt;
 use loky_worker::protocol::remote::{
-    AgentSays, CancelCall, HEADER_CALL, HEADER_KIND, HEADER_REPLY, HEADER_RETRIES, HEADER_TASK,
-    HEADER_TIMEOUT_MS, HEADER_VERSION, Heartbeat, Refusal, RemoteOutcome, RemotePiece,
+    AgentSays, CancelCall, GoAhead, HEADER_CALL, HEADER_KIND, HEADER_REPLY, HEADER_RETRIES,
+    HEADER_TASK, HEADER_TIMEOUT_MS, HEADER_VERSION, Heartbeat, Refusal, RemoteOutcome, RemotePiece,
 };
 use loky_worker::protocol::{self, CallKind, Outcome, PROTOCOL_VERSION, Payload};
 use std::collections::{HashMap, HashSet};
@@ -156,6 +164,9 @@ struct Pending {
     wire: u64,
     /// The agent that started the current attempt, and its host.
     agent: Option<(String, String)>,
+    /// The last agent told it may start the current attempt, delivered
+    /// again, and when.
+    go_ahead: Option<(String, Instant)>,
 }
 
 struct Seen {
@@ -212,7 +223,7 @@ impl Client {
                     Some(event) => self.on_event(event).await,
                     None => break,
                 },
-                Some(message) = replies.next() => self.on_reply(&message.payload).await,
+                Some(message) = replies.next() => self.on_reply(message).await,
                 Some(message) = beats.next() => self.on_heartbeat(&message.payload).await,
                 Some(event) = connection.recv() => self.on_connection(event),
                 Some((wire, reason)) = unpublished.recv() => {
@@ -347,6 +358,7 @@ impl Client {
                         claim,
                         wire,
                         agent: None,
+                        go_ahead: None,
                     },
                 );
             }
@@ -410,8 +422,8 @@ impl Client {
         }
     }
 
-    async fn on_reply(&mut self, payload: &[u8]) {
-        let says: AgentSays = match protocol::decode(payload) {
+    async fn on_reply(&mut self, message: async_nats::Message) {
+        let says: AgentSays = match protocol::decode(&message.payload) {
             Ok(says) => says,
             Err(error) => {
                 tracing::warn!(%error, "unreadable message from an agent");
@@ -433,9 +445,10 @@ impl Client {
                     Some(pending) if pending.claim.start() => {
                         pending.agent = Some((agent, host));
                     }
-                    // A second delivery of an attempt another agent
-                    // started (its acknowledgement failed): a cancel would
-                    // reach both, so the copy runs to its ignored end.
+                    // A second start of an attempt: an agent stopped for
+                    // over `GO_AHEAD_HELD` between its go-ahead and its
+                    // start. A cancel would reach both, so the copy runs to
+                    // its ignored end.
                     Some(pending) if pending.agent.is_some() => {
                         tracing::warn!(%host, %agent, call, "a call was delivered twice");
                     }
@@ -462,6 +475,16 @@ impl Client {
                 }
             }
             AgentSays::Refused { call, host, reason } => {
+                let started = self
+                    .attempts
+                    .get(&call)
+                    .and_then(|job| self.jobs.get(job))
+                    .is_some_and(|pending| pending.agent.is_some());
+                if started {
+                    // A copy delivered again to an agent that cannot run
+                    // it: the start heard of stands.
+                    return;
+                }
                 if let Some(pending) = self.take(call) {
                     let task = pending.job.task();
                     let error = match reason {
@@ -480,6 +503,37 @@ impl Client {
                         error: Box::new(error),
                     });
                 }
+            }
+            AgentSays::MayStart { call, agent, .. } => {
+                let answer = self.go_ahead(call, agent);
+                if let (Some(inbox), Ok(bytes)) = (message.reply, protocol::encode(&answer)) {
+                    let publish = self.client.publish(inbox, bytes.into());
+                    let _ = tokio::time::timeout(PUBLISH_TIMEOUT, publish).await;
+                }
+            }
+        }
+    }
+
+    /// Whether `agent` may start attempt `call`, which the server delivered
+    /// to it again: only if this client awaits it, heard of no start of it
+    /// (nor took it back), and told no other agent to go within
+    /// `GO_AHEAD_HELD` (that one may be starting it).
+    fn go_ahead(&mut self, call: u64, agent: String) -> GoAhead {
+        let job = self.attempts.get(&call);
+        let Some(pending) = job.and_then(|job| self.jobs.get_mut(job)) else {
+            return GoAhead::Skip;
+        };
+        if pending.agent.is_some() || !pending.claim.queued() {
+            return GoAhead::Skip;
+        }
+        let now = Instant::now();
+        match &pending.go_ahead {
+            Some((other, at)) if *other != agent && now.duration_since(*at) < GO_AHEAD_HELD => {
+                GoAhead::NotYet
+            }
+            _ => {
+                pending.go_ahead = Some((agent, now));
+                GoAhead::Go
             }
         }
     }

@@ -17,9 +17,12 @@
 //! gives the same executor, futures, `map`, `wait`, `as_completed`,
 //! callbacks and `.await`. Calls go to a JetStream work queue
 //! (`loky.<queue>.calls`); an agent takes one only when it has a free
-//! worker, acknowledges it, says it started it, and sends the outcome back
-//! to the client. A call an agent took but never started is delivered again
-//! elsewhere by the server.
+//! worker, says it started it, acknowledges it, runs it and sends the
+//! outcome back to the client. A call an agent took and never acknowledged
+//! (it died) is delivered again elsewhere by the server; the agent that gets
+//! it asks the client first, and runs it only if the client heard of no
+//! start of it, so a started call never runs twice. A call that never
+//! started runs elsewhere.
 //!
 //! **Errors.** A task's failure on a host is `Error::Remote { host, error }`,
 //! with `error` what it would have been locally (`WorkerDied` with the pid
@@ -59,8 +62,20 @@ use std::time::Duration;
 
 /// How long a call may stay delivered to an agent and unacknowledged
 /// before the server delivers it elsewhere (the agent died between the
-/// fetch and the acknowledgement).
+/// fetch and the acknowledgement). The agent that gets it then starts it
+/// only with its client's go-ahead.
 const ACK_WAIT: Duration = Duration::from_secs(2);
+/// How long an agent waits for its client's go-ahead to start a call the
+/// server delivered again; unanswered by then, it leaves the call to the
+/// server.
+const GO_AHEAD_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a go-ahead given to one agent keeps the client from giving
+/// another agent one for the same attempt: far longer than an agent takes
+/// from the answer to its start.
+const GO_AHEAD_HELD: Duration = ACK_WAIT;
+/// How soon the server delivers again a call an agent left to it (no
+/// go-ahead yet, or no answer).
+const DELIVER_AGAIN_AFTER: Duration = Duration::from_millis(500);
 /// How often agents say they are alive.
 const HEARTBEAT: Duration = Duration::from_millis(200);
 /// A host silent this long is lost.
