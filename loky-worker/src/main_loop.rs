@@ -134,7 +134,9 @@ fn serve_calls(
             return 0;
         }
         let outcome = execute(call, board, results);
-        let held = kind == CallKind::Single && batch.hold(seq, &outcome);
+        // Held back only while more calls wait: the last one's outcome
+        // goes at once (and what was held with it, just after).
+        let held = kind == CallKind::Single && !waiting.is_empty() && batch.hold(seq, &outcome);
         if !held && !results.send(FromWorker::Done { seq, outcome }) {
             // The parent is gone: nobody is left to serve.
             return 0;
