@@ -764,3 +764,57 @@ fn a_call_whose_agent_died_before_starting_it_runs_elsewhere_once() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(runs(&path), 1);
 }
+
+/// The pid of the process that started this worker.
+#[loky::task]
+fn parent_pid() -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+/// Run by `task_spawn_goes_where_loky_backend_says` in a child process
+/// with `LOKY_BACKEND` set: `spawn` reaches an agent, not a local worker.
+#[test]
+fn spawn_child_role() {
+    if std::env::var_os("LOKY_TEST_SPAWN_CHILD").is_none() {
+        return;
+    }
+    let parent = parent_pid.spawn(()).result_timeout(BOUND).unwrap();
+    assert_ne!(parent, std::process::id(), "ran in a local worker");
+}
+
+#[test]
+fn task_spawn_goes_where_loky_backend_says() {
+    let server = Server::start();
+    let _agent = Agent::start(&server, 1);
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "spawn_child_role", "--nocapture"])
+        .env("LOKY_TEST_SPAWN_CHILD", "1")
+        .env(loky::ENV_BACKEND, &server.url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // A value that is neither `local` nor a URL is refused clearly.
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "spawn_child_role", "--nocapture"])
+        .env("LOKY_TEST_SPAWN_CHILD", "1")
+        .env(loky::ENV_BACKEND, "carrier-pigeon")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success());
+    assert!(
+        printed.contains("LOKY_BACKEND=carrier-pigeon: expected `local` or a nats:// URL"),
+        "{printed}"
+    );
+}

@@ -23,7 +23,39 @@ pub(crate) enum BackendKind {
     },
 }
 
+/// The variable that points `task.spawn` (the reusable executor, when it
+/// is made with the default configuration) at a cluster: `local` (the
+/// default), or a NATS URL such as `nats://broker:4222`, with `#queue` to
+/// name the queue (feature `nats`).
+pub const ENV_BACKEND: &str = "LOKY_BACKEND";
+
 impl Backend {
+    /// Where [`ENV_BACKEND`] says tasks run; this machine if it is unset.
+    pub fn from_env() -> Result<Backend, crate::Error> {
+        let Ok(value) = std::env::var(ENV_BACKEND) else {
+            return Ok(Backend::local());
+        };
+        match value.trim() {
+            "" | "local" => Ok(Backend::local()),
+            url if url.starts_with("nats://") || url.starts_with("tls://") => {
+                #[cfg(feature = "nats")]
+                {
+                    Ok(match url.split_once('#') {
+                        Some((url, queue)) => Backend::nats(url).queue(queue),
+                        None => Backend::nats(url),
+                    })
+                }
+                #[cfg(not(feature = "nats"))]
+                Err(crate::Error::Config(format!(
+                    "{ENV_BACKEND}={url}: this program was built without loky's `nats` feature"
+                )))
+            }
+            other => Err(crate::Error::Config(format!(
+                "{ENV_BACKEND}={other}: expected `local` or a nats:// URL"
+            ))),
+        }
+    }
+
     /// Whether tasks run on other hosts.
     pub fn is_cluster(&self) -> bool {
         !matches!(self.kind, BackendKind::Local)

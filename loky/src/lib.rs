@@ -66,7 +66,7 @@ mod worker_logs;
 /// Plain-value casts for [`SharedSlice`]: implement [`bytemuck::Pod`] on
 /// your own `#[repr(C)]` types to share them.
 pub use bytemuck;
-pub use cluster::Backend;
+pub use cluster::{Backend, ENV_BACKEND};
 pub use config::{Config, DEFAULT_LEAK_THRESHOLD, ENV_LEAK_THRESHOLD, REUSABLE_IDLE_TIMEOUT};
 pub use cpu::{ENV_MAX_CPU_COUNT, cpu_count, physical_cpu_count};
 pub use depth::{DEFAULT_MAX_DEPTH, ENV_MAX_DEPTH};

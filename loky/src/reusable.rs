@@ -110,7 +110,7 @@ fn current() -> Result<Executor, Error> {
                 return Ok(executor.clone());
             }
             Some(executor) => executor.config(),
-            None => Config::default(),
+            None => Config::default().backend(crate::cluster::Backend::from_env()?),
         }
     };
     get_reusable_executor(config)

@@ -15,7 +15,11 @@
 //!
 //! **Clients.** `Executor::new(Config::new().backend(Backend::nats(url)))`
 //! gives the same executor, futures, `map`, `wait`, `as_completed`,
-//! callbacks and `.await`. Calls go to a JetStream work queue
+//! callbacks and `.await`. `task.spawn(args)` (the reusable executor)
+//! stays on this machine unless `LOKY_BACKEND` (see
+//! [`ENV_BACKEND`](crate::ENV_BACKEND)) names a server:
+//! `LOKY_BACKEND=nats://broker:4222` (or `...#queue`). Calls go to a
+//! JetStream work queue
 //! (`loky.<queue>.calls`); an agent takes one only when it has a free
 //! worker, says it started it, acknowledges it, runs it and sends the
 //! outcome back to the client. A call an agent took and never acknowledged
