@@ -1,11 +1,12 @@
 //! Large read-only data shipped once: a "model" in `SharedBytes` is written
 //! to shared memory once, handed to every worker by an initializer and to
-//! tasks as an argument, without a copy per task. Workers also get their
-//! share of the CPUs for the thread pools of numeric libraries.
+//! tasks as an argument, without a copy per task; a matrix of `f64` in a
+//! `SharedSlice`, read in place by every task. Workers also get their share
+//! of the CPUs for the thread pools of numeric libraries.
 //!
 //! `cargo run --release --example shared_data`
 
-use loky::{Config, Executor, SharedBytes};
+use loky::{Config, Executor, SharedBytes, SharedSlice};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -31,6 +32,12 @@ fn score(input: u64) -> u64 {
 #[loky::task]
 fn checksum(table: SharedBytes) -> u64 {
     table.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// The sum of one row of a square matrix of side `n`.
+#[loky::task]
+fn row_sum(matrix: SharedSlice<f64>, n: usize, row: usize) -> f64 {
+    matrix[row * n..(row + 1) * n].iter().sum()
 }
 
 /// What a worker's numeric libraries would see.
@@ -68,6 +75,22 @@ fn main() -> Result<(), loky::Error> {
     let expected: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
     assert!(sums.iter().all(|&sum| sum == expected));
     println!("8 tasks read all 64 MiB each in {:?}", started.elapsed());
+
+    // Plain numbers: a 2000 x 2000 matrix of f64 (32 MB), shared once; each
+    // task reads its row in place.
+    let n = 2000;
+    let values: Vec<f64> = (0..n * n).map(|i| (i % n) as f64).collect();
+    let matrix = SharedSlice::new(&values).expect("a shared region");
+    let started = Instant::now();
+    let rows: Vec<f64> = executor
+        .map(row_sum, (0..n).map(|row| (matrix.clone(), n, row)))
+        .collect::<Result<_, _>>()?;
+    let expected = (0..n).map(|i| i as f64).sum::<f64>();
+    assert!(rows.iter().all(|&sum| sum == expected));
+    println!(
+        "{n} row sums of a shared {n}x{n} matrix in {:?}",
+        started.elapsed()
+    );
 
     let threads = executor.submit(omp_threads, ())?.result()?;
     println!("a worker's OMP_NUM_THREADS: {threads:?}");
