@@ -396,8 +396,8 @@ fn asking_the_executor_from_a_done_callback_does_not_deadlock() {
     let executor = executor(1);
     let (tx, rx) = std::sync::mpsc::channel();
     let inner = executor.clone();
-    // Long enough that the callback is registered first and so runs on
-    // the manager thread.
+    // Long enough that the callback is registered first and so runs where
+    // the future is settled (the worker's link thread).
     let future = executor.submit(sleep_then_pid, 200).unwrap();
     future.add_done_callback(move |_| {
         let answers = (
@@ -408,7 +408,7 @@ fn asking_the_executor_from_a_done_callback_does_not_deadlock() {
         let _ = tx.send(answers);
     });
     let (pids, done, started) = rx.recv_timeout(BOUND).expect("the callback returned");
-    // Published by the manager after each step: true from its own thread.
+    // Published by the manager after each step: no answer to wait for.
     assert_eq!(pids.len(), 1, "the worker's pid, from a done-callback");
     assert_eq!(done, 1, "counters need no answer from the manager");
     assert!(started.is_ok());
@@ -501,4 +501,22 @@ fn workers_inherit_no_descriptor_but_the_standard_streams() {
             .all(|(_, target)| !target.contains("/stat")),
         "the worker inherited the parent's descriptor: {descriptors:?}"
     );
+}
+
+/// A done-callback holding the last handle of its executor drops it: the
+/// executor shuts down without waiting (the callback runs on a thread the
+/// manager waits for), and nothing hangs.
+#[test]
+fn dropping_the_last_handle_in_a_done_callback_does_not_deadlock() {
+    let executor = executor(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let last = executor.clone();
+    let future = executor.submit(sleep_then_pid, 200).unwrap();
+    drop(executor);
+    future.add_done_callback(move |_| {
+        drop(last);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(BOUND).expect("the callback returned");
+    assert!(future.result_timeout(BOUND).is_ok());
 }

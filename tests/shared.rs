@@ -239,3 +239,46 @@ fn a_call_with_too_many_buffers_is_a_clear_error() {
     let expected: u64 = fewer.iter().map(|data| sum(data)).sum();
     assert_eq!(run(&executor, sum_all, fewer), expected);
 }
+
+/// Buffers made on the fly by `map`'s input and dropped once encoded: each
+/// element reads its own. (Regions were matched by the address of their
+/// reference count, which a freed buffer hands to the next.)
+#[test]
+fn buffers_made_by_the_input_reach_their_own_element() {
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    let sums: Vec<(u64, bool)> = executor
+        .map(
+            inspect,
+            (0..200u32).map(|i| SharedBytes::new(&i.to_le_bytes()).unwrap()),
+        )
+        .chunksize(8)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (i, (total, _)) in sums.iter().enumerate() {
+        assert_eq!(*total, sum(&(i as u32).to_le_bytes()), "element {i}");
+    }
+}
+
+/// Inputs naming several buffers each: a chunk that would carry more than
+/// a message may passes its last input on to the next chunk.
+#[test]
+fn inputs_with_several_buffers_each_fill_chunks_without_failing() {
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    let inputs: Vec<Vec<SharedBytes>> = (0..60u8)
+        .map(|i| {
+            (0..5u8)
+                .map(|j| SharedBytes::new(&[i, j]).unwrap())
+                .collect()
+        })
+        .collect();
+    let expected: Vec<u64> = inputs
+        .iter()
+        .map(|buffers| buffers.iter().map(|data| sum(data)).sum())
+        .collect();
+    let sums: Vec<u64> = executor
+        .map(sum_all, inputs)
+        .chunksize(60)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(sums, expected);
+}

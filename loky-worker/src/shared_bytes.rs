@@ -91,8 +91,9 @@ const EMPTY: u32 = u32::MAX;
 
 thread_local! {
     /// Regions of the call being encoded on this thread, if one is, each
-    /// once (with the address of its `Arc`, which identifies it).
-    static SENDING: RefCell<Option<Vec<(usize, IpcSharedMemory)>>> = const { RefCell::new(None) };
+    /// once: the `Arc` is kept for the whole encoding, so that no other
+    /// region can take its address meanwhile (it identifies the region).
+    static SENDING: RefCell<Option<Vec<Arc<IpcSharedMemory>>>> = const { RefCell::new(None) };
     /// Regions of the call being decoded on this thread, if one is: every
     /// value that names one shares its mapping.
     static RECEIVING: RefCell<Option<Vec<Arc<IpcSharedMemory>>>> = const { RefCell::new(None) };
@@ -105,14 +106,13 @@ impl Serialize for SharedBytes {
         };
         // A region named several times in one call (the same table for
         // every element of a chunk) travels once.
-        let identity = Arc::as_ptr(region) as usize;
         let index = SENDING.with(|sending| {
             let mut sending = sending.borrow_mut();
             let regions = sending.as_mut()?;
-            let index = match regions.iter().position(|(known, _)| *known == identity) {
+            let index = match regions.iter().position(|known| Arc::ptr_eq(known, region)) {
                 Some(index) => index,
                 None => {
-                    regions.push((identity, IpcSharedMemory::clone(region)));
+                    regions.push(Arc::clone(region));
                     regions.len() - 1
                 }
             };
@@ -188,10 +188,21 @@ pub fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<IpcSharedMemory>) {
     let scope = Restore::set(&SENDING, Vec::new());
     let result = encode();
     let regions = scope.finish().unwrap_or_default();
-    (
-        result,
-        regions.into_iter().map(|(_, region)| region).collect(),
-    )
+    let regions = regions
+        .into_iter()
+        .map(|region| Arc::try_unwrap(region).unwrap_or_else(|shared| (*shared).clone()))
+        .collect();
+    (result, regions)
+}
+
+/// Within [`collect`]: forgets the regions serialized after the first
+/// `count` (an element taken back out of a chunk).
+pub fn forget_after(count: usize) {
+    SENDING.with(|sending| {
+        if let Some(regions) = sending.borrow_mut().as_mut() {
+            regions.truncate(count);
+        }
+    });
 }
 
 /// Within [`collect`]: how many distinct regions were serialized so far.

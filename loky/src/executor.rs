@@ -595,7 +595,9 @@ impl Inner {
             gate.open = false;
             let _ = gate.events.send(Event::Shutdown(request));
         }
-        if wait && std::thread::current().id() != self.manager_thread {
+        // Never from a thread the manager waits for: its own, or a link
+        // thread running done-callbacks.
+        if wait && std::thread::current().id() != self.manager_thread && !manager::settling() {
             let mut done = self
                 .stopped
                 .done

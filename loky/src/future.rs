@@ -483,6 +483,11 @@ impl<R> State<R> {
         true
     }
 
+    /// Whether the future is settled: finished or cancelled.
+    pub(crate) fn is_settled(&self) -> bool {
+        matches!(self.lock().phase, Phase::Finished | Phase::Cancelled)
+    }
+
     /// Whether the future was cancelled.
     pub(crate) fn is_cancelled(&self) -> bool {
         self.lock().phase == Phase::Cancelled

@@ -174,6 +174,8 @@ pub(crate) trait Completion: Send + Sync {
     fn cancel(&self) -> bool;
     /// Whether the future was cancelled (perhaps while it ran).
     fn cancelled(&self) -> bool;
+    /// Whether the future is settled (finished, failed or cancelled).
+    fn settled(&self) -> bool;
     /// Fails the job.
     fn fail(&self, error: Error);
     /// Completes a single call with a worker's outcome.
@@ -227,6 +229,10 @@ impl<R: Send + 'static> Completion for Typed<R> {
 
     fn cancelled(&self) -> bool {
         self.state.is_cancelled()
+    }
+
+    fn settled(&self) -> bool {
+        self.state.is_settled()
     }
 
     fn fail(&self, error: Error) {

@@ -54,6 +54,9 @@ pub(crate) struct Feed<T: Task, I> {
     adaptive: usize,
     input_done: bool,
     input_error: Option<Error>,
+    /// An input pulled for a chunk it did not fit in (too many shared
+    /// regions): the next chunk's first.
+    carried: Option<T::Args>,
 }
 
 /// One submitted chunk.
@@ -107,6 +110,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
                 adaptive: 1,
                 input_done: false,
                 input_error: None,
+                carried: None,
             },
             pending: VecDeque::new(),
             current: Vec::new().into_iter(),
@@ -230,7 +234,11 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
             // message may (one left for its arguments' own).
             let room = loky_worker::protocol::MAX_DESCRIPTORS - 1;
             while len < size && loky_worker::shared_bytes::collected() < room {
-                match panic::catch_unwind(AssertUnwindSafe(|| self.input.next())) {
+                let next = match self.carried.take() {
+                    Some(args) => Ok(Some(args)),
+                    None => panic::catch_unwind(AssertUnwindSafe(|| self.input.next())),
+                };
+                match next {
                     Ok(Some(args)) if size == 1 => {
                         match job::encode_call_args(T::ID, &args) {
                             Ok(payload) => single = Some(payload),
@@ -239,9 +247,21 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
                         len += 1;
                     }
                     Ok(Some(args)) => {
+                        let before = (encoded.checkpoint(), loky_worker::shared_bytes::collected());
                         let pushed = serde_stage(Stage::EncodeArgs, || {
                             encoded.push(|out| args.encode_into(out))
                         });
+                        if pushed.is_ok()
+                            && loky_worker::shared_bytes::collected() > room
+                            && encoded.len() > 1
+                        {
+                            // Its regions do not fit beside the others': it
+                            // opens the next chunk instead.
+                            encoded.rollback(before.0);
+                            loky_worker::shared_bytes::forget_after(before.1);
+                            self.carried = Some(args);
+                            break;
+                        }
                         if let Err(failure) = pushed {
                             early.push((len, Error::from_failure(T::ID, None, failure)));
                         }

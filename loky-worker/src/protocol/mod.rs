@@ -248,6 +248,17 @@ impl ChunkArgsBuilder {
         self.count
     }
 
+    /// Where it stands, to [`rollback`](Self::rollback) to.
+    pub fn checkpoint(&self) -> (usize, usize) {
+        (self.body.len(), self.count)
+    }
+
+    /// Drops the elements pushed since `checkpoint`.
+    pub fn rollback(&mut self, (body, count): (usize, usize)) {
+        self.body.truncate(body);
+        self.count = count;
+    }
+
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.count == 0

@@ -13,8 +13,23 @@
 use crate::host::WorkerEvent;
 use crate::job::Completion;
 use loky_worker::protocol::{self, FromWorker, Outcome};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+thread_local! {
+    /// Set while this thread settles futures for a worker's link: their
+    /// done-callbacks run here, and must never wait on the executor (its
+    /// manager waits for this thread's `Delivered`).
+    static SETTLING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is settling futures for a worker's link (running
+/// their done-callbacks): see [`Executor`](crate::Executor)'s shutdown.
+pub(crate) fn settling() -> bool {
+    SETTLING.with(Cell::get)
+}
 
 /// One worker's single calls whose outcome its link delivers.
 #[derive(Default)]
@@ -22,6 +37,9 @@ pub(super) struct Direct {
     /// The worker's pid, set once it is spawned: outcomes name it.
     pid: OnceLock<u32>,
     expected: Mutex<HashMap<u64, Arc<dyn Completion>>>,
+    /// The link is passing a message on (settling futures, running their
+    /// callbacks): the worker's outcomes are not all with the manager yet.
+    busy: AtomicBool,
 }
 
 /// What the link passes on to the manager.
@@ -54,6 +72,19 @@ impl Direct {
     /// Every outcome still to come goes to the manager.
     pub(super) fn clear(&self) {
         self.table().clear();
+    }
+
+    /// Runs `pass_on` (the link passing a message on) marked as busy.
+    pub(super) fn busy_while<R>(&self, pass_on: impl FnOnce() -> R) -> R {
+        self.busy.store(true, Ordering::Release);
+        let result = pass_on();
+        self.busy.store(false, Ordering::Release);
+        result
+    }
+
+    /// Whether the link is passing a message on.
+    pub(super) fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// On the link thread: settles expected calls' futures with their
@@ -90,7 +121,9 @@ impl Direct {
         match expected {
             Some((pid, completion)) => {
                 // Outside the table's lock: callbacks may run here.
+                let outer = SETTLING.with(|settling| settling.replace(true));
                 completion.finish_remote(pid, outcome);
+                SETTLING.with(|settling| settling.set(outer));
                 Routed::Delivered(seq)
             }
             None => Routed::Event(WorkerEvent::Message(FromWorker::Done { seq, outcome })),

@@ -59,9 +59,13 @@ impl Lending {
     /// Submitter: sends a single call straight to an idle worker, if one
     /// is on offer; otherwise gives the job back.
     pub(crate) fn send(&self, job: Job, events: &Sender<Event>) -> Option<Job> {
-        if job.kind != CallKind::Single {
+        if job.kind != CallKind::Single || self.tickets().is_empty() {
             return Some(job);
         }
+        // Made before a ticket is taken: cloning regions may panic (out of
+        // descriptors), and a taken ticket must end in a `Lent`.
+        let task = job.task().to_owned();
+        let (args, regions) = (job.args.clone(), job.regions.clone());
         let Some(ticket) = self.tickets().pop() else {
             return Some(job);
         };
@@ -85,10 +89,10 @@ impl Lending {
         direct.expect(seq, Arc::clone(&job.completion));
         let call = Call {
             seq,
-            task: job.task().to_owned(),
-            kind: job.kind,
-            args: job.args.clone(),
-            regions: job.regions.clone(),
+            task,
+            kind: CallKind::Single,
+            args,
+            regions,
         };
         let lent = Event::Lent {
             worker,
@@ -104,8 +108,11 @@ impl Lending {
             return None;
         }
         // If the worker is gone, the call stays queued on its board and
-        // runs elsewhere once the manager has reaped it.
-        let _ = calls.send(ToWorker::Calls(vec![call]));
+        // runs elsewhere once the manager has reaped it; if the send failed
+        // otherwise, the manager kills it, to the same end.
+        if calls.send(ToWorker::Calls(vec![call])).is_err() {
+            let _ = events.send(Event::LentUnsent { worker });
+        }
         None
     }
 }

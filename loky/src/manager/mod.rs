@@ -15,6 +15,7 @@ use crate::job::{Claim, Job, Piece};
 use crate::shared::Shared;
 use crate::stats::{Stats, WorkerExits};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+pub(crate) use direct::settling;
 use direct::{Direct, Routed};
 use loky_worker::protocol::{
     self, Board, Call, CallKind, ChunkArgs, Claim as ClaimState, FromWorker, Outcome, Payload,
@@ -37,6 +38,9 @@ pub(crate) enum Event {
     Worker(u64, WorkerEvent),
     /// A worker's call finished and its link settled its future.
     Delivered(u64, u64),
+    /// A submitter could not send a call to worker `worker`, lent to it:
+    /// the worker is killed (its death requeues the call).
+    LentUnsent { worker: u64 },
     /// A submitter took worker `worker`'s ticket: `job` is call `seq`,
     /// queued on `board` and sent (or about to be).
     Lent {
@@ -79,6 +83,10 @@ const DRAIN_GRACE: Duration = Duration::from_millis(200);
 const SPAWN_BACKOFF: Duration = Duration::from_millis(50);
 
 /// `at + after`, or `None` (never) when that overflows.
+/// How often a dead worker whose link is still busy passing on its last
+/// outcomes is looked at again, once its drain grace is over.
+const BUSY_LINK_POLL: Duration = Duration::from_millis(10);
+
 fn deadline(at: Instant, after: Duration) -> Option<Instant> {
     at.checked_add(after)
 }
@@ -270,6 +278,8 @@ impl<B: Backend> Manager<B> {
     fn break_down(&mut self, reason: String) {
         tracing::error!(reason, "executor broken");
         self.shared.set_broken(reason.clone());
+        // No worker is lent any more (a `Lent` after this fails its job).
+        self.shared.lending.reclaim();
         let error = Error::Broken { reason };
         for job in self.queue.drain(..) {
             job.completion.fail(error.clone());
@@ -318,7 +328,14 @@ impl<B: Backend> Manager<B> {
                     ..
                 } => match (closed, exited) {
                     (true, false) if !forced => earliest(deadline(*since, CLOSED_GRACE)),
-                    (false, true) => earliest(deadline(*since, DRAIN_GRACE)),
+                    (false, true) => match deadline(*since, DRAIN_GRACE) {
+                        // Past the grace with its link still busy: look
+                        // again shortly rather than spin.
+                        Some(at) if at <= now && worker.direct.busy() => {
+                            earliest(now.checked_add(BUSY_LINK_POLL));
+                        }
+                        at => earliest(at),
+                    },
                     _ => {}
                 },
                 Life::Initializing { .. } | Life::Told { .. } => {}
@@ -343,6 +360,12 @@ impl<B: Backend> Manager<B> {
                 board,
                 job,
             } => self.lent(worker, seq, &board, job),
+            Event::LentUnsent { worker } => {
+                if let Some(worker) = self.workers.get(&worker) {
+                    tracing::debug!(pid = worker.pid, "send to a lent worker failed");
+                    worker.handle.signal(libc::SIGKILL);
+                }
+            }
             Event::Cancel(job) => self.cancelled(job),
             Event::Resize(max_workers) => {
                 self.config = self.config.clone().max_workers(max_workers);
@@ -533,7 +556,19 @@ impl<B: Backend> Manager<B> {
         worker.direct.clear();
         let board = worker.board.clone();
         let mut requeue = Vec::new();
+        // Outcomes it holds back are of calls that finished.
+        let mut held_back: std::collections::HashMap<u64, Outcome> = board
+            .as_ref()
+            .map(|board| protocol::settled_outcomes(&board.outbox_records()).0)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let pid = worker.pid;
         for held in std::mem::take(&mut worker.inflight) {
+            if let Some(outcome) = held_back.remove(&held.seq) {
+                complete(held, pid, outcome);
+                continue;
+            }
             let state = board
                 .as_ref()
                 .map_or(ClaimState::Queued, |b| b.state(held.seq));
@@ -556,6 +591,12 @@ impl<B: Backend> Manager<B> {
     /// Puts jobs that never started back at the front of the queue, in
     /// order; when shutting down with a kill, they are cancelled or fail.
     fn requeue(&mut self, jobs: Vec<Job>) {
+        if let Some(error) = &self.broken {
+            for job in jobs {
+                job.completion.fail(error.clone());
+            }
+            return;
+        }
         match self.shutdown {
             Some(request) if request.kills() => {
                 for job in jobs {
@@ -811,9 +852,14 @@ impl<B: Backend> Manager<B> {
                     since,
                     ..
                 } => {
+                    // Past the grace, the channel is taken as held by
+                    // another process; unless the link is still passing on
+                    // what it read (a slow done-callback), so that no
+                    // finished call is blamed for the death.
                     *closed
                         || w.board.is_none()
-                        || deadline(*since, DRAIN_GRACE).is_none_or(|at| now >= at)
+                        || (deadline(*since, DRAIN_GRACE).is_none_or(|at| now >= at)
+                            && !w.direct.busy())
                 }
                 _ => false,
             })
@@ -864,6 +910,14 @@ impl<B: Backend> Manager<B> {
         for mut held in inflight {
             if let Some(outcome) = held_back.remove(&held.seq) {
                 complete(held, pid, outcome);
+                continue;
+            }
+            // Settled by the worker's link already (its `Delivered` is on
+            // its way), or cancelled by its caller: nothing to blame.
+            if held.job.kind == CallKind::Single
+                && held.fate.is_none()
+                && held.job.completion.settled()
+            {
                 continue;
             }
             let state = board
@@ -1266,12 +1320,14 @@ impl<B: Backend> Manager<B> {
             // Runs on the worker's link thread: an expected outcome settles
             // its future there, and the manager hears only that it did.
             let notify: Notify = Box::new(move |event| {
-                link_direct.route(event).into_iter().all(|routed| {
-                    let event = match routed {
-                        Routed::Event(event) => Event::Worker(id, event),
-                        Routed::Delivered(seq) => Event::Delivered(id, seq),
-                    };
-                    events.send(event).is_ok()
+                link_direct.busy_while(|| {
+                    link_direct.route(event).into_iter().all(|routed| {
+                        let event = match routed {
+                            Routed::Event(event) => Event::Worker(id, event),
+                            Routed::Delivered(seq) => Event::Delivered(id, seq),
+                        };
+                        events.send(event).is_ok()
+                    })
                 })
             });
             match self.backend.spawn(&self.config, notify) {

@@ -264,7 +264,10 @@ impl Client {
                 let _ = answer.send(Ok(()));
             }
             // Local workers only: a cluster lends none and has no links.
-            Event::Resize(_) | Event::Worker(..) | Event::Delivered(..) => {}
+            Event::Resize(_)
+            | Event::Worker(..)
+            | Event::Delivered(..)
+            | Event::LentUnsent { .. } => {}
             Event::Lent { job, .. } => {
                 job.completion.fail(Error::Broken {
                     reason: "a cluster executor was lent a local worker".to_owned(),
