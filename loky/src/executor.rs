@@ -558,14 +558,14 @@ impl Inner {
         }
     }
 
-    /// Sends the manager a request and waits for its answer. From the
-    /// manager thread itself (a done-callback) the request is sent but not
-    /// waited for, which would deadlock: `Ok(None)`. `Err` if the manager
-    /// is gone.
+    /// Sends the manager a request and waits for its answer. From a
+    /// done-callback (on the manager thread, or a link thread settling
+    /// futures) the request is sent but not waited for: `Ok(None)`. `Err`
+    /// if the manager is gone.
     fn ask<T>(&self, request: impl FnOnce(Sender<T>) -> Event) -> Result<Option<T>, Error> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(request(tx)).map_err(|()| Error::ShutDown)?;
-        if std::thread::current().id() == self.manager_thread {
+        if std::thread::current().id() == self.manager_thread || manager::settling() {
             return Ok(None);
         }
         rx.recv().map(Some).map_err(|_| Error::ShutDown)
