@@ -44,6 +44,15 @@ fn start_sleeper_then_block(path: PathBuf) {
     drop(child);
 }
 
+/// Keeps `data` (a shared buffer of the parent) mapped in this worker for
+/// good, and returns the worker's pid.
+#[loky::task]
+fn hold(data: loky::SharedBytes) -> u32 {
+    static HELD: std::sync::Mutex<Vec<loky::SharedBytes>> = std::sync::Mutex::new(Vec::new());
+    HELD.lock().unwrap().push(data);
+    std::process::id()
+}
+
 #[loky::task]
 fn byte_len(data: Vec<u8>) -> usize {
     data.len()
@@ -76,7 +85,7 @@ type Scenario = fn() -> Result<(), String>;
 fn run_all() {
     let scenarios: [(&str, Scenario); 5] = [
         (
-            "workers_and_their_children_die_with_a_killed_parent",
+            "workers_their_children_and_its_shared_buffers_go_with_a_killed_parent",
             parent_death,
         ),
         (
@@ -262,6 +271,17 @@ fn kill_parent_and_watch(parent: &mut Child, path: &Path) -> Result<(), String> 
         let _ = parent.wait();
         return Err(format!("expected 5 live processes, got {pids:?}"));
     }
+    let creator = parent.id();
+    // Before: the parent and the worker holding its buffer are found, so
+    // that the check after the kill cannot pass for a wrong pattern.
+    let before = regions_of(creator);
+    if before.len() < 2 {
+        let _ = parent.kill();
+        let _ = parent.wait();
+        return Err(format!(
+            "the shared buffer is held by {before:?}, expected 2 processes"
+        ));
+    }
     parent.kill().map_err(|e| e.to_string())?;
     let killed = Instant::now();
     parent.wait().map_err(|e| e.to_string())?;
@@ -278,7 +298,40 @@ fn kill_parent_and_watch(parent: &mut Child, path: &Path) -> Result<(), String> 
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    // No process maps or holds a shared memory region the parent made (its
+    // name carries the creator's pid): a region lives no longer than its
+    // last user, and its users are gone.
+    let left = regions_of(creator);
+    if !left.is_empty() {
+        return Err(format!("regions of the dead parent still held: {left:?}"));
+    }
     Ok(())
+}
+
+/// The processes that map or hold a shared memory region made by process
+/// `creator` (ipc-channel names them `...-shared-memory.N.PID.TIME`).
+fn regions_of(creator: u32) -> Vec<String> {
+    let mark = format!(".{creator}.");
+    let made_by = |text: &str| text.contains("ipc-channel-shared-memory.") && text.contains(&mark);
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let dir = entry.path();
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
+        let fds = std::fs::read_dir(dir.join("fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned());
+        if maps.lines().any(made_by) || fds.into_iter().any(|target| made_by(&target)) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// The parent that gets killed: two workers blocked in tasks that started
@@ -290,8 +343,10 @@ fn parent_role() {
         .map(|_| busy.submit(start_sleeper_then_block, path.clone()).unwrap())
         .collect();
     let idle = loky::Executor::new(loky::Config::new().max_workers(1)).unwrap();
+    // The idle worker keeps one of the parent's shared buffers mapped.
+    let shared = loky::SharedBytes::new(&vec![7u8; 1 << 20]).unwrap();
     let idle_pid = idle
-        .submit(worker_pid, ())
+        .submit(hold, shared)
         .unwrap()
         .result_timeout(BOUND)
         .unwrap();
