@@ -11,9 +11,23 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<RemotePanic>> = const { RefCell::new(None) };
 }
 
+/// Whether [`install_hook`] ran: without the hook nothing records panics,
+/// and [`catch`] skips the record (a thread-local access per call, on hot
+/// paths of the parent).
+static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn take_last() -> Option<RemotePanic> {
+    if HOOKED.load(std::sync::atomic::Ordering::Relaxed) {
+        LAST_PANIC.with(|last| last.borrow_mut().take())
+    } else {
+        None
+    }
+}
+
 /// Installs the worker's panic hook: it records the panic for
 /// [`catch`] instead of printing it, since the parent reports it.
 pub fn install_hook() {
+    HOOKED.store(true, std::sync::atomic::Ordering::Relaxed);
     panic::set_hook(Box::new(|info| {
         let backtrace = Backtrace::capture();
         let captured = RemotePanic {
@@ -30,11 +44,9 @@ pub fn install_hook() {
 
 /// Runs `f`, turning a panic into a [`RemotePanic`].
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemotePanic> {
-    LAST_PANIC.with(|last| last.borrow_mut().take());
+    take_last();
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        LAST_PANIC
-            .with(|last| last.borrow_mut().take())
-            .unwrap_or_else(|| RemotePanic {
+        take_last().unwrap_or_else(|| RemotePanic {
                 message: payload_message(&*payload),
                 location: None,
                 backtrace: None,
