@@ -47,10 +47,10 @@ pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemotePanic> {
     take_last();
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         take_last().unwrap_or_else(|| RemotePanic {
-                message: payload_message(&*payload),
-                location: None,
-                backtrace: None,
-            })
+            message: payload_message(&*payload),
+            location: None,
+            backtrace: None,
+        })
     })
 }
 
