@@ -89,11 +89,17 @@ impl Eq for SharedBytes {}
 /// On the wire: this index for no bytes.
 const EMPTY: u32 = u32::MAX;
 
+/// A region of the call being encoded: the value's own reference (which
+/// identifies it), and the handle that travels.
+type Sending = (Arc<IpcSharedMemory>, IpcSharedMemory);
+
 thread_local! {
     /// Regions of the call being encoded on this thread, if one is, each
     /// once: the `Arc` is kept for the whole encoding, so that no other
     /// region can take its address meanwhile (it identifies the region).
-    static SENDING: RefCell<Option<Vec<Arc<IpcSharedMemory>>>> = const { RefCell::new(None) };
+    /// Beside each, the handle that travels, made as the value is
+    /// serialized (under the encoding's catch: making it may panic).
+    static SENDING: RefCell<Option<Vec<Sending>>> = const { RefCell::new(None) };
     /// Regions of the call being decoded on this thread, if one is: every
     /// value that names one shares its mapping.
     static RECEIVING: RefCell<Option<Vec<Arc<IpcSharedMemory>>>> = const { RefCell::new(None) };
@@ -109,10 +115,13 @@ impl Serialize for SharedBytes {
         let index = SENDING.with(|sending| {
             let mut sending = sending.borrow_mut();
             let regions = sending.as_mut()?;
-            let index = match regions.iter().position(|known| Arc::ptr_eq(known, region)) {
+            let index = match regions
+                .iter()
+                .position(|(known, _)| Arc::ptr_eq(known, region))
+            {
                 Some(index) => index,
                 None => {
-                    regions.push(Arc::clone(region));
+                    regions.push((Arc::clone(region), IpcSharedMemory::clone(region)));
                     regions.len() - 1
                 }
             };
@@ -188,10 +197,7 @@ pub fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<IpcSharedMemory>) {
     let scope = Restore::set(&SENDING, Vec::new());
     let result = encode();
     let regions = scope.finish().unwrap_or_default();
-    let regions = regions
-        .into_iter()
-        .map(|region| Arc::try_unwrap(region).unwrap_or_else(|shared| (*shared).clone()))
-        .collect();
+    let regions = regions.into_iter().map(|(_, handle)| handle).collect();
     (result, regions)
 }
 

@@ -263,6 +263,8 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
                             break;
                         }
                         if let Err(failure) = pushed {
+                            // Nothing of it travels, its regions neither.
+                            loky_worker::shared_bytes::forget_after(before.1);
                             early.push((len, Error::from_failure(T::ID, None, failure)));
                         }
                         len += 1;

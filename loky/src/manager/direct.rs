@@ -15,7 +15,11 @@ use crate::job::Completion;
 use loky_worker::protocol::{self, FromWorker, Outcome};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a link must have been idle to count as drained.
+const QUIET: Duration = Duration::from_millis(10);
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 thread_local! {
@@ -37,9 +41,13 @@ pub(super) struct Direct {
     /// The worker's pid, set once it is spawned: outcomes name it.
     pid: OnceLock<u32>,
     expected: Mutex<HashMap<u64, Arc<dyn Completion>>>,
-    /// The link is passing a message on (settling futures, running their
+    /// Messages the link is passing on (settling futures, running their
     /// callbacks): the worker's outcomes are not all with the manager yet.
-    busy: AtomicBool,
+    busy: AtomicUsize,
+    /// When the link last finished passing a message on, in nanoseconds
+    /// since `epoch`.
+    last_done: AtomicU64,
+    epoch: OnceLock<Instant>,
 }
 
 /// What the link passes on to the manager.
@@ -74,17 +82,39 @@ impl Direct {
         self.table().clear();
     }
 
-    /// Runs `pass_on` (the link passing a message on) marked as busy.
-    pub(super) fn busy_while<R>(&self, pass_on: impl FnOnce() -> R) -> R {
-        self.busy.store(true, Ordering::Release);
-        let result = pass_on();
-        self.busy.store(false, Ordering::Release);
-        result
+    fn nanos(&self, at: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether the link is passing a message on.
-    pub(super) fn busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire)
+    /// Runs `pass_on`, counted as busy if it passes a worker's `message`
+    /// on (the exit watcher's events are not: it runs beside the link). A
+    /// panic ends the count too.
+    pub(super) fn passing_on<R>(&self, message: bool, pass_on: impl FnOnce() -> R) -> R {
+        struct Done<'a>(&'a Direct);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let now = self.0.nanos(Instant::now());
+                self.0.last_done.store(now, Ordering::Release);
+                self.0.busy.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if !message {
+            return pass_on();
+        }
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let _done = Done(self);
+        pass_on()
+    }
+
+    /// Whether the link has passed on all it read and has been waiting for
+    /// more for a while: what the worker sent is with the manager (or
+    /// will never come).
+    pub(super) fn quiet(&self, now: Instant) -> bool {
+        let idle_for = self
+            .nanos(now)
+            .saturating_sub(self.last_done.load(Ordering::Acquire));
+        self.busy.load(Ordering::Acquire) == 0 && idle_for >= QUIET.as_nanos() as u64
     }
 
     /// On the link thread: settles expected calls' futures with their
@@ -121,9 +151,14 @@ impl Direct {
         match expected {
             Some((pid, completion)) => {
                 // Outside the table's lock: callbacks may run here.
-                let outer = SETTLING.with(|settling| settling.replace(true));
+                struct Restore(bool);
+                impl Drop for Restore {
+                    fn drop(&mut self) {
+                        SETTLING.with(|settling| settling.set(self.0));
+                    }
+                }
+                let _restore = Restore(SETTLING.with(|settling| settling.replace(true)));
                 completion.finish_remote(pid, outcome);
-                SETTLING.with(|settling| settling.set(outer));
                 Routed::Delivered(seq)
             }
             None => Routed::Event(WorkerEvent::Message(FromWorker::Done { seq, outcome })),

@@ -82,11 +82,11 @@ const DRAIN_GRACE: Duration = Duration::from_millis(200);
 /// How long to wait before trying again after a worker failed to start.
 const SPAWN_BACKOFF: Duration = Duration::from_millis(50);
 
-/// `at + after`, or `None` (never) when that overflows.
 /// How often a dead worker whose link is still busy passing on its last
 /// outcomes is looked at again, once its drain grace is over.
 const BUSY_LINK_POLL: Duration = Duration::from_millis(10);
 
+/// `at + after`, or `None` (never) when that overflows.
 fn deadline(at: Instant, after: Duration) -> Option<Instant> {
     at.checked_add(after)
 }
@@ -331,7 +331,7 @@ impl<B: Backend> Manager<B> {
                     (false, true) => match deadline(*since, DRAIN_GRACE) {
                         // Past the grace with its link still busy: look
                         // again shortly rather than spin.
-                        Some(at) if at <= now && worker.direct.busy() => {
+                        Some(at) if at <= now && !worker.direct.quiet(now) => {
                             earliest(now.checked_add(BUSY_LINK_POLL));
                         }
                         at => earliest(at),
@@ -859,7 +859,7 @@ impl<B: Backend> Manager<B> {
                     *closed
                         || w.board.is_none()
                         || (deadline(*since, DRAIN_GRACE).is_none_or(|at| now >= at)
-                            && !w.direct.busy())
+                            && w.direct.quiet(now))
                 }
                 _ => false,
             })
@@ -1320,7 +1320,8 @@ impl<B: Backend> Manager<B> {
             // Runs on the worker's link thread: an expected outcome settles
             // its future there, and the manager hears only that it did.
             let notify: Notify = Box::new(move |event| {
-                link_direct.busy_while(|| {
+                let message = matches!(event, WorkerEvent::Message(_));
+                link_direct.passing_on(message, || {
                     link_direct.route(event).into_iter().all(|routed| {
                         let event = match routed {
                             Routed::Event(event) => Event::Worker(id, event),
