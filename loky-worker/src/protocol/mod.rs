@@ -344,22 +344,8 @@ pub struct SettledCall<'a> {
 
 /// The [`SettledCall`]s laid one after the other in `bytes`, one at a
 /// time; stops after the first error.
-pub fn settled_calls(mut bytes: &[u8]) -> impl Iterator<Item = Result<SettledCall<'_>, String>> {
-    std::iter::from_fn(move || {
-        if bytes.is_empty() {
-            return None;
-        }
-        match postcard::take_from_bytes(bytes) {
-            Ok((record, rest)) => {
-                bytes = rest;
-                Some(Ok(record))
-            }
-            Err(error) => {
-                bytes = &[];
-                Some(Err(error.to_string()))
-            }
-        }
-    })
+pub fn settled_calls(bytes: &[u8]) -> impl Iterator<Item = Result<SettledCall<'_>, String>> {
+    end_to_end(bytes)
 }
 
 /// The outcomes in encoded [`SettledCall`]s, by call number, as a
@@ -704,15 +690,23 @@ pub fn count_items(mut bytes: &[u8]) -> usize {
 
 /// The encoded [`ChunkItem`]s laid one after the other in `bytes`, one at a
 /// time, each result's bytes borrowed; stops after the first error.
-pub fn items(mut bytes: &[u8]) -> impl Iterator<Item = Result<ChunkItem<'_>, String>> {
+pub fn items(bytes: &[u8]) -> impl Iterator<Item = Result<ChunkItem<'_>, String>> {
+    end_to_end(bytes)
+}
+
+/// Values of type `T` encoded one after the other in `bytes`, decoded one
+/// at a time (borrowing from `bytes`); stops after the first error.
+fn end_to_end<'a, T: Deserialize<'a>>(
+    mut bytes: &'a [u8],
+) -> impl Iterator<Item = Result<T, String>> + 'a {
     std::iter::from_fn(move || {
         if bytes.is_empty() {
             return None;
         }
         match postcard::take_from_bytes(bytes) {
-            Ok((item, rest)) => {
+            Ok((value, rest)) => {
                 bytes = rest;
-                Some(Ok(item))
+                Some(Ok(value))
             }
             Err(error) => {
                 bytes = &[];

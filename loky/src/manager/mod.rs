@@ -258,18 +258,7 @@ impl<B: Backend> Manager<B> {
             worker.direct.forget(seq);
             return;
         }
-        if worker.inflight.is_empty() {
-            worker.head_since = Instant::now();
-        }
-        worker.inflight.push_back(InFlight {
-            seq,
-            job,
-            fate: None,
-        });
-        worker.sent += 1;
-        if max_tasks.is_some_and(|max| worker.sent >= max) {
-            worker.retire(Retire::MaxTasks);
-        }
+        worker.hold(seq, job, max_tasks);
     }
 
     /// Stops for good without losing anything: every job fails with
@@ -557,12 +546,7 @@ impl<B: Backend> Manager<B> {
         let board = worker.board.clone();
         let mut requeue = Vec::new();
         // Outcomes it holds back are of calls that finished.
-        let mut held_back: std::collections::HashMap<u64, Outcome> = board
-            .as_ref()
-            .map(|board| protocol::settled_outcomes(&board.outbox_records()).0)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let mut held_back = held_back(board.as_deref());
         let pid = worker.pid;
         for held in std::mem::take(&mut worker.inflight) {
             if let Some(outcome) = held_back.remove(&held.seq) {
@@ -901,12 +885,7 @@ impl<B: Backend> Manager<B> {
         let mut requeue = Vec::new();
         let retries = self.config.retries;
         // Outcomes it held back and never sent: those calls finished.
-        let mut held_back: std::collections::HashMap<u64, Outcome> = board
-            .as_ref()
-            .map(|board| protocol::settled_outcomes(&board.outbox_records()).0)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let mut held_back = held_back(board.as_deref());
         for mut held in inflight {
             if let Some(outcome) = held_back.remove(&held.seq) {
                 complete(held, pid, outcome);
@@ -1378,18 +1357,17 @@ fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
         args: job.args.clone(),
         regions: job.regions.clone(),
     });
-    if worker.inflight.is_empty() {
-        worker.head_since = Instant::now();
-    }
-    worker.inflight.push_back(InFlight {
-        seq,
-        job,
-        fate: None,
-    });
-    worker.sent += 1;
-    if max_tasks.is_some_and(|max| worker.sent >= max) {
-        worker.retire(Retire::MaxTasks);
-    }
+    worker.hold(seq, job, max_tasks);
+}
+
+/// The outcomes a worker holds back on its board's outbox, by call: calls
+/// that finished, whatever becomes of the worker.
+fn held_back(board: Option<&Board>) -> std::collections::HashMap<u64, Outcome> {
+    board
+        .map(|board| protocol::settled_outcomes(&board.outbox_records()).0)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }
 
 /// Completes a call its worker finished.

@@ -206,6 +206,23 @@ impl<W> Worker<W> {
         }
     }
 
+    /// Holds `job` as call `seq`, sent to it (by the manager or a
+    /// submitter it was lent to); it retires once `max_tasks` were sent.
+    pub(super) fn hold(&mut self, seq: u64, job: Job, max_tasks: Option<usize>) {
+        if self.inflight.is_empty() {
+            self.head_since = Instant::now();
+        }
+        self.inflight.push_back(InFlight {
+            seq,
+            job,
+            fate: None,
+        });
+        self.sent += 1;
+        if max_tasks.is_some_and(|max| self.sent >= max) {
+            self.retire(Retire::MaxTasks);
+        }
+    }
+
     /// Marks it as leaving; the first reason sticks. A connected worker
     /// keeps its calls; the caller kills a starting one.
     pub(super) fn retire(&mut self, why: Retire) {
