@@ -57,7 +57,9 @@ fn main() {
         .spawn()
         .map(Reaped)
         .expect("nats-server on the PATH");
+    let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
     let url = format!("nats://127.0.0.1:{port}");
