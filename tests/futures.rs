@@ -115,6 +115,22 @@ fn max_workers_zero_is_a_clear_error() {
 }
 
 #[test]
+fn a_spin_wait_past_ten_milliseconds_is_a_clear_error() {
+    let config = loky::Config::new().spin_wait(Duration::from_millis(11));
+    let error = loky::Executor::new(config).err().unwrap();
+    assert_eq!(
+        error.to_string(),
+        "invalid configuration: spin_wait must be at most 10ms (it is 11ms): past that, \
+         sleeping costs less"
+    );
+    for budget in [Duration::ZERO, Duration::from_millis(10)] {
+        let config = loky::Config::new().max_workers(1).spin_wait(budget);
+        let executor = loky::Executor::new(config).unwrap();
+        assert_eq!(run(&executor, double, 4), 8);
+    }
+}
+
+#[test]
 fn result_timeout_and_states() {
     let executor = executor(1);
     let running = executor.submit(sleep_ms, 300).unwrap();
@@ -397,6 +413,23 @@ fn submit_after_shutdown_hands_the_arguments_back() {
     assert!(matches!(refused.reason, Error::ShutDown));
     let results: Vec<_> = executor.map(double, 0..3).collect();
     assert!(results.iter().all(|r| matches!(r, Err(Error::ShutDown))));
+}
+
+/// Quick calls on idle workers are settled by the workers' links, which
+/// tell the manager first: every future is still done once `shutdown`
+/// has waited.
+#[test]
+fn every_quick_future_is_done_once_shutdown_returns() {
+    let executor = executor(2);
+    let futures: Vec<_> = (0..300)
+        .map(|x| executor.submit(double, x).unwrap())
+        .collect();
+    executor.shutdown(Shutdown::default());
+    assert!(executor.is_stopped());
+    for (x, future) in (0..).zip(futures) {
+        assert!(future.done(), "call {x}");
+        assert_eq!(future.result_timeout(BOUND).unwrap(), 2 * x);
+    }
 }
 
 #[test]

@@ -520,3 +520,56 @@ fn dropping_the_last_handle_in_a_done_callback_does_not_deadlock() {
     rx.recv_timeout(BOUND).expect("the callback returned");
     assert!(future.result_timeout(BOUND).is_ok());
 }
+
+/// CPU ticks (user and system) that `/proc/.../stat` reports.
+fn cpu_ticks(stat_path: &str) -> u64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap();
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime and stime the 12th and 13th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The link threads of `executor`'s workers, in this process.
+fn link_threads(pids: &[u32]) -> Vec<String> {
+    let names: Vec<String> = pids
+        .iter()
+        .map(|pid| format!("loky-link-{pid}").chars().take(15).collect())
+        .collect();
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            names
+                .contains(&comm.trim_end().to_owned())
+                .then(|| path.join("stat").display().to_string())
+        })
+        .collect()
+}
+
+/// Waiting threads look for their answer before they sleep
+/// (`Config::spin_wait`), but only briefly: once the calls stop, neither
+/// the workers nor their links in the parent use any CPU.
+#[test]
+fn an_idle_executor_uses_no_cpu_after_a_burst() {
+    let executor = executor(2);
+    executor.start_workers().unwrap();
+    for x in 0..300 {
+        assert_eq!(run(&executor, echo, x), x);
+    }
+    let pids = executor.worker_pids();
+    assert_eq!(pids.len(), 2);
+    let mut watched: Vec<String> = pids.iter().map(|pid| format!("/proc/{pid}/stat")).collect();
+    let links = link_threads(&pids);
+    assert_eq!(links.len(), 2, "one link thread per worker");
+    watched.extend(links);
+    std::thread::sleep(Duration::from_millis(50));
+    let before: Vec<u64> = watched.iter().map(|path| cpu_ticks(path)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for (path, before) in watched.iter().zip(before) {
+        // A thread that kept looking would use about 50 ticks here.
+        let used = cpu_ticks(path) - before;
+        assert!(used <= 5, "{path} used {used} ticks while idle");
+    }
+}

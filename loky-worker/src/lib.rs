@@ -36,3 +36,4 @@ pub mod region_pool;
 pub mod registry;
 pub mod shared_bytes;
 pub mod shared_slice;
+pub mod spin;

@@ -73,9 +73,9 @@ pub fn serve(
     memory: Option<MemoryWatch>,
 ) -> i32 {
     // The board comes first.
-    let board = match calls.recv() {
+    let (board, spin) = match calls.recv() {
         Ok(Some(ToWorker::Setup(setup))) => match Board::from_shared(setup.board) {
-            Ok(board) => board,
+            Ok(board) => (board, setup.spin.min(crate::spin::MAX_SPIN)),
             Err(error) => return protocol_error(&error),
         },
         Ok(Some(ToWorker::Calls(_))) => return protocol_error("a call before the board"),
@@ -88,7 +88,7 @@ pub fn serve(
         let _flusher = std::thread::Builder::new()
             .name("loky-flusher".to_owned())
             .spawn_scoped(scope, || batch.run_flusher());
-        let code = serve_calls(calls, &board, &batch, results, memory);
+        let code = serve_calls(calls, &board, spin, &batch, results, memory);
         batch.stop();
         code
     })
@@ -98,6 +98,7 @@ pub fn serve(
 fn serve_calls(
     mut calls: impl Inbox,
     board: &Board,
+    spin: std::time::Duration,
     batch: &Batch<'_, impl Outbox>,
     results: &impl Outbox,
     mut memory: Option<MemoryWatch>,
@@ -105,6 +106,8 @@ fn serve_calls(
     let mut retiring = false;
     // Calls received and not yet run, in order.
     let mut waiting = std::collections::VecDeque::new();
+    // `Calls` messages received, against the board's doorbell.
+    let mut received = 0u64;
     loop {
         let call = match waiting.pop_front() {
             Some(call) => call,
@@ -113,10 +116,14 @@ fn serve_calls(
                 if !batch.flush() {
                     return 0;
                 }
+                // The next call is often microseconds away: look for it on
+                // the board before sleeping in the socket.
+                crate::spin::until(spin, || board.rung() != received);
                 match calls.recv() {
                     Ok(Some(ToWorker::Setup(_))) => return protocol_error("a second board"),
-                    Ok(Some(ToWorker::Calls(received))) => {
-                        waiting.extend(received);
+                    Ok(Some(ToWorker::Calls(calls))) => {
+                        received += 1;
+                        waiting.extend(calls);
                         continue;
                     }
                     Ok(Some(ToWorker::Shutdown) | None) => return 0,

@@ -39,6 +39,7 @@ pub struct Config {
     forward_logs: bool,
     pub(crate) label_output: bool,
     pub(crate) backend: crate::cluster::Backend,
+    pub(crate) spin_wait: Duration,
 }
 
 /// A task every worker runs once, before its first task.
@@ -110,6 +111,7 @@ impl Default for Config {
             forward_logs: true,
             label_output: false,
             backend: crate::cluster::Backend::default(),
+            spin_wait: loky_worker::spin::DEFAULT_SPIN,
         }
     }
 }
@@ -296,6 +298,38 @@ impl Config {
         self
     }
 
+    /// How long a thread that waits for a worker looks for its answer
+    /// before it sleeps: a caller in [`Future::result`](crate::Future::result)
+    /// or [`Future::wait_timeout`](crate::Future::wait_timeout), and a
+    /// worker between calls. Default 50 µs; at most 10 ms.
+    ///
+    /// Waking a sleeping thread is most of a short task's round trip (tens
+    /// of microseconds on a virtual machine whose idle CPUs halt), so
+    /// looking first makes a round trip several times shorter. Looking
+    /// costs CPU, at most this long per wait, and yields the CPU to any
+    /// thread that needs it. `Duration::ZERO` turns it off: every wait
+    /// sleeps at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[loky::task]
+    /// fn double(x: u64) -> u64 {
+    ///     2 * x
+    /// }
+    ///
+    /// # fn main() -> Result<(), loky::Error> {
+    /// let quiet = loky::Config::new().max_workers(1).spin_wait(Duration::ZERO);
+    /// let executor = loky::Executor::new(quiet)?;
+    /// assert_eq!(executor.submit(double, 21)?.result()?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spin_wait(mut self, budget: Duration) -> Config {
+        self.spin_wait = budget;
+        self
+    }
+
     /// A worker idle for this long exits; workers come back on demand.
     /// By default a plain executor keeps its workers and the reusable
     /// executor lets them go after 10 s, as Python loky does.
@@ -416,6 +450,13 @@ impl Config {
             return Err(Error::Config(
                 "handshake_timeout must be longer than zero".to_owned(),
             ));
+        }
+        if self.spin_wait > loky_worker::spin::MAX_SPIN {
+            return Err(Error::Config(format!(
+                "spin_wait must be at most {:?} (it is {:?}): past that, sleeping costs less",
+                loky_worker::spin::MAX_SPIN,
+                self.spin_wait
+            )));
         }
         if let Some(init) = &self.initializer {
             crate::task::registered(init.task)?;

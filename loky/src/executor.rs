@@ -506,6 +506,11 @@ impl Executor {
             Err(error) => return Ok(Future::failed(task, error)),
         };
         let (future, state) = Future::new(task);
+        if !self.inner.config.backend.is_cluster() {
+            // A cluster's answers take a network round trip: waiting
+            // callers sleep at once there.
+            state.spin_for(self.inner.config.spin_wait);
+        }
         let id = self.inner.next_job.fetch_add(1, Ordering::Relaxed);
         let events = gate.events.clone();
         state.on_cancel(Box::new(move || {

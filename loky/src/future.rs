@@ -14,6 +14,10 @@
 //! done-callbacks, which need the value where the future completes, have it
 //! decoded there.
 //!
+//! A thread that waits for an outcome (`result`, `wait_timeout`) first
+//! looks at the future's published flag for `Config::spin_wait`, then
+//! sleeps on its condition variable (`loky_worker::spin`).
+//!
 //! Architecture Invariant: a future finishes exactly once; every callback
 //! runs exactly once, after the outcome is known and outside any lock.
 //! While callbacks run, the outcome is lent to them: `result` waits until
@@ -26,6 +30,7 @@ use loky_worker::protocol::Claim as ClaimState;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -70,6 +75,12 @@ pub(crate) struct State<R> {
     /// that it drops the call or, if it is running, kills the worker.
     /// Unset for futures no executor runs.
     on_cancel: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Set when the outcome is published: what a spinning waiter looks at.
+    published: AtomicBool,
+    /// How long a waiter looks for the outcome before it sleeps, in
+    /// nanoseconds (`Config::spin_wait`; zero for futures no worker
+    /// settles).
+    spin_nanos: AtomicU64,
 }
 
 struct Inner<R> {
@@ -156,6 +167,8 @@ impl<R> Future<R> {
             }),
             changed: Condvar::new(),
             on_cancel: OnceLock::new(),
+            published: AtomicBool::new(false),
+            spin_nanos: AtomicU64::new(0),
         });
         (
             Future {
@@ -293,6 +306,7 @@ impl<R> Future<R> {
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now().checked_add(timeout);
         let mut inner = self.state.lock();
+        let mut spun = false;
         while !matches!(inner.phase, Phase::Finished | Phase::Cancelled) {
             let now = Instant::now();
             if deadline.is_some_and(|deadline| now >= deadline) {
@@ -300,7 +314,7 @@ impl<R> Future<R> {
             }
             inner = self
                 .state
-                .wait(inner, deadline.map(|deadline| deadline - now));
+                .wait(inner, deadline.map(|deadline| deadline - now), &mut spun);
         }
         true
     }
@@ -362,6 +376,7 @@ impl<R> Future<R> {
 
     fn take_held(&self, deadline: Option<Instant>) -> Option<Held<R>> {
         let mut inner = self.state.lock();
+        let mut spun = false;
         // Awaited to completion already: nothing will ever come.
         assert!(
             !inner.taken,
@@ -384,7 +399,7 @@ impl<R> Future<R> {
                     Some(deadline - now)
                 }
             };
-            inner = self.state.wait(inner, timeout);
+            inner = self.state.wait(inner, timeout, &mut spun);
         }
     }
 
@@ -412,11 +427,24 @@ impl<R> State<R> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits for a change, at most `timeout`. The first wait of a caller
+    /// (`spun` still false) looks for the outcome for a while before it
+    /// sleeps (`loky_worker::spin`): the guard is released meanwhile, and
+    /// given back as it is then.
     fn wait<'a>(
-        &self,
+        &'a self,
         guard: MutexGuard<'a, Inner<R>>,
         timeout: Option<Duration>,
+        spun: &mut bool,
     ) -> MutexGuard<'a, Inner<R>> {
+        let spin = Duration::from_nanos(self.spin_nanos.load(Ordering::Relaxed));
+        if !*spun && !spin.is_zero() {
+            *spun = true;
+            drop(guard);
+            let budget = timeout.map_or(spin, |timeout| timeout.min(spin));
+            loky_worker::spin::until(budget, || self.published.load(Ordering::Acquire));
+            return self.lock();
+        }
         match timeout {
             None => self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()),
             Some(timeout) => {
@@ -426,6 +454,12 @@ impl<R> State<R> {
                     .0
             }
         }
+    }
+
+    /// A waiter looks for the outcome this long before it sleeps.
+    pub(crate) fn spin_for(&self, budget: Duration) {
+        let nanos = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
+        self.spin_nanos.store(nanos, Ordering::Relaxed);
     }
 
     /// The task's id.
@@ -552,6 +586,7 @@ impl<R> State<R> {
 
     /// Wakes waiters, watchers and the async waker of a finished future.
     fn publish(&self, mut inner: MutexGuard<'_, Inner<R>>) {
+        self.published.store(true, Ordering::Release);
         let watchers = std::mem::take(&mut inner.watchers);
         let waker = inner.waker.take();
         drop(inner);

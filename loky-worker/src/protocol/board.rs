@@ -12,6 +12,7 @@
 //! word SLOTS + ARENA_COUNT    outcomes in the arena (published last)
 //! word SLOTS + ARENA_BYTES    bytes of the arena in use
 //! word SLOTS + OUTBOX_BYTES   bytes of the outbox in use
+//! word SLOTS + SENT           `Calls` messages the parent has sent (the doorbell)
 //! byte HEADER ..              the arena: encoded `ChunkItem`s, one after the other
 //! byte HEADER + ARENA ..      the outbox: encoded `SettledCall`s, one after the other
 //! ```
@@ -33,6 +34,12 @@
 //! outlives the process, which element was running and the outcomes of
 //! those that finished.
 //!
+//! **Doorbell.** The parent counts the `Calls` messages it has sent to the
+//! worker, after sending each. A worker with nothing to run compares the
+//! count with the messages it received, without a system call, while it
+//! spins before sleeping (`crate::spin`). It is a hint, never a claim: the
+//! socket still carries every call.
+//!
 //! **Held-back outcomes.** A worker holds the outcomes of single calls back
 //! briefly, to send many in one message (`loky-worker/src/batch.rs`); it
 //! keeps them in the outbox meanwhile, so when it dies the parent reads
@@ -49,6 +56,7 @@ const ARENA_FIRST: usize = SLOTS + 2;
 const ARENA_COUNT: usize = SLOTS + 3;
 const ARENA_BYTES: usize = SLOTS + 4;
 const OUTBOX_BYTES: usize = SLOTS + 5;
+const SENT: usize = SLOTS + 6;
 /// Bytes before the arena.
 const HEADER: usize = (SLOTS + 8) * 8;
 /// Bytes of chunk outcomes the arena holds before a flush.
@@ -149,6 +157,16 @@ impl Board {
     /// Parent: call `seq` is about to be sent.
     pub fn queue(&self, seq: u64) {
         self.slot(seq).store(seq << 2 | QUEUED, Ordering::Release);
+    }
+
+    /// Parent: one more `Calls` message was sent.
+    pub fn ring(&self) {
+        self.word(SENT).fetch_add(1, Ordering::Release);
+    }
+
+    /// Worker: how many `Calls` messages the parent has sent.
+    pub fn rung(&self) -> u64 {
+        self.word(SENT).load(Ordering::Acquire)
     }
 
     /// Worker: starts call `seq` if it was not taken back.
@@ -340,6 +358,10 @@ mod tests {
             }
         );
         assert_eq!(parent.chunk_progress(0), None);
+        assert_eq!(worker.rung(), 0);
+        parent.ring();
+        parent.ring();
+        assert_eq!(worker.rung(), 2);
     }
 
     #[test]

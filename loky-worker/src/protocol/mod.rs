@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
@@ -155,6 +155,9 @@ pub enum ToWorker {
 pub struct Setup {
     /// The shared page of claims and chunk progress: [`Board`].
     pub board: IpcSharedMemory,
+    /// How long the worker looks for its next call before it sleeps
+    /// (`crate::spin`).
+    pub spin: std::time::Duration,
 }
 
 /// One call of a registered task.

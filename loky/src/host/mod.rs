@@ -81,4 +81,16 @@ impl Calls {
     pub(crate) fn send(&self, message: ToWorker) -> Result<(), String> {
         (self.0)(message)
     }
+
+    /// Sends calls queued on the worker's `board`, then rings its doorbell,
+    /// for a worker that looks there before it sleeps.
+    pub(crate) fn send_calls(
+        &self,
+        board: &loky_worker::protocol::Board,
+        calls: Vec<loky_worker::protocol::Call>,
+    ) -> Result<(), String> {
+        self.send(ToWorker::Calls(calls))?;
+        board.ring();
+        Ok(())
+    }
 }

@@ -119,8 +119,15 @@ impl Direct {
 
     /// On the link thread: settles expected calls' futures with their
     /// outcomes (held-back outcomes arrive several to a message), and
-    /// passes the rest on, one event per call.
-    pub(super) fn route(&self, event: WorkerEvent) -> Vec<Routed> {
+    /// passes the rest on, one event per call. An expected call's
+    /// `Delivered` goes before its future is settled, so that the manager
+    /// can lend its worker again while the caller wakes; the link counts as
+    /// busy until both are done. False once `pass_on` is.
+    pub(super) fn route(
+        &self,
+        event: WorkerEvent,
+        mut pass_on: impl FnMut(Routed) -> bool,
+    ) -> bool {
         match event {
             WorkerEvent::Message(FromWorker::Settled { records }) => {
                 let (outcomes, error) = protocol::settled_outcomes(records.bytes());
@@ -128,19 +135,25 @@ impl Direct {
                     // Settled when the worker is reaped, from its board.
                     tracing::error!(%error, "unreadable outcomes from a worker");
                 }
-                outcomes
-                    .into_iter()
-                    .map(|(seq, outcome)| self.route_done(seq, outcome))
-                    .collect()
+                let mut open = true;
+                for (seq, outcome) in outcomes {
+                    open &= self.route_done(seq, outcome, &mut pass_on);
+                }
+                open
             }
             WorkerEvent::Message(FromWorker::Done { seq, outcome }) => {
-                vec![self.route_done(seq, outcome)]
+                self.route_done(seq, outcome, &mut pass_on)
             }
-            other => vec![Routed::Event(other)],
+            other => pass_on(Routed::Event(other)),
         }
     }
 
-    fn route_done(&self, seq: u64, outcome: Outcome) -> Routed {
+    fn route_done(
+        &self,
+        seq: u64,
+        outcome: Outcome,
+        pass_on: &mut impl FnMut(Routed) -> bool,
+    ) -> bool {
         let expected = match self.pid.get() {
             Some(&pid) => self
                 .table()
@@ -148,20 +161,23 @@ impl Direct {
                 .map(|completion| (pid, completion)),
             None => None,
         };
-        match expected {
-            Some((pid, completion)) => {
-                // Outside the table's lock: callbacks may run here.
-                struct Restore(bool);
-                impl Drop for Restore {
-                    fn drop(&mut self) {
-                        SETTLING.with(|settling| settling.set(self.0));
-                    }
-                }
-                let _restore = Restore(SETTLING.with(|settling| settling.replace(true)));
-                completion.finish_remote(pid, outcome);
-                Routed::Delivered(seq)
+        let Some((pid, completion)) = expected else {
+            return pass_on(Routed::Event(WorkerEvent::Message(FromWorker::Done {
+                seq,
+                outcome,
+            })));
+        };
+        // Settled even if the manager is gone: the outcome is known.
+        let open = pass_on(Routed::Delivered(seq));
+        // Outside the table's lock: callbacks may run here.
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                SETTLING.with(|settling| settling.set(self.0));
             }
-            None => Routed::Event(WorkerEvent::Message(FromWorker::Done { seq, outcome })),
         }
+        let _restore = Restore(SETTLING.with(|settling| settling.replace(true)));
+        completion.finish_remote(pid, outcome);
+        open
     }
 }

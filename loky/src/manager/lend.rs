@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::host::Calls;
 use crate::job::{Claim, Job};
 use crossbeam_channel::{SendError, Sender};
-use loky_worker::protocol::{Board, Call, CallKind, ToWorker};
+use loky_worker::protocol::{Board, Call, CallKind};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// One idle worker, reserved for the first submitter that takes it.
@@ -97,7 +97,7 @@ impl Lending {
         let lent = Event::Lent {
             worker,
             seq,
-            board,
+            board: Arc::clone(&board),
             job,
         };
         if let Err(SendError(Event::Lent { job, .. })) = events.send(lent) {
@@ -110,7 +110,7 @@ impl Lending {
         // If the worker is gone, the call stays queued on its board and
         // runs elsewhere once the manager has reaped it; if the send failed
         // otherwise, the manager kills it, to the same end.
-        if calls.send(ToWorker::Calls(vec![call])).is_err() {
+        if calls.send_calls(&board, vec![call]).is_err() {
             let _ = events.send(Event::LentUnsent { worker });
         }
         None

@@ -711,6 +711,7 @@ impl<B: Backend> Manager<B> {
             let shared = panic::catch_unwind(AssertUnwindSafe(|| {
                 calls.send(ToWorker::Setup(Setup {
                     board: board.share(),
+                    spin: self.config.spin_wait,
                 }))
             }));
             match shared {
@@ -738,18 +739,20 @@ impl<B: Backend> Manager<B> {
                 let seq = worker.next_seq;
                 worker.next_seq += 1;
                 board.queue(seq);
-                let _ = calls.send(ToWorker::Calls(vec![Call {
-                    seq,
-                    task: init.task.to_owned(),
-                    kind: CallKind::Single,
-                    args: Payload::pack_args(init.args.clone().unwrap_or_default()).unwrap_or_else(
-                        |_| {
-                            // No region to be had: inline, once per worker.
-                            Payload::Inline(init.args.clone().unwrap_or_default())
-                        },
-                    ),
-                    regions: init.regions.0.clone(),
-                }]));
+                let _ = calls.send_calls(
+                    &board,
+                    vec![Call {
+                        seq,
+                        task: init.task.to_owned(),
+                        kind: CallKind::Single,
+                        args: Payload::pack_args(init.args.clone().unwrap_or_default())
+                            .unwrap_or_else(|_| {
+                                // No region to be had: inline, once per worker.
+                                Payload::Inline(init.args.clone().unwrap_or_default())
+                            }),
+                        regions: init.regions.0.clone(),
+                    }],
+                );
                 Life::Initializing { calls, seq }
             }
             None => Life::Serving { calls },
@@ -1212,11 +1215,11 @@ impl<B: Backend> Manager<B> {
             }
             let batch = std::mem::take(&mut worker.unsent);
             // Few messages, each within the descriptors one may carry.
-            let sent = match worker.calls() {
-                Some(calls) => protocol::split_by_descriptors(batch)
+            let sent = match (worker.calls(), &worker.board) {
+                (Some(calls), Some(board)) => protocol::split_by_descriptors(batch)
                     .into_iter()
-                    .try_for_each(|message| calls.send(ToWorker::Calls(message))),
-                None => Err("it takes no calls".to_owned()),
+                    .try_for_each(|message| calls.send_calls(board, message)),
+                _ => Err("it takes no calls".to_owned()),
             };
             if let Err(error) = sent {
                 tracing::debug!(pid = worker.pid, %error, "send to worker failed");
@@ -1301,7 +1304,7 @@ impl<B: Backend> Manager<B> {
             let notify: Notify = Box::new(move |event| {
                 let message = matches!(event, WorkerEvent::Message(_));
                 link_direct.passing_on(message, || {
-                    link_direct.route(event).into_iter().all(|routed| {
+                    link_direct.route(event, |routed| {
                         let event = match routed {
                             Routed::Event(event) => Event::Worker(id, event),
                             Routed::Delivered(seq) => Event::Delivered(id, seq),
