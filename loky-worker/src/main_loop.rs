@@ -108,6 +108,7 @@ fn serve_calls(
     let mut waiting = std::collections::VecDeque::new();
     // `Calls` messages received, against the board's doorbell.
     let mut received = 0u64;
+    let mut exchanging = true;
     loop {
         let call = match waiting.pop_front() {
             Some(call) => call,
@@ -116,13 +117,19 @@ fn serve_calls(
                 if !batch.flush() {
                     return 0;
                 }
-                // The next call is often microseconds away: look for it on
-                // the board before sleeping in the socket.
-                crate::spin::until(spin, || board.rung() != received);
+                // Calls sent one at a time are an exchange: the next one is
+                // often microseconds after this answer, so look for it on
+                // the board before sleeping in the socket. Calls sent in
+                // batches come from a busy feeder, whose CPU looking would
+                // take.
+                if exchanging {
+                    crate::spin::until(spin, || board.rung() != received);
+                }
                 match calls.recv() {
                     Ok(Some(ToWorker::Setup(_))) => return protocol_error("a second board"),
                     Ok(Some(ToWorker::Calls(calls))) => {
                         received += 1;
+                        exchanging = calls.len() == 1;
                         waiting.extend(calls);
                         continue;
                     }
