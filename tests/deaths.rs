@@ -115,6 +115,31 @@ fn abort_now() {
 /// none: the parent reads them from the board, and only the call that was
 /// running is blamed. (The hold is stretched to a minute, so that the
 /// outcomes are still held when the worker dies.)
+/// A caller waiting for a single call watches for its outcome on the
+/// worker's board, and the worker puts it there instead of sending it.
+/// A worker that dies just after (here it exits at once) loses nothing:
+/// the caller takes the outcome from the board, or the parent does when it
+/// reaps the worker, and nobody is blamed for the exit.
+#[test]
+fn an_outcome_in_the_reply_box_of_a_worker_that_exits_is_not_lost() {
+    let config = Config::new()
+        .max_workers(1)
+        .spin_wait(Duration::from_millis(10))
+        .env("LOKY_WORKER_FAULT", "exit-after-reply:3");
+    let executor = Executor::new(config).unwrap();
+    for i in 0..20 {
+        executor.start_workers().unwrap();
+        // The worker is idle: the call goes straight to it, and this
+        // thread watches for the outcome while it runs.
+        assert_eq!(run(&executor, add, (i, 100)), i + 100, "call {i}");
+    }
+    // Most outcomes went through the box, each at the cost of a worker,
+    // and no call was blamed for those exits.
+    let stats = executor.stats();
+    assert!(stats.exits.crashed >= 10, "{stats:?}");
+    assert_eq!((stats.done, stats.failed), (20, 0));
+}
+
 #[test]
 fn outcomes_held_back_by_a_worker_that_dies_are_not_lost() {
     let config = Config::new()

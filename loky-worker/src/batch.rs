@@ -16,8 +16,7 @@
 //! Without a flusher thread (the OS refused one), nothing is held back.
 
 use crate::main_loop::Outbox;
-use crate::protocol::{Board, ChunkItem, FromWorker, Outcome, Payload, SettledCall};
-use std::borrow::Cow;
+use crate::protocol::{self, Board, FromWorker, Outcome, Payload};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -74,24 +73,13 @@ impl<'a, O: Outbox> Batch<'a, O> {
     /// outbox), once what was held back before it is sent.
     pub(crate) fn hold(&self, seq: u64, outcome: &Outcome) -> bool {
         let mut state = self.lock();
-        let item = match outcome {
-            Outcome::Returned(Payload::Inline(bytes)) => ChunkItem::Returned(Cow::Borrowed(bytes)),
-            Outcome::Failed(failure) => ChunkItem::Failed(failure.clone()),
-            Outcome::Returned(Payload::Shared(_)) => {
-                self.flush_locked(&mut state);
-                return false;
-            }
-        };
         if !state.flusher {
             return false;
         }
         let record = std::mem::take(&mut state.record);
-        let record = match postcard::to_extend(&SettledCall { seq, item }, clear(record)) {
-            Ok(record) => record,
-            Err(_) => {
-                self.flush_locked(&mut state);
-                return false;
-            }
+        let Some(record) = protocol::encode_settled(seq, outcome, clear(record)) else {
+            self.flush_locked(&mut state);
+            return false;
         };
         let mut held = self.board.outbox_push(&record);
         if !held {

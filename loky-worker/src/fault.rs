@@ -13,7 +13,9 @@
 //!   built from other sources would;
 //! - `hold:MS`: hold single calls' outcomes back up to MS milliseconds
 //!   (instead of `batch::HOLD_AT_MOST`), so that a test can die holding
-//!   some.
+//!   some;
+//! - `exit-after-reply:N`: exit with code N right after putting an outcome
+//!   in the board's reply box, before its caller may have taken it.
 
 /// The variable naming the fault.
 pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
@@ -85,6 +87,21 @@ pub(crate) fn hold_at_most(default: std::time::Duration) -> std::time::Duration 
 pub(crate) fn hold_at_most(default: std::time::Duration) -> std::time::Duration {
     default
 }
+
+/// Acts on the `exit-after-reply:N` fault, once an outcome is in the box.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn after_reply() {
+    if let Some(code) = std::env::var(ENV_FAULT)
+        .ok()
+        .and_then(|fault| fault.strip_prefix("exit-after-reply:")?.parse().ok())
+    {
+        std::process::exit(code);
+    }
+}
+
+/// Without the feature: no fault.
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn after_reply() {}
 
 /// The variable naming a fault of a cluster agent (feature `nats` of
 /// `loky`), one of:

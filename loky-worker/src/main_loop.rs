@@ -109,6 +109,8 @@ fn serve_calls(
     // `Calls` messages received, against the board's doorbell.
     let mut received = 0u64;
     let mut exchanging = true;
+    // Where an outcome for the reply box is encoded, reused.
+    let mut record = Vec::new();
     loop {
         let call = match waiting.pop_front() {
             Some(call) => call,
@@ -150,7 +152,13 @@ fn serve_calls(
         let outcome = execute(call, board, results);
         // Held back only while more calls wait: the last one's outcome
         // goes at once (and what was held with it, just after).
-        let held = kind == CallKind::Single && !waiting.is_empty() && batch.hold(seq, &outcome);
+        let held = kind == CallKind::Single
+            && if waiting.is_empty() {
+                // A caller watching for it takes it from the board.
+                board.watched(seq) && reply(board, seq, &outcome, &mut record)
+            } else {
+                batch.hold(seq, &outcome)
+            };
         if !held && !results.send(FromWorker::Done { seq, outcome }) {
             // The parent is gone: nobody is left to serve.
             return 0;
@@ -160,6 +168,22 @@ fn serve_calls(
             retiring = batch.flush() && results.send(FromWorker::Retire(reason));
         }
     }
+}
+
+/// Puts call `seq`'s outcome in the board's reply box, for the caller
+/// watching for it; false if it must be sent instead.
+fn reply(board: &Board, seq: u64, outcome: &Outcome, record: &mut Vec<u8>) -> bool {
+    let mut buffer = std::mem::take(record);
+    buffer.clear();
+    let Some(encoded) = protocol::encode_settled(seq, outcome, buffer) else {
+        return false;
+    };
+    let replied = board.reply(seq, &encoded);
+    *record = encoded;
+    if replied {
+        fault::after_reply();
+    }
+    replied
 }
 
 fn protocol_error(error: &str) -> i32 {

@@ -533,7 +533,8 @@ impl Executor {
             regions,
         };
         // Straight to an idle worker, if the manager lent one.
-        let Some(job) = self.inner.shared.lending.send(job, &gate.events) else {
+        let spin = self.inner.config.spin_wait;
+        let Some(job) = self.inner.shared.lending.send(job, &gate.events, spin) else {
             return Ok(future);
         };
         if let Err(crossbeam_channel::SendError(Event::Submit(job))) =

@@ -440,9 +440,18 @@ impl<R> State<R> {
         let spin = Duration::from_nanos(self.spin_nanos.load(Ordering::Relaxed));
         if !*spun && !spin.is_zero() {
             *spun = true;
+            let pickup = guard.claim.as_ref().and_then(Claim::pickup);
             drop(guard);
             let budget = timeout.map_or(spin, |timeout| timeout.min(spin));
-            loky_worker::spin::until(budget, || self.published.load(Ordering::Acquire));
+            let published = || self.published.load(Ordering::Acquire);
+            match pickup {
+                // A single call on a local worker: its outcome may come
+                // through the board, picked up here.
+                Some((pickup, seq)) => pickup.pick_up(seq, budget, &published),
+                None => {
+                    loky_worker::spin::until(budget, published);
+                }
+            }
             return self.lock();
         }
         match timeout {

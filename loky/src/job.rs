@@ -101,25 +101,51 @@ impl Job {
 
 /// Where a call sent to a worker stands.
 pub(crate) enum Claim {
-    /// Its slot on a local worker's board, which the worker claims.
-    Board { board: Arc<Board>, seq: u64 },
+    /// Its slot on a local worker's board, which the worker claims; for a
+    /// single call, where its caller may pick its outcome up itself.
+    Board {
+        board: Arc<Board>,
+        seq: u64,
+        pickup: Option<Arc<dyn Pickup>>,
+    },
     /// A flag the client of a cluster sets when an agent says it started
     /// the call (feature `nats`).
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     Flag(Arc<RemoteClaim>),
 }
 
+/// Where a caller may pick a single call's outcome up itself, from its
+/// worker's board, instead of waiting for the worker's link thread to pass
+/// it on (`manager::direct`).
+pub(crate) trait Pickup: Send + Sync {
+    /// Waits for call `seq`'s outcome until `done` holds or `budget` has
+    /// passed, and delivers it (settling the future) if it is found.
+    fn pick_up(&self, seq: u64, budget: std::time::Duration, done: &dyn Fn() -> bool);
+}
+
 impl Claim {
+    /// Where the caller may pick the outcome up, and the call's number.
+    pub(crate) fn pickup(&self) -> Option<(Arc<dyn Pickup>, u64)> {
+        match self {
+            Claim::Board {
+                seq,
+                pickup: Some(pickup),
+                ..
+            } => Some((Arc::clone(pickup), *seq)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn state(&self) -> ClaimState {
         match self {
-            Claim::Board { board, seq } => board.state(*seq),
+            Claim::Board { board, seq, .. } => board.state(*seq),
             Claim::Flag(flag) => flag.state(),
         }
     }
 
     pub(crate) fn revoke(&self) -> bool {
         match self {
-            Claim::Board { board, seq } => board.revoke(*seq),
+            Claim::Board { board, seq, .. } => board.revoke(*seq),
             Claim::Flag(flag) => flag.swap(RemoteClaim::REVOKED),
         }
     }

@@ -13,8 +13,10 @@
 //! word SLOTS + ARENA_BYTES    bytes of the arena in use
 //! word SLOTS + OUTBOX_BYTES   bytes of the outbox in use
 //! word SLOTS + SENT           `Calls` messages the parent has sent (the doorbell)
+//! word SLOTS + WATCH          the call whose outcome a caller watches for: seq << 2 | stage
 //! byte HEADER ..              the arena: encoded `ChunkItem`s, one after the other
 //! byte HEADER + ARENA ..      the outbox: encoded `SettledCall`s, one after the other
+//! byte HEADER + ARENA + OUTBOX .. the reply box: a length word, then one encoded `SettledCall`
 //! ```
 //!
 //! **Claims.** The parent writes `seq, QUEUED` into slot `seq % SLOTS`
@@ -40,6 +42,19 @@
 //! spins before sleeping (`crate::spin`). It is a hint, never a claim: the
 //! socket still carries every call.
 //!
+//! **Reply box.** A caller waiting for a single call's outcome may watch
+//! for it here instead of waiting for the worker's link thread to pass it
+//! on: one thread hand-off fewer. It moves `WATCH` from 0 to `seq,
+//! WATCHING`. A worker that finishes call `seq` while it is watched writes
+//! the outcome into the box, then moves the word to `seq, READY` (instead
+//! of sending it). Whoever moves it from `seq, READY` to `seq, TAKEN`
+//! delivers the outcome: the caller, or when the worker died the parent's
+//! manager; a taker that is done moves it back to 0. A caller that stops
+//! watching moves the word from `seq, WATCHING` back to 0; if that fails,
+//! the outcome is in the box. Each move is a compare-and-swap, so exactly
+//! one side delivers, and the box is written only while watched, when no
+//! one reads it.
+//!
 //! **Held-back outcomes.** A worker holds the outcomes of single calls back
 //! briefly, to send many in one message (`loky-worker/src/batch.rs`); it
 //! keeps them in the outbox meanwhile, so when it dies the parent reads
@@ -57,14 +72,21 @@ const ARENA_COUNT: usize = SLOTS + 3;
 const ARENA_BYTES: usize = SLOTS + 4;
 const OUTBOX_BYTES: usize = SLOTS + 5;
 const SENT: usize = SLOTS + 6;
+const WATCH: usize = SLOTS + 7;
 /// Bytes before the arena.
 const HEADER: usize = (SLOTS + 8) * 8;
 /// Bytes of chunk outcomes the arena holds before a flush.
 pub const ARENA: usize = 64 * 1024;
 /// Bytes of held-back outcomes the outbox holds before they are sent.
 const OUTBOX: usize = 64 * 1024;
+/// Bytes of the reply box, its length word included.
+const REPLY_BOX: usize = 4096;
 /// The board's size in bytes.
-pub const BOARD_BYTES: usize = HEADER + ARENA + OUTBOX;
+pub const BOARD_BYTES: usize = HEADER + ARENA + OUTBOX + REPLY_BOX;
+
+const WATCHING: u64 = 1;
+const READY: u64 = 2;
+const TAKEN: u64 = 3;
 
 const QUEUED: u64 = 1;
 const STARTED: u64 = 2;
@@ -167,6 +189,133 @@ impl Board {
     /// Worker: how many `Calls` messages the parent has sent.
     pub fn rung(&self) -> u64 {
         self.word(SENT).load(Ordering::Acquire)
+    }
+
+    /// Parent: a caller watches for call `seq`'s outcome in the reply box;
+    /// false if another call is watched.
+    pub fn watch(&self, seq: u64) -> bool {
+        self.word(WATCH)
+            .compare_exchange(0, seq << 2 | WATCHING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Parent: the caller stops watching for call `seq`; false if the
+    /// outcome is in the box (or being delivered) already.
+    pub fn unwatch(&self, seq: u64) -> bool {
+        let word = self.word(WATCH);
+        match word.compare_exchange(seq << 2 | WATCHING, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(other) => other >> 2 != seq,
+        }
+    }
+
+    /// Parent: whether call `seq`'s outcome waits in the box.
+    pub fn reply_ready(&self, seq: u64) -> bool {
+        self.word(WATCH).load(Ordering::Acquire) == seq << 2 | READY
+    }
+
+    /// Parent: whether someone took call `seq`'s outcome out of the box
+    /// and is delivering it.
+    pub fn reply_taken(&self, seq: u64) -> bool {
+        self.word(WATCH).load(Ordering::Acquire) == seq << 2 | TAKEN
+    }
+
+    /// Parent: takes call `seq`'s encoded outcome (a [`SettledCall`](super::SettledCall)
+    /// record) out of the box, if it is there and nobody took it; the taker
+    /// delivers it, then calls [`reply_delivered`](Self::reply_delivered).
+    pub fn take_reply(&self, seq: u64) -> Option<Vec<u8>> {
+        self.word(WATCH)
+            .compare_exchange(
+                seq << 2 | READY,
+                seq << 2 | TAKEN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok()?;
+        // SAFETY: the worker wrote the record before `READY`, and writes the
+        // box again only once it is watched anew, after `reply_delivered`.
+        Some(unsafe { self.box_record() })
+    }
+
+    /// Parent, for a worker it kills: the outcome waiting in the box, taken
+    /// (nobody else delivers it), if there is one.
+    pub fn take_any_reply(&self) -> Option<Vec<u8>> {
+        let word = self.word(WATCH).load(Ordering::Acquire);
+        if word & 3 != READY {
+            return None;
+        }
+        let record = self.take_reply(word >> 2)?;
+        self.reply_delivered(word >> 2);
+        Some(record)
+    }
+
+    /// Parent, once the worker is dead: the outcome in the box, if one is
+    /// waiting there or a caller is delivering it (delivering it twice is
+    /// harmless: a future is settled once).
+    pub fn dead_reply(&self) -> Option<Vec<u8>> {
+        let word = self.word(WATCH).load(Ordering::Acquire);
+        if !matches!(word & 3, READY | TAKEN) {
+            return None;
+        }
+        // SAFETY: as in `take_reply`; the worker, the only writer, is dead.
+        unsafe { Some(self.box_record()) }
+    }
+
+    /// The record in the box.
+    ///
+    /// # Safety
+    ///
+    /// The box must hold a complete record that nobody writes meanwhile:
+    /// `WATCH` says `READY` or `TAKEN`, and the worker is dead or only
+    /// writes it once watched anew.
+    unsafe fn box_record(&self) -> Vec<u8> {
+        let at = HEADER + ARENA + OUTBOX;
+        // SAFETY: the length word and the record lie within the mapping
+        // (the length is bounded); the caller vouches for the rest.
+        unsafe {
+            let len = (*self.base.add(at).cast::<u64>()).min((REPLY_BOX - 8) as u64) as usize;
+            std::slice::from_raw_parts(self.base.add(at + 8), len).to_vec()
+        }
+    }
+
+    /// Parent: call `seq`'s outcome, taken from the box, is delivered.
+    pub fn reply_delivered(&self, seq: u64) {
+        let _ = self.word(WATCH).compare_exchange(
+            seq << 2 | TAKEN,
+            0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Worker: whether a caller watches for call `seq`'s outcome.
+    pub fn watched(&self, seq: u64) -> bool {
+        self.word(WATCH).load(Ordering::Acquire) == seq << 2 | WATCHING
+    }
+
+    /// Worker: puts `record`, call `seq`'s encoded outcome, in the box for
+    /// the caller watching for it; false if it does not fit or nobody
+    /// watches any more (then it must be sent).
+    pub fn reply(&self, seq: u64, record: &[u8]) -> bool {
+        if record.len() > REPLY_BOX - 8 || !self.watched(seq) {
+            return false;
+        }
+        let at = HEADER + ARENA + OUTBOX;
+        // SAFETY: within the mapping (checked above). While `seq` is
+        // watched nobody reads the box: the last taker was done before
+        // the word went back to 0.
+        unsafe {
+            std::ptr::copy_nonoverlapping(record.as_ptr(), self.base.add(at + 8), record.len());
+            *self.base.add(at).cast::<u64>() = record.len() as u64;
+        }
+        self.word(WATCH)
+            .compare_exchange(
+                seq << 2 | WATCHING,
+                seq << 2 | READY,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     /// Worker: starts call `seq` if it was not taken back.
@@ -362,6 +511,38 @@ mod tests {
         parent.ring();
         parent.ring();
         assert_eq!(worker.rung(), 2);
+    }
+
+    #[test]
+    fn a_reply_in_the_box_is_delivered_once() {
+        let parent = Board::new().unwrap();
+        let worker = Board::from_shared(parent.share()).unwrap();
+        // Nobody watches: the worker sends its outcome instead.
+        assert!(!worker.reply(7, b"seven"));
+        // Watched, answered: the caller cannot stop watching, and takes it.
+        assert!(parent.watch(7));
+        assert!(!parent.watch(8), "one call is watched at a time");
+        assert!(worker.watched(7) && !worker.watched(8));
+        assert!(!worker.reply(7, &[0; REPLY_BOX]), "too large for the box");
+        assert!(worker.reply(7, b"seven"));
+        assert!(parent.reply_ready(7) && !parent.unwatch(7));
+        assert_eq!(parent.dead_reply().as_deref(), Some(&b"seven"[..]));
+        assert_eq!(parent.take_reply(7).as_deref(), Some(&b"seven"[..]));
+        assert_eq!(parent.take_reply(7), None, "taken once");
+        assert_eq!(parent.take_any_reply(), None, "a caller delivers it");
+        assert!(parent.reply_taken(7));
+        parent.reply_delivered(7);
+        assert_eq!(parent.dead_reply(), None);
+        // Watched, not answered: the caller stops watching, and a worker
+        // that answers later sends the outcome.
+        assert!(parent.watch(9));
+        assert!(parent.unwatch(9));
+        assert!(!worker.reply(9, b"nine"));
+        // A killed worker's waiting reply goes to the parent, once.
+        assert!(parent.watch(10) && worker.reply(10, b"ten"));
+        assert_eq!(parent.take_any_reply().as_deref(), Some(&b"ten"[..]));
+        assert_eq!(parent.take_reply(10), None);
+        assert!(parent.watch(11), "the box is free again");
     }
 
     #[test]

@@ -345,6 +345,20 @@ pub struct SettledCall<'a> {
     pub item: ChunkItem<'a>,
 }
 
+/// Appends call `seq`'s `outcome`, encoded as a [`SettledCall`], to `out`;
+/// `None` for an outcome that cannot be laid out so (a result in shared
+/// memory) or does not encode.
+pub fn encode_settled(seq: u64, outcome: &Outcome, out: Vec<u8>) -> Option<Vec<u8>> {
+    let item = match outcome {
+        Outcome::Returned(Payload::Inline(bytes)) => {
+            ChunkItem::Returned(std::borrow::Cow::Borrowed(bytes))
+        }
+        Outcome::Failed(failure) => ChunkItem::Failed(failure.clone()),
+        Outcome::Returned(Payload::Shared(_)) => return None,
+    };
+    postcard::to_extend(&SettledCall { seq, item }, out).ok()
+}
+
 /// The [`SettledCall`]s laid one after the other in `bytes`, one at a
 /// time; stops after the first error.
 pub fn settled_calls(bytes: &[u8]) -> impl Iterator<Item = Result<SettledCall<'_>, String>> {

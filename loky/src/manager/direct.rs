@@ -11,8 +11,9 @@
 //! out of the table, so its outcome then reaches the manager as before.
 
 use crate::host::WorkerEvent;
-use crate::job::Completion;
-use loky_worker::protocol::{self, FromWorker, Outcome};
+use crate::job::{Completion, Pickup};
+use loky_worker::protocol::{self, Board, FromWorker, Outcome, Payload};
+use loky_worker::spin;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,9 +36,12 @@ pub(crate) fn settling() -> bool {
     SETTLING.with(Cell::get)
 }
 
-/// One worker's single calls whose outcome its link delivers.
-#[derive(Default)]
-pub(super) struct Direct {
+/// Where a routed event goes: the manager.
+type PassOn = Box<dyn Fn(Routed) -> bool + Send + Sync>;
+
+/// One worker's single calls whose outcome its link (or their caller,
+/// from the reply box) delivers.
+pub(crate) struct Direct {
     /// The worker's pid, set once it is spawned: outcomes name it.
     pid: OnceLock<u32>,
     expected: Mutex<HashMap<u64, Arc<dyn Completion>>>,
@@ -48,6 +52,10 @@ pub(super) struct Direct {
     /// since `epoch`.
     last_done: AtomicU64,
     epoch: OnceLock<Instant>,
+    /// The worker's board, once it has one: callers pick outcomes up from
+    /// its reply box.
+    board: OnceLock<Arc<Board>>,
+    pass_on: PassOn,
 }
 
 /// What the link passes on to the manager.
@@ -59,6 +67,31 @@ pub(super) enum Routed {
 }
 
 impl Direct {
+    /// Routed events go to `pass_on`.
+    pub(super) fn new(pass_on: impl Fn(Routed) -> bool + Send + Sync + 'static) -> Direct {
+        Direct {
+            pid: OnceLock::new(),
+            expected: Mutex::default(),
+            busy: AtomicUsize::new(0),
+            last_done: AtomicU64::new(0),
+            epoch: OnceLock::new(),
+            board: OnceLock::new(),
+            pass_on: Box::new(pass_on),
+        }
+    }
+
+    /// The worker got its board.
+    pub(super) fn set_board(&self, board: Arc<Board>) {
+        let _ = self.board.set(board);
+    }
+
+    /// On the link thread: passes a worker's event on, settling the
+    /// futures of expected calls; false once the manager is gone.
+    pub(super) fn deliver(&self, event: WorkerEvent) -> bool {
+        let message = matches!(event, WorkerEvent::Message(_));
+        self.passing_on(message, || self.route(event, &self.pass_on))
+    }
+
     pub(super) fn set_pid(&self, pid: u32) {
         let _ = self.pid.set(pid);
     }
@@ -123,11 +156,7 @@ impl Direct {
     /// `Delivered` goes before its future is settled, so that the manager
     /// can lend its worker again while the caller wakes; the link counts as
     /// busy until both are done. False once `pass_on` is.
-    pub(super) fn route(
-        &self,
-        event: WorkerEvent,
-        mut pass_on: impl FnMut(Routed) -> bool,
-    ) -> bool {
+    fn route(&self, event: WorkerEvent, mut pass_on: impl FnMut(Routed) -> bool) -> bool {
         match event {
             WorkerEvent::Message(FromWorker::Settled { records }) => {
                 let (outcomes, error) = protocol::settled_outcomes(records.bytes());
@@ -179,5 +208,34 @@ impl Direct {
         let _restore = Restore(SETTLING.with(|settling| settling.replace(true)));
         completion.finish_remote(pid, outcome);
         open
+    }
+}
+
+impl Pickup for Direct {
+    /// On the caller's thread: watches for call `seq`'s outcome in the
+    /// board's reply box while it waits, and delivers it as the link would.
+    fn pick_up(&self, seq: u64, budget: Duration, done: &dyn Fn() -> bool) {
+        let Some(board) = self.board.get().filter(|board| board.watch(seq)) else {
+            // Another caller watches this worker: wait as usual.
+            spin::until(budget, done);
+            return;
+        };
+        spin::until(budget, || done() || board.reply_ready(seq));
+        if board.unwatch(seq) {
+            // Not answered into the box: its link delivers it.
+            return;
+        }
+        // Taken by the manager instead when its worker died meanwhile.
+        let Some(record) = board.take_reply(seq) else {
+            return;
+        };
+        let records = Payload::Inline(record);
+        self.deliver(WorkerEvent::Message(FromWorker::Settled { records }));
+        board.reply_delivered(seq);
+        if self.table().is_empty() {
+            // Its worker holds no other single call: it is idle again,
+            // unless it runs a chunk.
+            super::lend::offer_coming();
+        }
     }
 }

@@ -14,10 +14,13 @@ use super::Event;
 use super::direct::Direct;
 use crate::error::Error;
 use crate::host::Calls;
-use crate::job::{Claim, Job};
+use crate::job::{Claim, Job, Pickup};
 use crossbeam_channel::{SendError, Sender};
 use loky_worker::protocol::{Board, Call, CallKind};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// One idle worker, reserved for the first submitter that takes it.
 pub(crate) struct Ticket {
@@ -28,13 +31,41 @@ pub(crate) struct Ticket {
     pub(super) direct: Arc<Direct>,
 }
 
+thread_local! {
+    /// Set when this thread picked up the outcome of the last call its
+    /// worker held: the worker is about to be offered again.
+    static OFFER_COMING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// This thread delivered the last call its worker held.
+pub(super) fn offer_coming() {
+    OFFER_COMING.set(true);
+}
+
 /// The tickets on offer.
 #[derive(Default)]
-pub(crate) struct Lending(Mutex<Vec<Ticket>>);
+pub(crate) struct Lending {
+    tickets: Mutex<Vec<Ticket>>,
+    /// Calls delivered (`Event::Delivered`) whose step the manager has not
+    /// finished: each may put its worker on offer again.
+    coming: AtomicUsize,
+}
 
 impl Lending {
     fn tickets(&self) -> std::sync::MutexGuard<'_, Vec<Ticket>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.tickets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Link or caller: a call was delivered; its worker may come back on
+    /// offer once the manager has heard.
+    pub(super) fn delivering(&self) {
+        self.coming.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Manager: it finished the step in which it heard of `delivered`
+    /// calls (and offered their workers, if it would).
+    pub(super) fn delivered(&self, delivered: usize) {
+        self.coming.fetch_sub(delivered, Ordering::AcqRel);
     }
 
     /// Manager: offers a worker.
@@ -58,8 +89,21 @@ impl Lending {
 
     /// Submitter: sends a single call straight to an idle worker, if one
     /// is on offer; otherwise gives the job back.
-    pub(crate) fn send(&self, job: Job, events: &Sender<Event>) -> Option<Job> {
-        if job.kind != CallKind::Single || self.tickets().is_empty() {
+    pub(crate) fn send(&self, job: Job, events: &Sender<Event>, spin: Duration) -> Option<Job> {
+        if job.kind != CallKind::Single {
+            return Some(job);
+        }
+        // A caller that submits again as soon as it picked its last call's
+        // outcome up finds the manager about to offer that worker, idle
+        // now, again: waiting for it is shorter than the manager's round (a
+        // wake-up, a step) for the call.
+        let offered = || !self.tickets().is_empty() || self.coming.load(Ordering::Acquire) == 0;
+        let wait = if OFFER_COMING.replace(false) {
+            spin
+        } else {
+            Duration::ZERO
+        };
+        if !loky_worker::spin::until(wait, offered) || self.tickets().is_empty() {
             return Some(job);
         }
         // Made before a ticket is taken: cloning regions may panic (out of
@@ -80,6 +124,7 @@ impl Lending {
         let claim = Claim::Board {
             board: Arc::clone(&board),
             seq,
+            pickup: Some(Arc::clone(&direct) as Arc<dyn Pickup>),
         };
         if !job.completion.attach(claim) {
             // Cancelled already: it never runs. The manager still hears of

@@ -186,14 +186,19 @@ impl<B: Backend> Manager<B> {
                 worker.lent = None;
             }
         }
+        let mut delivered = 0;
+        let mut handle = |manager: &mut Self, event: Event| {
+            delivered += usize::from(matches!(event, Event::Delivered(..)));
+            manager.handle(event);
+        };
         match event {
-            Ok(event) => self.handle(event),
+            Ok(event) => handle(self, event),
             Err(RecvTimeoutError::Timeout) => {}
             // Unreachable: this thread holds a sender itself.
             Err(RecvTimeoutError::Disconnected) => return false,
         }
         while let Ok(event) = self.events.try_recv() {
-            self.handle(event);
+            handle(self, event);
         }
         let now = Instant::now();
         self.check_timers(now);
@@ -202,6 +207,7 @@ impl<B: Backend> Manager<B> {
         self.reap_ready(now);
         self.dispatch();
         self.lend();
+        self.shared.lending.delivered(delivered);
         self.publish();
         self.answer_start_waiters();
         !self.finished()
@@ -546,7 +552,7 @@ impl<B: Backend> Manager<B> {
         let board = worker.board.clone();
         let mut requeue = Vec::new();
         // Outcomes it holds back are of calls that finished.
-        let mut held_back = held_back(board.as_deref());
+        let mut held_back = held_back(board.as_deref(), false);
         let pid = worker.pid;
         for held in std::mem::take(&mut worker.inflight) {
             if let Some(outcome) = held_back.remove(&held.seq) {
@@ -732,6 +738,7 @@ impl<B: Backend> Manager<B> {
             }
         };
         worker.board = Some(Arc::clone(&board));
+        worker.direct.set_board(Arc::clone(&board));
         worker.idle_since = Instant::now();
         self.spawn_backoff_until = None;
         worker.life = match self.config.initializer.as_ref() {
@@ -888,7 +895,7 @@ impl<B: Backend> Manager<B> {
         let mut requeue = Vec::new();
         let retries = self.config.retries;
         // Outcomes it held back and never sent: those calls finished.
-        let mut held_back = held_back(board.as_deref());
+        let mut held_back = held_back(board.as_deref(), true);
         for mut held in inflight {
             if let Some(outcome) = held_back.remove(&held.seq) {
                 complete(held, pid, outcome);
@@ -1297,22 +1304,21 @@ impl<B: Backend> Manager<B> {
             let id = self.next_worker;
             self.next_worker += 1;
             let events = self.events_tx.clone();
-            let direct = Arc::new(Direct::default());
+            let shared = Arc::clone(&self.shared);
+            let direct = Arc::new(Direct::new(move |routed| {
+                let event = match routed {
+                    Routed::Event(event) => Event::Worker(id, event),
+                    Routed::Delivered(seq) => {
+                        shared.lending.delivering();
+                        Event::Delivered(id, seq)
+                    }
+                };
+                events.send(event).is_ok()
+            }));
             let link_direct = Arc::clone(&direct);
             // Runs on the worker's link thread: an expected outcome settles
             // its future there, and the manager hears only that it did.
-            let notify: Notify = Box::new(move |event| {
-                let message = matches!(event, WorkerEvent::Message(_));
-                link_direct.passing_on(message, || {
-                    link_direct.route(event, |routed| {
-                        let event = match routed {
-                            Routed::Event(event) => Event::Worker(id, event),
-                            Routed::Delivered(seq) => Event::Delivered(id, seq),
-                        };
-                        events.send(event).is_ok()
-                    })
-                })
-            });
+            let notify: Notify = Box::new(move |event| link_direct.deliver(event));
             match self.backend.spawn(&self.config, notify) {
                 Ok(handle) => {
                     let pid = handle.pid();
@@ -1342,9 +1348,12 @@ fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
     let seq = worker.next_seq;
     worker.next_seq += 1;
     board.queue(seq);
+    let pickup = (job.kind == CallKind::Single)
+        .then(|| Arc::clone(&worker.direct) as Arc<dyn crate::job::Pickup>);
     if !job.completion.attach(Claim::Board {
         board: Arc::clone(&board),
         seq,
+        pickup,
     }) {
         // Cancelled just now: it never runs.
         board.revoke(seq);
@@ -1363,14 +1372,23 @@ fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
     worker.hold(seq, job, max_tasks);
 }
 
-/// The outcomes a worker holds back on its board's outbox, by call: calls
-/// that finished, whatever becomes of the worker.
-fn held_back(board: Option<&Board>) -> std::collections::HashMap<u64, Outcome> {
-    board
-        .map(|board| protocol::settled_outcomes(&board.outbox_records()).0)
-        .unwrap_or_default()
-        .into_iter()
-        .collect()
+/// The outcomes a worker holds back on its board's outbox, and the one in
+/// its reply box, by call: calls that finished, whatever becomes of the
+/// worker. A `dead` worker's box is read even while a caller delivers it;
+/// a live one's only if nobody does (then nobody else will).
+fn held_back(board: Option<&Board>, dead: bool) -> std::collections::HashMap<u64, Outcome> {
+    let Some(board) = board else {
+        return std::collections::HashMap::new();
+    };
+    let mut records = board.outbox_records();
+    // The outcome in its reply box, which its caller may not have taken.
+    let reply = if dead {
+        board.dead_reply()
+    } else {
+        board.take_any_reply()
+    };
+    records.extend(reply.unwrap_or_default());
+    protocol::settled_outcomes(&records).0.into_iter().collect()
 }
 
 /// Completes a call its worker finished.
