@@ -500,6 +500,11 @@ impl Executor {
             }
             other => other,
         };
+        if kind == CallKind::Single {
+            let executor = Arc::as_ptr(&self.inner.shared) as usize;
+            let spin = self.inner.config.spin_wait;
+            self.inner.shared.lending.await_offer(executor, spin);
+        }
         let gate = self.inner.open_gate()?;
         let args = match args {
             Ok(args) => args,
@@ -533,8 +538,7 @@ impl Executor {
             regions,
         };
         // Straight to an idle worker, if the manager lent one.
-        let spin = self.inner.config.spin_wait;
-        let Some(job) = self.inner.shared.lending.send(job, &gate.events, spin) else {
+        let Some(job) = self.inner.shared.lending.send(job, &gate.events) else {
             return Ok(future);
         };
         if let Err(crossbeam_channel::SendError(Event::Submit(job))) =

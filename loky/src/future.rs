@@ -77,6 +77,8 @@ pub(crate) struct State<R> {
     on_cancel: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Set when the outcome is published: what a spinning waiter looks at.
     published: AtomicBool,
+    /// A waiter looked for the outcome already: later waits sleep at once.
+    spun: AtomicBool,
     /// How long a waiter looks for the outcome before it sleeps, in
     /// nanoseconds (`Config::spin_wait`; zero for futures no worker
     /// settles).
@@ -168,6 +170,7 @@ impl<R> Future<R> {
             changed: Condvar::new(),
             on_cancel: OnceLock::new(),
             published: AtomicBool::new(false),
+            spun: AtomicBool::new(false),
             spin_nanos: AtomicU64::new(0),
         });
         (
@@ -306,7 +309,6 @@ impl<R> Future<R> {
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let deadline = Instant::now().checked_add(timeout);
         let mut inner = self.state.lock();
-        let mut spun = false;
         while !matches!(inner.phase, Phase::Finished | Phase::Cancelled) {
             let now = Instant::now();
             if deadline.is_some_and(|deadline| now >= deadline) {
@@ -314,14 +316,16 @@ impl<R> Future<R> {
             }
             inner = self
                 .state
-                .wait(inner, deadline.map(|deadline| deadline - now), &mut spun);
+                .wait(inner, deadline.map(|deadline| deadline - now));
         }
         true
     }
 
     /// Runs `callback` with the outcome once the task is done: at once, in
     /// this thread, if it already is; otherwise in the thread that completes
-    /// the future. It runs exactly once. A panic in it is caught and
+    /// the future (one of the executor's, or, for a callback added while
+    /// another thread waits in [`result`](Self::result), perhaps that
+    /// thread). It runs exactly once. A panic in it is caught and
     /// reported, and harms neither the future nor the executor. Callbacks
     /// must not block on other futures of the same executor.
     ///
@@ -376,7 +380,6 @@ impl<R> Future<R> {
 
     fn take_held(&self, deadline: Option<Instant>) -> Option<Held<R>> {
         let mut inner = self.state.lock();
-        let mut spun = false;
         // Awaited to completion already: nothing will ever come.
         assert!(
             !inner.taken,
@@ -399,7 +402,7 @@ impl<R> Future<R> {
                     Some(deadline - now)
                 }
             };
-            inner = self.state.wait(inner, timeout, &mut spun);
+            inner = self.state.wait(inner, timeout);
         }
     }
 
@@ -427,20 +430,24 @@ impl<R> State<R> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a change, at most `timeout`. The first wait of a caller
-    /// (`spun` still false) looks for the outcome for a while before it
-    /// sleeps (`loky_worker::spin`): the guard is released meanwhile, and
-    /// given back as it is then.
+    /// Waits for a change, at most `timeout`. The first wait on the future
+    /// looks for the outcome for a while before it sleeps
+    /// (`loky_worker::spin`), picking it up from the worker's board if it
+    /// can: the guard is released meanwhile, and given back as it is then.
     fn wait<'a>(
         &'a self,
         guard: MutexGuard<'a, Inner<R>>,
         timeout: Option<Duration>,
-        spun: &mut bool,
     ) -> MutexGuard<'a, Inner<R>> {
         let spin = Duration::from_nanos(self.spin_nanos.load(Ordering::Relaxed));
-        if !*spun && !spin.is_zero() {
-            *spun = true;
-            let pickup = guard.claim.as_ref().and_then(Claim::pickup);
+        if !spin.is_zero() && !self.spun.swap(true, Ordering::Relaxed) {
+            // Not with done-callbacks: they would run in this thread, in
+            // `result` or `wait_timeout`.
+            let pickup = guard
+                .claim
+                .as_ref()
+                .and_then(Claim::pickup)
+                .filter(|_| guard.callbacks.is_empty());
             drop(guard);
             let budget = timeout.map_or(spin, |timeout| timeout.min(spin));
             let published = || self.published.load(Ordering::Acquire);

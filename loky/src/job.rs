@@ -120,7 +120,7 @@ pub(crate) enum Claim {
 pub(crate) trait Pickup: Send + Sync {
     /// Waits for call `seq`'s outcome until `done` holds or `budget` has
     /// passed, and delivers it (settling the future) if it is found.
-    fn pick_up(&self, seq: u64, budget: std::time::Duration, done: &dyn Fn() -> bool);
+    fn pick_up(self: Arc<Self>, seq: u64, budget: std::time::Duration, done: &dyn Fn() -> bool);
 }
 
 impl Claim {

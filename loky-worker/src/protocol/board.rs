@@ -237,18 +237,6 @@ impl Board {
         Some(unsafe { self.box_record() })
     }
 
-    /// Parent, for a worker it kills: the outcome waiting in the box, taken
-    /// (nobody else delivers it), if there is one.
-    pub fn take_any_reply(&self) -> Option<Vec<u8>> {
-        let word = self.word(WATCH).load(Ordering::Acquire);
-        if word & 3 != READY {
-            return None;
-        }
-        let record = self.take_reply(word >> 2)?;
-        self.reply_delivered(word >> 2);
-        Some(record)
-    }
-
     /// Parent, once the worker is dead: the outcome in the box, if one is
     /// waiting there or a caller is delivering it (delivering it twice is
     /// harmless: a future is settled once).
@@ -529,8 +517,8 @@ mod tests {
         assert_eq!(parent.dead_reply().as_deref(), Some(&b"seven"[..]));
         assert_eq!(parent.take_reply(7).as_deref(), Some(&b"seven"[..]));
         assert_eq!(parent.take_reply(7), None, "taken once");
-        assert_eq!(parent.take_any_reply(), None, "a caller delivers it");
         assert!(parent.reply_taken(7));
+        assert_eq!(parent.dead_reply().as_deref(), Some(&b"seven"[..]));
         parent.reply_delivered(7);
         assert_eq!(parent.dead_reply(), None);
         // Watched, not answered: the caller stops watching, and a worker
@@ -538,10 +526,11 @@ mod tests {
         assert!(parent.watch(9));
         assert!(parent.unwatch(9));
         assert!(!worker.reply(9, b"nine"));
-        // A killed worker's waiting reply goes to the parent, once.
+        // A reply nobody took is there for the parent once the worker died.
         assert!(parent.watch(10) && worker.reply(10, b"ten"));
-        assert_eq!(parent.take_any_reply().as_deref(), Some(&b"ten"[..]));
-        assert_eq!(parent.take_reply(10), None);
+        assert_eq!(parent.dead_reply().as_deref(), Some(&b"ten"[..]));
+        assert_eq!(parent.take_reply(10).as_deref(), Some(&b"ten"[..]));
+        parent.reply_delivered(10);
         assert!(parent.watch(11), "the box is free again");
     }
 

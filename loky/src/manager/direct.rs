@@ -10,18 +10,20 @@
 //! back, cancelled, timed out, its worker killed or dead) it first takes
 //! out of the table, so its outcome then reaches the manager as before.
 
-use crate::host::WorkerEvent;
+use super::lend::Ticket;
+use crate::host::{Calls, WorkerEvent};
 use crate::job::{Completion, Pickup};
-use loky_worker::protocol::{self, Board, FromWorker, Outcome, Payload};
+use loky_worker::protocol::{self, Board, Failure, FromWorker, Outcome, Stage};
 use loky_worker::spin;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
 /// How long a link must have been idle to count as drained.
 const QUIET: Duration = Duration::from_millis(10);
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 thread_local! {
     /// Set while this thread settles futures for a worker's link: their
@@ -56,19 +58,39 @@ pub(crate) struct Direct {
     /// its reply box.
     board: OnceLock<Arc<Board>>,
     pass_on: PassOn,
+    /// The manager's leave to offer the worker again (an encore), armed
+    /// while lending is open: see [`Encore`].
+    encore: Mutex<Option<Encore>>,
+    /// Which executor's worker this is (`lend::offer_coming`).
+    executor: usize,
+}
+
+/// The manager's leave for the caller who picks up the last call a lent
+/// worker holds to put that worker on offer again itself, under call number
+/// `seq`, reserved for it: the caller's next call then goes straight to the
+/// worker without waiting for the manager's round.
+pub(super) struct Encore {
+    pub(super) worker: u64,
+    pub(super) seq: u64,
+    pub(super) calls: Calls,
 }
 
 /// What the link passes on to the manager.
 pub(super) enum Routed {
     /// The event, untouched.
     Event(WorkerEvent),
-    /// Call `seq` finished and its future is settled.
-    Delivered(u64),
+    /// Call `seq` finished and its future is settled; `encore`: its
+    /// worker, idle again, goes on offer under this ticket (announced to
+    /// the manager with the delivery, before anyone can take it).
+    Delivered { seq: u64, encore: Option<Ticket> },
 }
 
 impl Direct {
     /// Routed events go to `pass_on`.
-    pub(super) fn new(pass_on: impl Fn(Routed) -> bool + Send + Sync + 'static) -> Direct {
+    pub(super) fn new(
+        executor: usize,
+        pass_on: impl Fn(Routed) -> bool + Send + Sync + 'static,
+    ) -> Direct {
         Direct {
             pid: OnceLock::new(),
             expected: Mutex::default(),
@@ -77,7 +99,26 @@ impl Direct {
             epoch: OnceLock::new(),
             board: OnceLock::new(),
             pass_on: Box::new(pass_on),
+            encore: Mutex::new(None),
+            executor,
         }
+    }
+
+    /// Manager: allows the next caller that picks up the worker's last call
+    /// to offer it again (unless it is allowed already).
+    pub(super) fn arm(&self, encore: impl FnOnce() -> Encore) {
+        let mut armed = self.encore.lock().unwrap_or_else(PoisonError::into_inner);
+        if armed.is_none() {
+            *armed = Some(encore());
+        }
+    }
+
+    /// Manager: withdraws that leave, if it was not used.
+    pub(super) fn disarm(&self) {
+        self.encore
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// The worker got its board.
@@ -177,44 +218,94 @@ impl Direct {
         }
     }
 
+    /// Settles call `seq`'s future (after its `Delivered`), if it is
+    /// expected; otherwise passes its outcome on.
     fn route_done(
         &self,
         seq: u64,
         outcome: Outcome,
         pass_on: &mut impl FnMut(Routed) -> bool,
     ) -> bool {
-        let expected = match self.pid.get() {
-            Some(&pid) => self
-                .table()
-                .remove(&seq)
-                .map(|completion| (pid, completion)),
-            None => None,
-        };
-        let Some((pid, completion)) = expected else {
+        let Some((pid, completion)) = self.expected(seq).0 else {
             return pass_on(Routed::Event(WorkerEvent::Message(FromWorker::Done {
                 seq,
                 outcome,
             })));
         };
         // Settled even if the manager is gone: the outcome is known.
-        let open = pass_on(Routed::Delivered(seq));
-        // Outside the table's lock: callbacks may run here.
-        struct Restore(bool);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                SETTLING.with(|settling| settling.set(self.0));
-            }
-        }
-        let _restore = Restore(SETTLING.with(|settling| settling.replace(true)));
-        completion.finish_remote(pid, outcome);
+        let open = pass_on(Routed::Delivered { seq, encore: None });
+        settle(pid, &*completion, outcome);
         open
     }
+
+    /// Takes call `seq` out of the table: its completion and pid if it was
+    /// there, and whether the table is empty now.
+    #[allow(clippy::type_complexity)]
+    fn expected(&self, seq: u64) -> (Option<(u32, Arc<dyn Completion>)>, bool) {
+        let Some(&pid) = self.pid.get() else {
+            return (None, false);
+        };
+        let mut table = self.table();
+        let completion = table.remove(&seq);
+        (completion.map(|c| (pid, c)), table.is_empty())
+    }
+
+    /// On the caller's thread: settles call `seq`'s future with the
+    /// outcome it picked up, then tells the manager (offering the worker
+    /// again if it holds no other single call and the manager allowed an
+    /// encore). False if the call was not expected any more: the manager
+    /// decided about it (its worker is being killed or reaped) and gets the
+    /// outcome instead.
+    fn settle_picked_up(self: &Arc<Self>, seq: u64, outcome: Outcome) -> bool {
+        let (expected, emptied) = self.expected(seq);
+        let Some((pid, completion)) = expected else {
+            (self.pass_on)(Routed::Event(WorkerEvent::Message(FromWorker::Done {
+                seq,
+                outcome,
+            })));
+            return false;
+        };
+        // Settled before the manager hears of it, as the link's outcomes
+        // are before it reports its channel closed: the manager reaps the
+        // worker, and `shutdown` returns, only once its futures are settled.
+        settle(pid, &*completion, outcome);
+        let encore = match self.board.get() {
+            Some(board) if emptied => self
+                .encore
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .map(|Encore { worker, seq, calls }| Ticket {
+                    worker,
+                    seq,
+                    board: Arc::clone(board),
+                    calls,
+                    direct: Arc::clone(self),
+                }),
+            _ => None,
+        };
+        (self.pass_on)(Routed::Delivered { seq, encore });
+        true
+    }
+}
+
+/// Settles a future with a worker's outcome, marked as settling: its
+/// done-callbacks run here, and must not wait on the executor.
+fn settle(pid: u32, completion: &dyn Completion, outcome: Outcome) {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SETTLING.with(|settling| settling.set(self.0));
+        }
+    }
+    let _restore = Restore(SETTLING.with(|settling| settling.replace(true)));
+    completion.finish_remote(pid, outcome);
 }
 
 impl Pickup for Direct {
     /// On the caller's thread: watches for call `seq`'s outcome in the
     /// board's reply box while it waits, and delivers it as the link would.
-    fn pick_up(&self, seq: u64, budget: Duration, done: &dyn Fn() -> bool) {
+    fn pick_up(self: Arc<Self>, seq: u64, budget: Duration, done: &dyn Fn() -> bool) {
         let Some(board) = self.board.get().filter(|board| board.watch(seq)) else {
             // Another caller watches this worker: wait as usual.
             spin::until(budget, done);
@@ -229,13 +320,29 @@ impl Pickup for Direct {
         let Some(record) = board.take_reply(seq) else {
             return;
         };
-        let records = Payload::Inline(record);
-        self.deliver(WorkerEvent::Message(FromWorker::Settled { records }));
+        let settled = self.passing_on(true, || {
+            let outcome = match protocol::settled_outcomes(&record) {
+                (mut outcomes, _) if outcomes.len() == 1 => outcomes.remove(0).1,
+                (_, error) => Outcome::Failed(Failure::Serde {
+                    stage: Stage::DecodeResult,
+                    message: format!(
+                        "the worker's reply box held no outcome: {}",
+                        error.unwrap_or_default()
+                    ),
+                }),
+            };
+            self.settle_picked_up(seq, outcome)
+        });
+        if !settled {
+            // The box stays taken: the manager reads it when it reaps the
+            // worker, and before that gets the outcome from here.
+            return;
+        }
         board.reply_delivered(seq);
         if self.table().is_empty() {
             // Its worker holds no other single call: it is idle again,
             // unless it runs a chunk.
-            super::lend::offer_coming();
+            super::lend::offer_coming(self.executor);
         }
     }
 }

@@ -32,14 +32,15 @@ pub(crate) struct Ticket {
 }
 
 thread_local! {
-    /// Set when this thread picked up the outcome of the last call its
-    /// worker held: the worker is about to be offered again.
-    static OFFER_COMING: Cell<bool> = const { Cell::new(false) };
+    /// The executor (its `Shared`'s address) one of whose workers this
+    /// thread just emptied, picking its last call up: that worker is about
+    /// to be offered again. Zero: none.
+    static OFFER_COMING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// This thread delivered the last call its worker held.
-pub(super) fn offer_coming() {
-    OFFER_COMING.set(true);
+/// This thread delivered the last call a worker of `executor` held.
+pub(super) fn offer_coming(executor: usize) {
+    OFFER_COMING.set(executor);
 }
 
 /// The tickets on offer.
@@ -68,6 +69,42 @@ impl Lending {
         self.coming.fetch_sub(delivered, Ordering::AcqRel);
     }
 
+    /// Caller with an encore: `announce`s it to the manager, then offers
+    /// it, under one lock, so that whatever is done with the ticket reaches
+    /// the manager after the announcement. False if the manager is gone.
+    pub(super) fn offer_announced(
+        &self,
+        ticket: Ticket,
+        announce: impl FnOnce(u64) -> bool,
+    ) -> bool {
+        let mut tickets = self.tickets();
+        let open = announce(ticket.seq);
+        if open {
+            tickets.push(ticket);
+        }
+        open
+    }
+
+    /// Submitter of a single call to `executor`, before it takes the
+    /// executor's gate: if this thread just picked up the last call of one
+    /// of its workers, waits (at most `spin`) for the manager to offer that
+    /// worker again, or to decide not to. Waiting is shorter than the
+    /// manager's round (a wake-up, a step) for the call.
+    pub(crate) fn await_offer(&self, executor: usize, spin: Duration) {
+        if OFFER_COMING.replace(0) != executor {
+            return;
+        }
+        loky_worker::spin::until(spin, || {
+            !self.tickets().is_empty() || self.coming.load(Ordering::Acquire) == 0
+        });
+    }
+
+    /// Manager: forgets the deliveries it did not finish a step for (it
+    /// broke down): nobody waits for offers any more.
+    pub(super) fn forget_deliveries(&self) {
+        self.coming.store(0, Ordering::Release);
+    }
+
     /// Manager: offers a worker.
     pub(super) fn offer(&self, ticket: Ticket) {
         self.tickets().push(ticket);
@@ -79,31 +116,22 @@ impl Lending {
         self.tickets().len()
     }
 
-    /// Manager: takes back every ticket on offer; returns their workers.
-    pub(super) fn reclaim(&self) -> Vec<u64> {
+    /// Manager: takes back every ticket on offer; returns their workers
+    /// and call numbers.
+    pub(super) fn reclaim(&self) -> Vec<(u64, u64)> {
         self.tickets()
             .drain(..)
-            .map(|ticket| ticket.worker)
+            .map(|ticket| (ticket.worker, ticket.seq))
             .collect()
     }
 
     /// Submitter: sends a single call straight to an idle worker, if one
     /// is on offer; otherwise gives the job back.
-    pub(crate) fn send(&self, job: Job, events: &Sender<Event>, spin: Duration) -> Option<Job> {
+    pub(crate) fn send(&self, job: Job, events: &Sender<Event>) -> Option<Job> {
         if job.kind != CallKind::Single {
             return Some(job);
         }
-        // A caller that submits again as soon as it picked its last call's
-        // outcome up finds the manager about to offer that worker, idle
-        // now, again: waiting for it is shorter than the manager's round (a
-        // wake-up, a step) for the call.
-        let offered = || !self.tickets().is_empty() || self.coming.load(Ordering::Acquire) == 0;
-        let wait = if OFFER_COMING.replace(false) {
-            spin
-        } else {
-            Duration::ZERO
-        };
-        if !loky_worker::spin::until(wait, offered) || self.tickets().is_empty() {
+        if self.tickets().is_empty() {
             return Some(job);
         }
         // Made before a ticket is taken: cloning regions may panic (out of

@@ -36,8 +36,10 @@ pub(crate) enum Event {
     Shutdown(ShutdownRequest),
     /// News from a worker's watchers.
     Worker(u64, WorkerEvent),
-    /// A worker's call finished and its link settled its future.
-    Delivered(u64, u64),
+    /// A worker's call finished and its link (or its caller) settled its
+    /// future; with the call number of the encore ticket its caller put
+    /// the worker on offer under, if any.
+    Delivered(u64, u64, Option<u64>),
     /// A submitter could not send a call to worker `worker`, lent to it:
     /// the worker is killed (its death requeues the call).
     LentUnsent { worker: u64 },
@@ -181,9 +183,14 @@ impl<B: Backend> Manager<B> {
         };
         // Lent workers come back before anything else is decided; those
         // whose ticket was taken stay busy until their `Lent` arrives.
-        for id in self.shared.lending.reclaim() {
+        for (id, seq) in self.shared.lending.reclaim() {
             if let Some(worker) = self.workers.get_mut(&id) {
-                worker.lent = None;
+                if worker.lent == Some(seq) {
+                    worker.lent = None;
+                } else {
+                    // An encore not announced yet.
+                    worker.reclaimed_encore = Some(seq);
+                }
             }
         }
         let mut delivered = 0;
@@ -213,9 +220,29 @@ impl<B: Backend> Manager<B> {
         !self.finished()
     }
 
-    /// Offers each idle worker to submitters, while nothing is queued.
+    /// Whether idle workers go on offer to submitters: while nothing is
+    /// queued and the executor runs.
+    fn lending_open(&self) -> bool {
+        self.queue.is_empty() && self.shutdown.is_none() && self.broken.is_none()
+    }
+
+    /// Whether callers may put workers on offer again themselves
+    /// (`direct::Encore`): while lending is open, and when a worker's tasks
+    /// are not counted (the manager counts them when it hears of them).
+    fn encores_open(&self) -> bool {
+        self.lending_open() && self.config.max_tasks_per_child.is_none()
+    }
+
+    /// Offers each idle worker to submitters, while nothing is queued, each
+    /// with leave for an encore.
     fn lend(&mut self) {
-        if !self.queue.is_empty() || self.shutdown.is_some() || self.broken.is_some() {
+        let encores = self.encores_open();
+        for worker in self.workers.values_mut() {
+            if !encores || !matches!(worker.life, Life::Serving { .. }) {
+                worker.direct.disarm();
+            }
+        }
+        if !self.lending_open() {
             return;
         }
         let max_tasks = self.config.max_tasks_per_child;
@@ -230,6 +257,9 @@ impl<B: Backend> Manager<B> {
             let seq = worker.next_seq;
             worker.next_seq += 1;
             worker.lent = Some(seq);
+            if encores {
+                arm_encore(id, worker, &calls);
+            }
             self.shared.lending.offer(lend::Ticket {
                 worker: id,
                 seq,
@@ -265,6 +295,17 @@ impl<B: Backend> Manager<B> {
             return;
         }
         worker.hold(seq, job, max_tasks);
+        // Its caller may put it on offer again once this call is done.
+        let encores = self.encores_open();
+        let worker = self.workers.get_mut(&id).expect("found above");
+        if encores
+            && worker.inflight.len() == 1
+            && worker.unsent.is_empty()
+            && let Life::Serving { calls } = &worker.life
+        {
+            let calls = calls.clone();
+            arm_encore(id, worker, &calls);
+        }
     }
 
     /// Stops for good without losing anything: every job fails with
@@ -275,6 +316,7 @@ impl<B: Backend> Manager<B> {
         self.shared.set_broken(reason.clone());
         // No worker is lent any more (a `Lent` after this fails its job).
         self.shared.lending.reclaim();
+        self.shared.lending.forget_deliveries();
         let error = Error::Broken { reason };
         for job in self.queue.drain(..) {
             job.completion.fail(error.clone());
@@ -348,7 +390,16 @@ impl<B: Backend> Manager<B> {
             },
             Event::Shutdown(request) => self.shut_down(request),
             Event::Worker(id, event) => self.worker_event(id, event),
-            Event::Delivered(id, seq) => self.call_done(id, seq, None),
+            Event::Delivered(id, seq, encore) => {
+                self.call_done(id, seq, None);
+                if let (Some(encore), Some(worker)) = (encore, self.workers.get_mut(&id)) {
+                    // On offer until reclaimed or taken, unless reclaimed
+                    // already.
+                    if worker.reclaimed_encore.take() != Some(encore) {
+                        worker.lent = Some(encore);
+                    }
+                }
+            }
             Event::Lent {
                 worker,
                 seq,
@@ -547,8 +598,10 @@ impl<B: Backend> Manager<B> {
         let shutting_down = matches!(why, Kill::Shutdown);
         worker.life = Life::Killed { why, escalate_at };
         // What it still sends is the manager's to settle: a call it ran
-        // may have timed out or been cancelled meanwhile.
+        // may have timed out or been cancelled meanwhile. Nobody offers it
+        // again.
         worker.direct.clear();
+        worker.direct.disarm();
         let board = worker.board.clone();
         let mut requeue = Vec::new();
         // Outcomes it holds back are of calls that finished.
@@ -567,7 +620,14 @@ impl<B: Backend> Manager<B> {
                     held.job.completion.detach();
                     requeue.push(held.job);
                 }
-                ClaimState::Started if shutting_down && held.job.kind == CallKind::Single => {
+                // Unless its outcome is in the reply box: settled at reap.
+                ClaimState::Started
+                    if shutting_down
+                        && held.job.kind == CallKind::Single
+                        && !board.as_ref().is_some_and(|board| {
+                            board.reply_ready(held.seq) || board.reply_taken(held.seq)
+                        }) =>
+                {
                     held.job.completion.fail(Error::ShutDown);
                 }
                 ClaimState::Revoked | ClaimState::Gone => {}
@@ -1305,15 +1365,18 @@ impl<B: Backend> Manager<B> {
             self.next_worker += 1;
             let events = self.events_tx.clone();
             let shared = Arc::clone(&self.shared);
-            let direct = Arc::new(Direct::new(move |routed| {
-                let event = match routed {
-                    Routed::Event(event) => Event::Worker(id, event),
-                    Routed::Delivered(seq) => {
-                        shared.lending.delivering();
-                        Event::Delivered(id, seq)
+            let executor = Arc::as_ptr(&self.shared) as usize;
+            let direct = Arc::new(Direct::new(executor, move |routed| match routed {
+                Routed::Event(event) => events.send(Event::Worker(id, event)).is_ok(),
+                Routed::Delivered { seq, encore } => {
+                    shared.lending.delivering();
+                    match encore {
+                        None => events.send(Event::Delivered(id, seq, None)).is_ok(),
+                        Some(ticket) => shared.lending.offer_announced(ticket, |encore| {
+                            events.send(Event::Delivered(id, seq, Some(encore))).is_ok()
+                        }),
                     }
-                };
-                events.send(event).is_ok()
+                }
             }));
             let link_direct = Arc::clone(&direct);
             // Runs on the worker's link thread: an expected outcome settles
@@ -1339,6 +1402,21 @@ impl<B: Backend> Manager<B> {
     fn finished(&self) -> bool {
         self.shutdown.is_some() && self.queue.is_empty() && self.workers.is_empty()
     }
+}
+
+/// Lets the caller who picks up the last call `worker` holds put it on
+/// offer again, under a call number reserved now.
+fn arm_encore<W>(id: u64, worker: &mut Worker<W>, calls: &crate::host::Calls) {
+    let next_seq = &mut worker.next_seq;
+    worker.direct.arm(|| {
+        let seq = *next_seq;
+        *next_seq += 1;
+        direct::Encore {
+            worker: id,
+            seq,
+            calls: calls.clone(),
+        }
+    });
 }
 
 /// Gives a job to a worker that can take it: claimed on its board, held,
@@ -1373,21 +1451,20 @@ fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
 }
 
 /// The outcomes a worker holds back on its board's outbox, and the one in
-/// its reply box, by call: calls that finished, whatever becomes of the
-/// worker. A `dead` worker's box is read even while a caller delivers it;
-/// a live one's only if nobody does (then nobody else will).
+/// its reply box if it is `dead`, by call: calls that finished, whatever
+/// becomes of the worker. A dead worker's box is read even while a caller
+/// delivers it (a future settles once).
 fn held_back(board: Option<&Board>, dead: bool) -> std::collections::HashMap<u64, Outcome> {
     let Some(board) = board else {
         return std::collections::HashMap::new();
     };
     let mut records = board.outbox_records();
-    // The outcome in its reply box, which its caller may not have taken.
-    let reply = if dead {
-        board.dead_reply()
-    } else {
-        board.take_any_reply()
-    };
-    records.extend(reply.unwrap_or_default());
+    // The outcome in a dead worker's reply box, which its caller may not
+    // have taken. A live one's stays for its caller, or for the reap: its
+    // call may not be known here yet (a `Lent` still on its way).
+    if dead {
+        records.extend(board.dead_reply().unwrap_or_default());
+    }
     protocol::settled_outcomes(&records).0.into_iter().collect()
 }
 

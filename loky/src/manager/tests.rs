@@ -550,3 +550,49 @@ fn calls_sent_straight_keep_the_pool_s_bookkeeping_exact() {
         "and retired when idle"
     );
 }
+
+/// A caller that picks up the last call of a lent worker from its reply
+/// box puts the worker on offer again itself (an encore the manager allowed
+/// when it lent the worker), and the manager hears of it with the call's
+/// delivery. However the callers' offers and the manager's steps
+/// interleave, its tables stay exact: one worker serves every call with
+/// never two tickets on offer, nothing counts as running afterwards, and
+/// the worker still retires when idle.
+#[test]
+fn callers_offering_their_worker_again_keep_the_pool_s_bookkeeping_exact() {
+    let (executor, control) = executor(
+        Config::new()
+            .max_workers(1)
+            .spin_wait(Duration::from_millis(10))
+            .idle_timeout(Duration::from_millis(200)),
+    );
+    let lending = executor.lending();
+    for x in 0..200 {
+        // Calls of a millisecond or two: long enough for this thread to
+        // watch the reply box before they end, so it picks them up.
+        let ms = 1 + x % 2;
+        if x % 3 == 0 {
+            // The manager takes the worker back before it takes this call.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let future = executor.submit(sleep_ms, ms).unwrap();
+        assert_eq!(future.result_timeout(BOUND).unwrap(), ms);
+        assert!(lending.offered() <= 1, "never two tickets for a worker");
+    }
+    assert_eq!(control.workers().len(), 1, "one worker served them all");
+    assert!(eventually(|| executor.stats().running == 0));
+    assert_eq!(executor.stats().done, 200);
+    assert!(
+        eventually(|| executor.stats().exits.idle == 1),
+        "and retired when idle"
+    );
+    // The pool serves on with a new worker.
+    assert_eq!(
+        executor
+            .submit(sleep_ms, 1)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        1
+    );
+}

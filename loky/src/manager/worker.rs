@@ -35,6 +35,9 @@ pub(super) struct Worker<W> {
     /// The call number of its ticket while it is lent to submitters
     /// (`lend.rs`): busy until the ticket is reclaimed or its call arrives.
     pub(super) lent: Option<u64>,
+    /// An encore ticket (`direct::Encore`) the manager took back before it
+    /// heard of it: when the announcement comes, the worker is not lent.
+    pub(super) reclaimed_encore: Option<u64>,
 }
 
 /// A call sent to a worker.
@@ -160,6 +163,7 @@ impl<W> Worker<W> {
             unsent: Vec::new(),
             direct,
             lent: None,
+            reclaimed_encore: None,
         }
     }
 
