@@ -84,6 +84,8 @@ const REPLY_BOX: usize = 4096;
 /// The board's size in bytes.
 pub const BOARD_BYTES: usize = HEADER + ARENA + OUTBOX + REPLY_BOX;
 
+/// `WATCH` once the box is closed: no stage, and no call's number.
+const CLOSED: u64 = !3;
 const WATCHING: u64 = 1;
 const READY: u64 = 2;
 const TAKEN: u64 = 3;
@@ -235,6 +237,20 @@ impl Board {
         // SAFETY: the worker wrote the record before `READY`, and writes the
         // box again only once it is watched anew, after `reply_delivered`.
         Some(unsafe { self.box_record() })
+    }
+
+    /// Parent (a backend whose dead workers live on as threads): no
+    /// outcome goes through the box any more, as when the worker is dead.
+    /// An outcome in it already stays there.
+    pub fn close_box(&self) {
+        let word = self.word(WATCH);
+        let mut current = word.load(Ordering::Acquire);
+        while !matches!(current & 3, READY | TAKEN) {
+            match word.compare_exchange(current, CLOSED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(now) => current = now,
+            }
+        }
     }
 
     /// Parent, once the worker is dead: the outcome in the box, if one is
@@ -532,6 +548,10 @@ mod tests {
         assert_eq!(parent.take_reply(10).as_deref(), Some(&b"ten"[..]));
         parent.reply_delivered(10);
         assert!(parent.watch(11), "the box is free again");
+        // Closed, as a dead worker's: nobody answers there any more.
+        parent.close_box();
+        assert!(!worker.reply(11, b"eleven") && parent.unwatch(11));
+        assert!(!parent.watch(12) && parent.dead_reply().is_none());
     }
 
     #[test]

@@ -31,15 +31,40 @@ pub fn encode_value_into<T: Serialize + 'static>(
         out.extend_from_slice(bytes);
         return Ok(());
     }
-    match postcard::to_extend(value, std::mem::take(out)) {
-        Ok(extended) => {
-            *out = extended;
-            Ok(())
+    let start = out.len();
+    match postcard::serialize_with_flavor(value, Append(out)) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            out.truncate(start);
+            // Encoded again for the message (see `encode`): errors are rare.
+            Err(super::encode(value)
+                .err()
+                .unwrap_or_else(|| error.to_string()))
         }
-        // Encoded again for the message (see `encode`): errors are rare.
-        Err(error) => Err(super::encode(value)
-            .err()
-            .unwrap_or_else(|| error.to_string())),
+    }
+}
+
+/// A postcard flavor that appends to a borrowed buffer: no move of the
+/// buffer in and out, and each write a plain `push` or `extend_from_slice`.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ use super::{Backend, Calls, Notify, WorkerEvent, WorkerHandle};
 use crate::config::Config;
 use crate::error::{ExitReason, SpawnError};
 use loky_worker::main_loop::{self, Inbox, Outbox};
-use loky_worker::protocol::{FromWorker, ToWorker};
+use loky_worker::protocol::{Board, FromWorker, ToWorker};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -37,6 +37,9 @@ pub(crate) struct Fake {
     death: Mutex<Option<ExitReason>>,
     /// Messages held back, as by a lagging link thread, while `Some`.
     held: Mutex<Option<Vec<FromWorker>>>,
+    /// Its board, once it got it: a thread worker that died, or whose
+    /// link lags, must not answer through its reply box either.
+    board: std::sync::OnceLock<Board>,
 }
 
 /// The manager's handle on a thread worker.
@@ -82,6 +85,7 @@ impl Fake {
             return;
         }
         *death = Some(reason);
+        self.close_box();
         (self.notify)(WorkerEvent::Closed);
         (self.notify)(WorkerEvent::Exited);
     }
@@ -90,6 +94,13 @@ impl Fake {
     /// lags behind: they arrive with [`Fake::release`].
     pub(crate) fn hold_messages(&self) {
         *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(Vec::new());
+        self.close_box();
+    }
+
+    fn close_box(&self) {
+        if let Some(board) = self.board.get() {
+            board.close_box();
+        }
     }
 
     /// Ends it as `reason` without a word yet: calls sent to it fail, and
@@ -98,6 +109,7 @@ impl Fake {
     pub(crate) fn vanish(&self, reason: ExitReason) {
         let mut death = self.death.lock().unwrap_or_else(PoisonError::into_inner);
         death.get_or_insert(reason);
+        self.close_box();
     }
 
     /// Its exit watcher speaks: `Exited`.
@@ -149,6 +161,7 @@ impl Backend for ThreadBackend {
             notify,
             death: Mutex::new(None),
             held: Mutex::new(None),
+            board: std::sync::OnceLock::new(),
         });
         let (calls_tx, calls_rx) = crossbeam_channel::unbounded::<ToWorker>();
         let inbox = ThreadInbox {
@@ -222,7 +235,13 @@ impl Inbox for ThreadInbox {
         if self.fake.dead() {
             return Ok(None);
         }
-        Ok(self.calls.recv().ok())
+        let message = self.calls.recv().ok();
+        if let Some(ToWorker::Setup(setup)) = &message
+            && let Ok(board) = Board::from_shared(setup.board.clone())
+        {
+            let _ = self.fake.board.set(board);
+        }
+        Ok(message)
     }
 }
 
