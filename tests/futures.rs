@@ -130,6 +130,61 @@ fn a_spin_wait_past_ten_milliseconds_is_a_clear_error() {
     }
 }
 
+/// Two threads wait on one future while its call runs: the first looks
+/// for the outcome on the worker's board, the other sleeps; both see it,
+/// and it is delivered once.
+#[test]
+fn two_threads_waiting_on_one_future_both_see_its_outcome() {
+    let config = loky::Config::new()
+        .max_workers(1)
+        .spin_wait(Duration::from_millis(10));
+    let executor = loky::Executor::new(config).unwrap();
+    executor.start_workers().unwrap();
+    for ms in [0, 2, 5] {
+        let future = executor.submit(sleep_ms, ms).unwrap();
+        let shared = &future;
+        std::thread::scope(|scope| {
+            let waiters: Vec<_> = (0..2)
+                .map(|_| scope.spawn(move || shared.wait_timeout(BOUND)))
+                .collect();
+            for waiter in waiters {
+                assert!(waiter.join().unwrap());
+            }
+        });
+        assert_eq!(future.result_timeout(BOUND).unwrap(), ms);
+    }
+    assert!(eventually(BOUND, || executor.stats().done == 3));
+}
+
+/// A call cancelled while its caller looks for its outcome on the
+/// worker's board: the caller gets `Cancelled`, never a result, and the
+/// executor serves on.
+#[test]
+fn a_call_cancelled_while_its_caller_watches_is_cancelled() {
+    let config = loky::Config::new()
+        .max_workers(1)
+        .spin_wait(Duration::from_millis(10));
+    let executor = loky::Executor::new(config).unwrap();
+    executor.start_workers().unwrap();
+    for _ in 0..5 {
+        let future = executor.submit(sleep_ms, 30).unwrap();
+        let cancelled = std::thread::scope(|scope| {
+            let canceller = scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(3));
+                future.cancel()
+            });
+            assert!(future.wait_timeout(BOUND));
+            canceller.join().unwrap()
+        });
+        assert!(cancelled);
+        assert!(matches!(
+            future.result_timeout(BOUND),
+            Err(Error::Cancelled { .. })
+        ));
+    }
+    assert_eq!(run(&executor, double, 21), 42);
+}
+
 #[test]
 fn result_timeout_and_states() {
     let executor = executor(1);
