@@ -130,16 +130,23 @@ fn a_spin_wait_past_ten_milliseconds_is_a_clear_error() {
     }
 }
 
-/// Two threads wait on one future while its call runs: the first looks
-/// for the outcome on the worker's board, the other sleeps; both see it,
-/// and it is delivered once.
-#[test]
-fn two_threads_waiting_on_one_future_both_see_its_outcome() {
+/// One worker, started, whose callers look for outcomes on its board for
+/// 10 ms before they sleep.
+fn watching_executor() -> loky::Executor {
     let config = loky::Config::new()
         .max_workers(1)
         .spin_wait(Duration::from_millis(10));
     let executor = loky::Executor::new(config).unwrap();
     executor.start_workers().unwrap();
+    executor
+}
+
+/// Two threads wait on one future while its call runs: the first looks
+/// for the outcome on the worker's board, the other sleeps; both see it,
+/// and it is delivered once.
+#[test]
+fn two_threads_waiting_on_one_future_both_see_its_outcome() {
+    let executor = watching_executor();
     for ms in [0, 2, 5] {
         let future = executor.submit(sleep_ms, ms).unwrap();
         let shared = &future;
@@ -161,11 +168,7 @@ fn two_threads_waiting_on_one_future_both_see_its_outcome() {
 /// executor serves on.
 #[test]
 fn a_call_cancelled_while_its_caller_watches_is_cancelled() {
-    let config = loky::Config::new()
-        .max_workers(1)
-        .spin_wait(Duration::from_millis(10));
-    let executor = loky::Executor::new(config).unwrap();
-    executor.start_workers().unwrap();
+    let executor = watching_executor();
     for _ in 0..5 {
         let future = executor.submit(sleep_ms, 30).unwrap();
         let cancelled = std::thread::scope(|scope| {
