@@ -238,10 +238,24 @@ impl ChunkArgsBuilder {
     /// Adds one element, which `encode` writes into an empty buffer; on
     /// error (or panic) nothing is added.
     pub fn push<E>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
-        self.scratch.clear();
-        encode(&mut self.scratch)?;
-        write_varint(&mut self.body, self.scratch.len());
-        self.body.extend_from_slice(&self.scratch);
+        // Encoded in place after a one-byte length, the usual size; a
+        // longer one moves the bytes to make room for its length.
+        let at = self.body.len();
+        self.body.push(0);
+        if let Err(error) = encode(&mut self.body) {
+            self.body.truncate(at);
+            return Err(error);
+        }
+        let len = self.body.len() - at - 1;
+        if len < 0x80 {
+            self.body[at] = len as u8;
+        } else {
+            self.scratch.clear();
+            write_varint(&mut self.scratch, len);
+            let extra = self.scratch.len() - 1;
+            self.body.splice(at..at + 1, self.scratch.iter().copied());
+            debug_assert_eq!(self.body.len(), at + 1 + extra + len);
+        }
         self.count += 1;
         Ok(())
     }
@@ -288,12 +302,25 @@ fn write_varint(out: &mut Vec<u8>, mut value: usize) {
 
 /// Decodes [`ChunkArgs`], borrowing each element's bytes from `bytes`.
 pub fn decode_chunk_args(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let elements: Vec<&serde_bytes::Bytes> = match postcard::take_from_bytes(bytes) {
-        Ok((elements, [])) => elements,
-        Ok((_, rest)) => return Err(format!("{} unexpected trailing bytes", rest.len())),
-        Err(error) => return Err(error.to_string()),
-    };
-    Ok(elements.into_iter().map(|one| &**one).collect())
+    let truncated = || "chunk arguments cut short".to_owned();
+    // As `ChunkArgsBuilder` writes them: a count, then each element's
+    // length and bytes.
+    let (count, mut rest) = read_varint(bytes).ok_or_else(truncated)?;
+    // Each element takes a byte at least: a count past that is a lie.
+    if count > rest.len() {
+        return Err(truncated());
+    }
+    let mut elements = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (len, after) = read_varint(rest).ok_or_else(truncated)?;
+        let element = after.get(..len).ok_or_else(truncated)?;
+        elements.push(element);
+        rest = &after[len..];
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} unexpected trailing bytes", rest.len()));
+    }
+    Ok(elements)
 }
 
 /// Worker to parent.
@@ -707,8 +734,50 @@ pub fn count_items(mut bytes: &[u8]) -> usize {
 
 /// The encoded [`ChunkItem`]s laid one after the other in `bytes`, one at a
 /// time, each result's bytes borrowed; stops after the first error.
-pub fn items(bytes: &[u8]) -> impl Iterator<Item = Result<ChunkItem<'_>, String>> {
-    end_to_end(bytes)
+pub fn items(mut bytes: &[u8]) -> impl Iterator<Item = Result<ChunkItem<'_>, String>> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        // A returned result, the common item, read by hand as it was
+        // written (`encode_returned_item`): its variant (0), its length,
+        // its bytes.
+        if let [0, rest @ ..] = bytes
+            && let Some((len, rest)) = read_varint(rest)
+            && let Some(result) = rest.get(..len)
+        {
+            bytes = &rest[len..];
+            return Some(Ok(ChunkItem::Returned(std::borrow::Cow::Borrowed(result))));
+        }
+        match postcard::take_from_bytes(bytes) {
+            Ok((value, rest)) => {
+                bytes = rest;
+                Some(Ok(value))
+            }
+            Err(error) => {
+                bytes = &[];
+                Some(Err(error.to_string()))
+            }
+        }
+    })
+}
+
+/// Reads a `usize` as postcard writes it ([`write_varint`]); `None` if
+/// `bytes` does not start with one.
+fn read_varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let mut value = 0usize;
+    for (index, &byte) in bytes.iter().enumerate().take(10) {
+        let shift = 7 * index as u32;
+        let bits = usize::from(byte & 0x7f);
+        if shift >= usize::BITS || (bits << shift) >> shift != bits {
+            return None;
+        }
+        value |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[index + 1..]));
+        }
+    }
+    None
 }
 
 /// Values of type `T` encoded one after the other in `bytes`, decoded one
@@ -769,7 +838,12 @@ mod tests {
             let mut out = Vec::new();
             write_varint(&mut out, count);
             assert_eq!(out, encode(&count).unwrap(), "{count}");
+            assert_eq!(read_varint(&out), Some((count, &[][..])), "{count}");
+            // Cut short: not a varint.
+            assert_eq!(read_varint(&out[..out.len() - 1]), None, "{count}");
         }
+        // Past the width of a `usize`.
+        assert_eq!(read_varint(&[0xff; 11]), None);
     }
 
     #[test]
@@ -852,6 +926,7 @@ mod tests {
         for item in [
             ChunkItem::Returned(vec![7, 8, 9].into()),
             ChunkItem::Failed(Failure::UnknownTask),
+            ChunkItem::Returned(vec![5; 300].into()),
             ChunkItem::Returned(Vec::new().into()),
         ] {
             bytes = encode_item(&item, bytes).unwrap();
@@ -861,8 +936,9 @@ mod tests {
             matches!(&items[..], [
                 ChunkItem::Returned(first),
                 ChunkItem::Failed(Failure::UnknownTask),
+                ChunkItem::Returned(long),
                 ChunkItem::Returned(last),
-            ] if **first == [7, 8, 9] && last.is_empty()),
+            ] if **first == [7, 8, 9] && **long == [5; 300] && last.is_empty()),
             "{items:?}"
         );
         assert!(decode_items(&bytes[..bytes.len() - 1]).is_err());
