@@ -605,3 +605,57 @@ fn public_handles_print_with_debug() {
     let shown = format!("{completed:?}");
     assert!(shown.contains("remaining: 1"), "{shown}");
 }
+
+/// An argument whose encoding writes part of itself, then panics (3) or
+/// fails (5). Encoded as the pair (value, 0).
+struct Touchy(u64);
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (value, _) = <(u64, u8)>::deserialize(deserializer)?;
+        Ok(Touchy(value))
+    }
+}
+
+impl serde::Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeTuple};
+        let mut tuple = serializer.serialize_tuple(2)?;
+        tuple.serialize_element(&self.0)?;
+        match self.0 {
+            3 => panic!("touchy about 3"),
+            5 => Err(S::Error::custom("touchy about 5")),
+            _ => {
+                tuple.serialize_element(&0u8)?;
+                tuple.end()
+            }
+        }
+    }
+}
+
+#[loky::task]
+fn touchy(value: Touchy) -> u64 {
+    value.0
+}
+
+/// In one chunk, an argument that panics or fails halfway through its
+/// encoding fails alone: what it wrote before is not left for its
+/// neighbours to be read with.
+#[test]
+fn an_argument_that_fails_halfway_through_its_encoding_fails_alone_in_its_chunk() {
+    let executor = executor(1);
+    let results: Vec<_> = executor
+        .map(touchy, (0..8).map(Touchy))
+        .chunksize(8)
+        .collect();
+    for (x, result) in (0..).zip(results) {
+        match (x, result) {
+            (3 | 5, Err(Error::Serialization { stage, message, .. })) => {
+                assert_eq!(stage, loky::Stage::EncodeArgs, "element {x}");
+                assert!(message.contains(&format!("touchy about {x}")), "{message}");
+            }
+            (x, Ok(value)) => assert_eq!(value, x),
+            (x, other) => panic!("element {x}: {other:?}"),
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! known of a chunk's elements so far, and a type-erased handle to complete
 //! its future.
 
+use crate::chunk_results::ChunkResults;
 use crate::error::{Attempt, Error};
 use crate::future::{Held, State};
 use crate::message::Message;
@@ -9,8 +10,7 @@ use crate::shared::Shared;
 use ipc_channel::ipc::IpcSharedMemory;
 use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{
-    self, Board, CallKind, ChunkItem, Claim as ClaimState, Failure, Outcome, Packing, Payload,
-    Stage,
+    Board, CallKind, Claim as ClaimState, Failure, Outcome, Packing, Payload, Stage,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -313,56 +313,23 @@ pub(crate) fn decode_as_chunk<R: Message>(
     task: &'static str,
     pid: u32,
     encoded: Encoded<'_>,
-) -> Result<Vec<Result<R, Error>>, Error> {
-    Ok(vec![decode_single(task, pid, encoded)])
+) -> Result<ChunkResults<R>, Error> {
+    Ok(ChunkResults::ready(vec![decode_single(task, pid, encoded)]))
 }
 
-/// Decodes the results of a chunk: each element succeeds or fails alone.
+/// The results of a chunk: each element succeeds or fails alone, and is
+/// decoded as it is taken (`ChunkResults`).
 pub(crate) fn decode_chunk<R: Message>(
     task: &'static str,
     _pid: u32,
     encoded: Encoded<'_>,
-) -> Result<Vec<Result<R, Error>>, Error> {
+) -> Result<ChunkResults<R>, Error> {
     let Encoded::Chunk(pieces) = encoded else {
         return Err(Error::Broken {
             reason: "a chunk completed as a single call".to_owned(),
         });
     };
-    // Counted first: the results are large (an `Error` is), so the vector
-    // is sized once rather than grown and copied.
-    let count = pieces
-        .iter()
-        .map(|piece| match piece {
-            Piece::Failed(_) => 1,
-            Piece::Items { skip, bytes, .. } => protocol::count_items(bytes).saturating_sub(*skip),
-        })
-        .sum();
-    let mut results = Vec::with_capacity(count);
-    for piece in pieces {
-        match piece {
-            Piece::Failed(error) => results.push(Err(error)),
-            Piece::Items { pid, skip, bytes } => {
-                // Item by item, without a vector of them in between; an
-                // item that cannot be read fails the whole chunk.
-                for (index, item) in protocol::items(&bytes).enumerate() {
-                    let item = item.map_err(|message| {
-                        let stage = Stage::DecodeResult;
-                        Error::from_failure(task, Some(pid), Failure::Serde { stage, message })
-                    })?;
-                    if index < skip {
-                        continue;
-                    }
-                    results.push(match item {
-                        ChunkItem::Returned(bytes) => decode_bytes(task, pid, &bytes),
-                        ChunkItem::Failed(failure) => {
-                            Err(Error::from_failure(task, Some(pid), failure))
-                        }
-                    });
-                }
-            }
-        }
-    }
-    Ok(results)
+    ChunkResults::encoded(task, pieces)
 }
 
 /// Encodes arguments in the submitting thread, to travel inside a larger

@@ -35,6 +35,7 @@
 // Lets `#[loky::task]` expand inside this crate's own unit tests.
 extern crate self as loky;
 
+mod chunk_results;
 mod cluster;
 mod config;
 mod cpu;

@@ -2,6 +2,7 @@
 //! in flight, so that an endless input works. The feed it shares with
 //! `MapUnordered` pulls the input and submits the chunks.
 
+use crate::chunk_results::ChunkResults;
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::future::Future;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 pub struct Map<T: Task, I> {
     pub(crate) feed: Feed<T, I>,
     pending: VecDeque<Chunk<T::Output>>,
-    current: std::vec::IntoIter<Result<T::Output, Error>>,
+    current: ChunkResults<T::Output>,
 }
 
 /// What `Map` and `MapUnordered` share: the lazy input, cut into chunks
@@ -62,7 +63,7 @@ pub(crate) struct Feed<T: Task, I> {
 /// One submitted chunk.
 pub(crate) struct Chunk<R> {
     /// The results of the elements that could be encoded.
-    pub(crate) future: Result<Future<Vec<Result<R, Error>>>, Error>,
+    pub(crate) future: Result<Future<ChunkResults<R>>, Error>,
     pub(crate) meta: ChunkMeta,
 }
 
@@ -78,7 +79,7 @@ pub(crate) struct ChunkMeta {
 
 impl<R> Chunk<R> {
     /// The future of the elements sent, if any were.
-    pub(crate) fn future(&self) -> Option<&Future<Vec<Result<R, Error>>>> {
+    pub(crate) fn future(&self) -> Option<&Future<ChunkResults<R>>> {
         self.future.as_ref().ok()
     }
 }
@@ -113,7 +114,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
                 carried: None,
             },
             pending: VecDeque::new(),
-            current: Vec::new().into_iter(),
+            current: ChunkResults::ready(Vec::new()),
         }
     }
 
@@ -263,7 +264,9 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
                             break;
                         }
                         if let Err(failure) = pushed {
-                            // Nothing of it travels, its regions neither.
+                            // Nothing of it travels (a panic may have left
+                            // some bytes), its regions neither.
+                            encoded.rollback(before.0);
                             loky_worker::shared_bytes::forget_after(before.1);
                             early.push((len, Error::from_failure(T::ID, None, failure)));
                         }
@@ -302,7 +305,9 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
         } else if encoded.is_empty() {
             // Every element failed before it could be sent.
             let (future, state) = Future::new(T::ID);
-            state.finish(crate::future::Held::Ready(Ok(Vec::new())));
+            state.finish(crate::future::Held::Ready(Ok(ChunkResults::ready(
+                Vec::new(),
+            ))));
             Ok(future)
         } else {
             let bytes = crate::task::registered(T::ID)
@@ -352,7 +357,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
     }
 
     /// Waits for `chunk` and returns its results in input order.
-    pub(crate) fn collect(&mut self, chunk: Chunk<T::Output>) -> Vec<Result<T::Output, Error>> {
+    pub(crate) fn collect(&mut self, chunk: Chunk<T::Output>) -> ChunkResults<T::Output> {
         let Chunk { future, meta } = chunk;
         self.settle(meta, future.and_then(Future::result))
     }
@@ -362,8 +367,8 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
     pub(crate) fn settle(
         &mut self,
         chunk: ChunkMeta,
-        outcome: Result<Vec<Result<T::Output, Error>>, Error>,
-    ) -> Vec<Result<T::Output, Error>> {
+        outcome: Result<ChunkResults<T::Output>, Error>,
+    ) -> ChunkResults<T::Output> {
         self.chunks -= 1;
         self.elements -= chunk.len;
         let sent = chunk.len - chunk.early.len();
@@ -371,15 +376,17 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
             Ok(results) if results.len() == sent => results,
             Ok(results) => {
                 let reason = format!("a chunk of {sent} came back with {} results", results.len());
-                (0..sent)
-                    .map(|_| {
-                        Err(Error::Broken {
-                            reason: reason.clone(),
+                ChunkResults::ready(
+                    (0..sent)
+                        .map(|_| {
+                            Err(Error::Broken {
+                                reason: reason.clone(),
+                            })
                         })
-                    })
-                    .collect()
+                        .collect(),
+                )
             }
-            Err(error) => (0..sent).map(|_| Err(error.clone())).collect(),
+            Err(error) => ChunkResults::ready((0..sent).map(|_| Err(error.clone())).collect()),
         };
         if chunk.submitted.elapsed() < CHUNK_TARGET {
             self.adaptive = (self.adaptive * 2).min(MAX_AUTO_CHUNK);
@@ -390,13 +397,15 @@ impl<T: Task, I: Iterator<Item = T::Args>> Feed<T, I> {
             return results;
         }
         let mut early = chunk.early.into_iter().peekable();
-        let mut sent = results.into_iter();
-        (0..chunk.len)
-            .map(|position| match early.next_if(|(p, _)| *p == position) {
-                Some((_, error)) => Err(error),
-                None => sent.next().expect("one result per sent element"),
-            })
-            .collect()
+        let mut sent = results;
+        ChunkResults::ready(
+            (0..chunk.len)
+                .map(|position| match early.next_if(|(p, _)| *p == position) {
+                    Some((_, error)) => Err(error),
+                    None => sent.next().expect("one result per sent element"),
+                })
+                .collect(),
+        )
     }
 }
 
@@ -412,7 +421,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Iterator for Map<T, I> {
                 self.pending.push_back(chunk);
             }
             match self.pending.pop_front() {
-                Some(chunk) => self.current = self.feed.collect(chunk).into_iter(),
+                Some(chunk) => self.current = self.feed.collect(chunk),
                 None => return self.feed.input_error().map(Err),
             }
         }
@@ -446,7 +455,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> Map<T, I> {
                 Err(error) => Err(error.clone()),
             };
             let Chunk { meta, .. } = self.pending.pop_front().expect("polled above");
-            self.current = self.feed.settle(meta, outcome).into_iter();
+            self.current = self.feed.settle(meta, outcome);
         }
     }
 }

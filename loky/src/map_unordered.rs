@@ -55,7 +55,7 @@ pub struct MapUnordered<T: Task, I> {
 }
 
 /// A consumed chunk's results, numbered from 0.
-type Results<R> = std::iter::Enumerate<std::vec::IntoIter<Result<R, Error>>>;
+type Results<R> = std::iter::Enumerate<crate::chunk_results::ChunkResults<R>>;
 
 impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
     pub(crate) fn new(feed: Feed<T, I>) -> Self {
@@ -169,7 +169,7 @@ impl<T: Task, I: Iterator<Item = T::Args>> MapUnordered<T, I> {
             self.free.push(slot);
             self.live -= 1;
             let first = chunk.meta.first;
-            self.current = Some((first, self.feed.collect(chunk).into_iter().enumerate()));
+            self.current = Some((first, self.feed.collect(chunk).enumerate()));
         }
     }
 }

@@ -235,8 +235,9 @@ pub struct ChunkArgsBuilder {
 }
 
 impl ChunkArgsBuilder {
-    /// Adds one element, which `encode` writes into an empty buffer; on
-    /// error (or panic) nothing is added.
+    /// Adds one element, which `encode` appends to the buffer it is given;
+    /// on error nothing is added. After a panic in `encode`, roll back to a
+    /// [`checkpoint`](Self::checkpoint) taken before.
     pub fn push<E>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
         // Encoded in place after a one-byte length, the usual size; a
         // longer one moves the bytes to make room for its length.
@@ -705,60 +706,47 @@ pub fn encode_returned_item(result: &[u8], out: &mut Vec<u8>) {
 
 /// Decodes encoded [`ChunkItem`]s laid one after the other, borrowing
 /// each result's bytes from `bytes`.
-pub fn decode_items(bytes: &[u8]) -> Result<Vec<ChunkItem<'_>>, String> {
+#[cfg(test)]
+fn decode_items(bytes: &[u8]) -> Result<Vec<ChunkItem<'_>>, String> {
     items(bytes).collect()
-}
-
-/// How many encoded [`ChunkItem`]s `bytes` holds, found without decoding
-/// results (as far as they can be read).
-pub fn count_items(mut bytes: &[u8]) -> usize {
-    let mut count = 0;
-    while !bytes.is_empty() {
-        // A returned result: its variant (0), its length, its bytes.
-        let skipped = match bytes {
-            [0, rest @ ..] => postcard::take_from_bytes::<usize>(rest)
-                .ok()
-                .and_then(|(len, rest)| rest.get(len..)),
-            _ => postcard::take_from_bytes::<ChunkItem<'_>>(bytes)
-                .ok()
-                .map(|(_, rest)| rest),
-        };
-        match skipped {
-            Some(rest) => bytes = rest,
-            None => break,
-        }
-        count += 1;
-    }
-    count
 }
 
 /// The encoded [`ChunkItem`]s laid one after the other in `bytes`, one at a
 /// time, each result's bytes borrowed; stops after the first error.
 pub fn items(mut bytes: &[u8]) -> impl Iterator<Item = Result<ChunkItem<'_>, String>> {
-    std::iter::from_fn(move || {
-        if bytes.is_empty() {
-            return None;
+    std::iter::from_fn(move || match next_item(bytes)? {
+        Ok((item, used)) => {
+            bytes = &bytes[used..];
+            Some(Ok(item))
         }
-        // A returned result, the common item, read by hand as it was
-        // written (`encode_returned_item`): its variant (0), its length,
-        // its bytes.
-        if let [0, rest @ ..] = bytes
-            && let Some((len, rest)) = read_varint(rest)
-            && let Some(result) = rest.get(..len)
-        {
-            bytes = &rest[len..];
-            return Some(Ok(ChunkItem::Returned(std::borrow::Cow::Borrowed(result))));
+        Err(error) => {
+            bytes = &[];
+            Some(Err(error))
         }
-        match postcard::take_from_bytes(bytes) {
-            Ok((value, rest)) => {
-                bytes = rest;
-                Some(Ok(value))
-            }
-            Err(error) => {
-                bytes = &[];
-                Some(Err(error.to_string()))
-            }
-        }
+    })
+}
+
+/// The first encoded [`ChunkItem`] in `bytes` and how many bytes it took;
+/// `None` if `bytes` is empty.
+pub fn next_item(bytes: &[u8]) -> Option<Result<(ChunkItem<'_>, usize), String>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    // A returned result, the common item, read by hand as it was written
+    // (`encode_returned_item`): its variant (0), its length, its bytes.
+    if let [0, rest @ ..] = bytes
+        && let Some((len, after)) = read_varint(rest)
+        && let Some(result) = after.get(..len)
+    {
+        let used = bytes.len() - after.len() + len;
+        return Some(Ok((
+            ChunkItem::Returned(std::borrow::Cow::Borrowed(result)),
+            used,
+        )));
+    }
+    Some(match postcard::take_from_bytes(bytes) {
+        Ok((value, rest)) => Ok((value, bytes.len() - rest.len())),
+        Err(error) => Err(error.to_string()),
     })
 }
 
@@ -873,21 +861,6 @@ mod tests {
         );
         assert_eq!(shape(vec![call(0, 70), call(1, 0)]), [vec![0], vec![1]]);
         assert!(shape(Vec::new()).is_empty());
-    }
-
-    #[test]
-    fn items_are_counted_without_decoding_them() {
-        let mut bytes = Vec::new();
-        for item in [
-            ChunkItem::Returned(vec![1, 2, 3].into()),
-            ChunkItem::Failed(Failure::UnknownTask),
-            ChunkItem::Returned(vec![7; 300].into()),
-        ] {
-            bytes = encode_item(&item, bytes).unwrap();
-        }
-        assert_eq!(count_items(&bytes), 3);
-        assert_eq!(count_items(&bytes[..bytes.len() - 1]), 2, "a cut item");
-        assert_eq!(count_items(&[]), 0);
     }
 
     #[test]

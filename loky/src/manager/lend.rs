@@ -66,7 +66,13 @@ impl Lending {
     /// Manager: it finished the step in which it heard of `delivered`
     /// calls (and offered their workers, if it would).
     pub(super) fn delivered(&self, delivered: usize) {
-        self.coming.fetch_sub(delivered, Ordering::AcqRel);
+        // Saturating: deliveries forgotten at a break-down may still be
+        // counted off.
+        let _ = self
+            .coming
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |coming| {
+                Some(coming.saturating_sub(delivered))
+            });
     }
 
     /// Caller with an encore: `announce`s it to the manager, then offers

@@ -183,16 +183,7 @@ impl<B: Backend> Manager<B> {
         };
         // Lent workers come back before anything else is decided; those
         // whose ticket was taken stay busy until their `Lent` arrives.
-        for (id, seq) in self.shared.lending.reclaim() {
-            if let Some(worker) = self.workers.get_mut(&id) {
-                if worker.lent == Some(seq) {
-                    worker.lent = None;
-                } else {
-                    // An encore not announced yet.
-                    worker.reclaimed_encore = Some(seq);
-                }
-            }
-        }
+        self.reclaim_tickets();
         let mut delivered = 0;
         let mut handle = |manager: &mut Self, event: Event| {
             delivered += usize::from(matches!(event, Event::Delivered(..)));
@@ -207,6 +198,9 @@ impl<B: Backend> Manager<B> {
         while let Ok(event) = self.events.try_recv() {
             handle(self, event);
         }
+        // Callers may have offered workers again meanwhile (encores): no
+        // ticket is on offer while the manager decides.
+        self.reclaim_tickets();
         let now = Instant::now();
         self.check_timers(now);
         // Before dispatching: a reaped worker's unstarted calls go back to
@@ -218,6 +212,23 @@ impl<B: Backend> Manager<B> {
         self.publish();
         self.answer_start_waiters();
         !self.finished()
+    }
+
+    /// Takes back the tickets nobody took. An encore's is remembered if
+    /// its announcement is still to come; a worker whose ticket was unused
+    /// gets a fresh encore when it is lent again.
+    fn reclaim_tickets(&mut self) {
+        for (id, seq) in self.shared.lending.reclaim() {
+            if let Some(worker) = self.workers.get_mut(&id) {
+                if worker.lent == Some(seq) {
+                    worker.lent = None;
+                } else {
+                    // An encore not announced yet.
+                    worker.reclaimed_encore = Some(seq);
+                }
+                worker.direct.disarm();
+            }
+        }
     }
 
     /// Whether idle workers go on offer to submitters: while nothing is
@@ -1422,6 +1433,8 @@ fn arm_encore<W>(id: u64, worker: &mut Worker<W>, calls: &crate::host::Calls) {
 /// Gives a job to a worker that can take it: claimed on its board, held,
 /// and sent with the step's other calls to it (`send_given`).
 fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
+    // A worker the manager feeds is nobody's to offer again.
+    worker.direct.disarm();
     let board = worker.board.clone().expect("a serving worker has a board");
     let seq = worker.next_seq;
     worker.next_seq += 1;

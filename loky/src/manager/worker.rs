@@ -189,10 +189,14 @@ impl<W> Worker<W> {
     /// Can take a job now, holding fewer than `limit`, with a free board
     /// slot, and below `max_tasks`.
     pub(super) fn can_take(&self, limit: usize, max_tasks: Option<usize>) -> bool {
-        let slot_free = self
-            .inflight
-            .front()
-            .is_none_or(|oldest| self.next_seq - oldest.seq < SLOTS as u64);
+        // The oldest call by number: calls are held in the order of their
+        // numbers, but for one taken under an encore ticket, held last
+        // with a number reserved earlier.
+        let oldest = match (self.inflight.front(), self.inflight.back()) {
+            (Some(front), Some(back)) => Some(front.seq.min(back.seq)),
+            _ => None,
+        };
+        let slot_free = oldest.is_none_or(|oldest| self.next_seq - oldest < SLOTS as u64);
         matches!(self.life, Life::Serving { .. })
             && self.lent.is_none()
             && self.inflight.len() < limit
