@@ -7,7 +7,7 @@ mod common;
 use common::{BOUND, executor};
 use loky::Error;
 
-/// The tests count this process's regions: one at a time.
+/// Held by each test: they count this process's regions.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// From this size on results travel in shared memory, arguments from 64 KiB.
@@ -43,6 +43,25 @@ fn regions_here(size: u64) -> usize {
         .count()
 }
 
+/// The tests count this process's regions: one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Shuts `executor` down and drops it, then expects no region of `size`
+/// bytes or more left in this process.
+fn assert_none_left_after(executor: loky::Executor, size: u64) {
+    executor.shutdown(loky::Shutdown::default());
+    drop(executor);
+    assert!(
+        common::eventually(BOUND, || regions_here(size) == 0),
+        "{} regions left after the executor",
+        regions_here(size)
+    );
+}
+
 #[loky::task]
 fn worker_regions(size: u64) -> usize {
     regions_here(size)
@@ -50,9 +69,7 @@ fn worker_regions(size: u64) -> usize {
 
 #[test]
 fn large_payloads_reuse_warm_regions_both_ways() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let executor = executor(1);
     for round in 0..6u8 {
         let data = vec![round; LARGE];
@@ -74,20 +91,12 @@ fn large_payloads_reuse_warm_regions_both_ways() {
         .result_timeout(BOUND)
         .unwrap();
     assert!((1..=3).contains(&there), "{there} regions in the worker");
-    executor.shutdown(loky::Shutdown::default());
-    drop(executor);
-    assert!(
-        common::eventually(BOUND, || regions_here(LARGE as u64) == 0),
-        "{} regions left after the executor",
-        regions_here(LARGE as u64)
-    );
+    assert_none_left_after(executor, LARGE as u64);
 }
 
 #[test]
 fn a_worker_that_dies_reading_a_region_leaks_none() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let size = 1 << 20;
     let executor = executor(1);
     let died = executor
@@ -108,20 +117,12 @@ fn a_worker_that_dies_reading_a_region_leaks_none() {
             .unwrap();
         assert!(back.len() == size && back.iter().all(|&byte| byte == round));
     }
-    executor.shutdown(loky::Shutdown::default());
-    drop(executor);
-    assert!(
-        common::eventually(BOUND, || regions_here(size as u64) == 0),
-        "{} regions left after the executor",
-        regions_here(size as u64)
-    );
+    assert_none_left_after(executor, size as u64);
 }
 
 #[test]
 fn results_waiting_to_be_taken_hold_no_regions() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     // In shared memory on the way (from 128 KiB), copied out on arrival
     // (below 32 MiB): a thousand waiting results hold no descriptor.
     let size = 256 << 10;

@@ -9,9 +9,8 @@
 //! thread that takes it.
 
 use crate::error::Error;
-use crate::job::Piece;
+use crate::job::{self, Piece};
 use crate::message::Message;
-use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{self, ChunkItem, Failure, Stage};
 use std::marker::PhantomData;
 
@@ -90,8 +89,7 @@ impl<R: Message> ChunkResults<R> {
         };
         *at += used;
         Some(match item {
-            ChunkItem::Returned(bytes) => serde_stage(Stage::DecodeResult, || R::decode(&bytes))
-                .map_err(|failure| Error::from_failure(self.task, Some(*pid), failure)),
+            ChunkItem::Returned(bytes) => job::decode_bytes(self.task, *pid, &bytes),
             ChunkItem::Failed(failure) => Err(Error::from_failure(self.task, Some(*pid), failure)),
         })
     }

@@ -501,9 +501,8 @@ impl Executor {
             other => other,
         };
         if kind == CallKind::Single {
-            let executor = Arc::as_ptr(&self.inner.shared) as usize;
             let spin = self.inner.config.spin_wait;
-            self.inner.shared.lending.await_offer(executor, spin);
+            self.inner.shared.lending.await_offer(spin);
         }
         let gate = self.inner.open_gate()?;
         let args = match args {

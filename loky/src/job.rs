@@ -46,8 +46,8 @@ pub(crate) struct Pieces {
 
 /// Outcomes of consecutive elements of a chunk.
 pub(crate) enum Piece {
-    /// Encoded [`ChunkItem`]s from worker `pid`, of which the first `skip`
-    /// are duplicates to ignore.
+    /// Encoded [`ChunkItem`](loky_worker::protocol::ChunkItem)s from
+    /// worker `pid`, of which the first `skip` are duplicates to ignore.
     Items {
         pid: u32,
         skip: usize,
@@ -303,7 +303,13 @@ pub(crate) fn decode_single<R: Message>(
     }
 }
 
-fn decode_bytes<R: Message>(task: &'static str, pid: u32, bytes: &[u8]) -> Result<R, Error> {
+/// Decodes one result worker `pid` returned; a failure is the task's
+/// `DecodeResult` error.
+pub(crate) fn decode_bytes<R: Message>(
+    task: &'static str,
+    pid: u32,
+    bytes: &[u8],
+) -> Result<R, Error> {
     serde_stage(Stage::DecodeResult, || R::decode(bytes))
         .map_err(|failure| Error::from_failure(task, Some(pid), failure))
 }

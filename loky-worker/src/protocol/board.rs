@@ -81,8 +81,10 @@ pub const ARENA: usize = 64 * 1024;
 const OUTBOX: usize = 64 * 1024;
 /// Bytes of the reply box, its length word included.
 const REPLY_BOX: usize = 4096;
+/// Where the reply box starts.
+const REPLY_AT: usize = HEADER + ARENA + OUTBOX;
 /// The board's size in bytes.
-pub const BOARD_BYTES: usize = HEADER + ARENA + OUTBOX + REPLY_BOX;
+pub const BOARD_BYTES: usize = REPLY_AT + REPLY_BOX;
 
 /// `WATCH` once the box is closed: no stage, and no call's number.
 const CLOSED: u64 = !3;
@@ -196,16 +198,20 @@ impl Board {
     /// Parent: a caller watches for call `seq`'s outcome in the reply box;
     /// false if another call is watched.
     pub fn watch(&self, seq: u64) -> bool {
+        self.move_watch(0, seq << 2 | WATCHING).is_ok()
+    }
+
+    /// Moves `WATCH` from `from` to `to`, if it holds `from`; `Err` with
+    /// what it holds otherwise.
+    fn move_watch(&self, from: u64, to: u64) -> Result<u64, u64> {
         self.word(WATCH)
-            .compare_exchange(0, seq << 2 | WATCHING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
     }
 
     /// Parent: the caller stops watching for call `seq`; false if the
     /// outcome is in the box (or being delivered) already.
     pub fn unwatch(&self, seq: u64) -> bool {
-        let word = self.word(WATCH);
-        match word.compare_exchange(seq << 2 | WATCHING, 0, Ordering::AcqRel, Ordering::Acquire) {
+        match self.move_watch(seq << 2 | WATCHING, 0) {
             Ok(_) => true,
             Err(other) => other >> 2 != seq,
         }
@@ -226,14 +232,7 @@ impl Board {
     /// record) out of the box, if it is there and nobody took it; the taker
     /// delivers it, then calls [`reply_delivered`](Self::reply_delivered).
     pub fn take_reply(&self, seq: u64) -> Option<Vec<u8>> {
-        self.word(WATCH)
-            .compare_exchange(
-                seq << 2 | READY,
-                seq << 2 | TAKEN,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .ok()?;
+        self.move_watch(seq << 2 | READY, seq << 2 | TAKEN).ok()?;
         // SAFETY: the worker wrote the record before `READY`, and writes the
         // box again only once it is watched anew, after `reply_delivered`.
         Some(unsafe { self.box_record() })
@@ -243,10 +242,9 @@ impl Board {
     /// outcome goes through the box any more, as when the worker is dead.
     /// An outcome in it already stays there.
     pub fn close_box(&self) {
-        let word = self.word(WATCH);
-        let mut current = word.load(Ordering::Acquire);
+        let mut current = self.word(WATCH).load(Ordering::Acquire);
         while !matches!(current & 3, READY | TAKEN) {
-            match word.compare_exchange(current, CLOSED, Ordering::AcqRel, Ordering::Acquire) {
+            match self.move_watch(current, CLOSED) {
                 Ok(_) => return,
                 Err(now) => current = now,
             }
@@ -273,7 +271,7 @@ impl Board {
     /// `WATCH` says `READY` or `TAKEN`, and the worker is dead or only
     /// writes it once watched anew.
     unsafe fn box_record(&self) -> Vec<u8> {
-        let at = HEADER + ARENA + OUTBOX;
+        let at = REPLY_AT;
         // SAFETY: the length word and the record lie within the mapping
         // (the length is bounded); the caller vouches for the rest.
         unsafe {
@@ -284,12 +282,7 @@ impl Board {
 
     /// Parent: call `seq`'s outcome, taken from the box, is delivered.
     pub fn reply_delivered(&self, seq: u64) {
-        let _ = self.word(WATCH).compare_exchange(
-            seq << 2 | TAKEN,
-            0,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self.move_watch(seq << 2 | TAKEN, 0);
     }
 
     /// Worker: whether a caller watches for call `seq`'s outcome.
@@ -304,7 +297,7 @@ impl Board {
         if record.len() > REPLY_BOX - 8 || !self.watched(seq) {
             return false;
         }
-        let at = HEADER + ARENA + OUTBOX;
+        let at = REPLY_AT;
         // SAFETY: within the mapping (checked above). While `seq` is
         // watched nobody reads the box: the last taker was done before
         // the word went back to 0.
@@ -312,13 +305,7 @@ impl Board {
             std::ptr::copy_nonoverlapping(record.as_ptr(), self.base.add(at + 8), record.len());
             *self.base.add(at).cast::<u64>() = record.len() as u64;
         }
-        self.word(WATCH)
-            .compare_exchange(
-                seq << 2 | WATCHING,
-                seq << 2 | READY,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
+        self.move_watch(seq << 2 | WATCHING, seq << 2 | READY)
             .is_ok()
     }
 

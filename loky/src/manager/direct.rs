@@ -1,4 +1,5 @@
-//! Outcomes a worker's link delivers straight to their futures.
+//! Outcomes delivered straight to their futures, by a worker's link or by
+//! the caller waiting for them.
 //!
 //! A single call's outcome needs nothing of the manager to settle its
 //! future, and routing it through the manager thread costs the waiting
@@ -6,9 +7,12 @@
 //! call it sends to a worker ([`Direct::expect`]); the worker's `notify`,
 //! which runs on that worker's link thread, completes the future as the
 //! outcome arrives ([`Direct::route`]) and tells the manager only that the
-//! call is done. Whatever the manager still decides about a call (taken
-//! back, cancelled, timed out, its worker killed or dead) it first takes
-//! out of the table, so its outcome then reaches the manager as before.
+//! call is done. A caller waiting for the outcome may instead pick it up
+//! from the worker's reply box on the board (`Pickup`), and then offer the
+//! worker it emptied again under an [`Encore`] the manager left. Whatever
+//! the manager still decides about a call (taken back, cancelled, timed
+//! out, its worker killed or dead) it first takes out of the table, so its
+//! outcome then reaches the manager as before.
 
 use super::lend::Ticket;
 use crate::host::{Calls, WorkerEvent};
@@ -18,9 +22,8 @@ use loky_worker::spin;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 /// How long a link must have been idle to count as drained.
 const QUIET: Duration = Duration::from_millis(10);
@@ -227,10 +230,7 @@ impl Direct {
         pass_on: &mut impl FnMut(Routed) -> bool,
     ) -> bool {
         let Some((pid, completion)) = self.expected(seq).0 else {
-            return pass_on(Routed::Event(WorkerEvent::Message(FromWorker::Done {
-                seq,
-                outcome,
-            })));
+            return pass_on(unexpected(seq, outcome));
         };
         // Settled even if the manager is gone: the outcome is known.
         let open = pass_on(Routed::Delivered { seq, encore: None });
@@ -253,17 +253,14 @@ impl Direct {
     /// On the caller's thread: settles call `seq`'s future with the
     /// outcome it picked up, then tells the manager (offering the worker
     /// again if it holds no other single call and the manager allowed an
-    /// encore). False if the call was not expected any more: the manager
-    /// decided about it (its worker is being killed or reaped) and gets the
-    /// outcome instead.
-    fn settle_picked_up(self: &Arc<Self>, seq: u64, outcome: Outcome) -> bool {
+    /// encore). Whether the worker holds no other single call; `None` if
+    /// the call was not expected any more: the manager decided about it
+    /// (its worker is being killed or reaped) and gets the outcome instead.
+    fn settle_picked_up(self: &Arc<Self>, seq: u64, outcome: Outcome) -> Option<bool> {
         let (expected, emptied) = self.expected(seq);
         let Some((pid, completion)) = expected else {
-            (self.pass_on)(Routed::Event(WorkerEvent::Message(FromWorker::Done {
-                seq,
-                outcome,
-            })));
-            return false;
+            (self.pass_on)(unexpected(seq, outcome));
+            return None;
         };
         // Settled before the manager hears of it, as the link's outcomes
         // are before it reports its channel closed: the manager reaps the
@@ -285,8 +282,13 @@ impl Direct {
             _ => None,
         };
         (self.pass_on)(Routed::Delivered { seq, encore });
-        true
+        Some(emptied)
     }
+}
+
+/// The outcome of a call nobody here expects: the manager's to settle.
+fn unexpected(seq: u64, outcome: Outcome) -> Routed {
+    Routed::Event(WorkerEvent::Message(FromWorker::Done { seq, outcome }))
 }
 
 /// Settles a future with a worker's outcome, marked as settling: its
@@ -320,7 +322,7 @@ impl Pickup for Direct {
         let Some(record) = board.take_reply(seq) else {
             return;
         };
-        let settled = self.passing_on(true, || {
+        let emptied = self.passing_on(true, || {
             let outcome = match protocol::settled_outcomes(&record) {
                 (mut outcomes, _) if outcomes.len() == 1 => outcomes.remove(0).1,
                 (_, error) => Outcome::Failed(Failure::Serde {
@@ -333,13 +335,13 @@ impl Pickup for Direct {
             };
             self.settle_picked_up(seq, outcome)
         });
-        if !settled {
+        let Some(emptied) = emptied else {
             // The box stays taken: the manager reads it when it reaps the
             // worker, and before that gets the outcome from here.
             return;
-        }
+        };
         board.reply_delivered(seq);
-        if self.table().is_empty() {
+        if emptied {
             // Its worker holds no other single call: it is idle again,
             // unless it runs a chunk.
             super::lend::offer_coming(self.executor);

@@ -6,9 +6,16 @@
 //! leaves a [`Ticket`] here. A submitter that takes one queues the call on
 //! the worker's board, tells the manager ([`Event::Lent`], before the call
 //! leaves, so that whatever the worker does next reaches the manager after
-//! it) and sends the call itself. At the start of each step the manager
-//! takes back the tickets nobody took ([`Lending::reclaim`]); a worker whose
-//! ticket was taken counts as busy until its `Lent` arrives.
+//! it) and sends the call itself. At the start of each step, and again
+//! once it has drained its events, the manager takes back the tickets
+//! nobody took ([`Lending::reclaim`]); a worker whose ticket was taken
+//! counts as busy until its `Lent` arrives.
+//!
+//! A caller that picks up the last call of a lent worker may offer that
+//! worker again itself (an encore, `direct::Encore`), announced to the
+//! manager before anyone can take it ([`Lending::offer_announced`]). A
+//! submitter whose thread just did so waits briefly for that offer, or the
+//! manager's ([`Lending::await_offer`]), rather than queue its call.
 
 use super::Event;
 use super::direct::Direct;
@@ -32,13 +39,14 @@ pub(crate) struct Ticket {
 }
 
 thread_local! {
-    /// The executor (its `Shared`'s address) one of whose workers this
+    /// The executor (its [`Lending::key`]) one of whose workers this
     /// thread just emptied, picking its last call up: that worker is about
     /// to be offered again. Zero: none.
     static OFFER_COMING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// This thread delivered the last call a worker of `executor` held.
+/// This thread delivered the last call a worker of `executor` (its
+/// [`Lending::key`]) held.
 pub(super) fn offer_coming(executor: usize) {
     OFFER_COMING.set(executor);
 }
@@ -91,13 +99,19 @@ impl Lending {
         open
     }
 
-    /// Submitter of a single call to `executor`, before it takes the
-    /// executor's gate: if this thread just picked up the last call of one
-    /// of its workers, waits (at most `spin`) for the manager to offer that
-    /// worker again, or to decide not to. Waiting is shorter than the
-    /// manager's round (a wake-up, a step) for the call.
-    pub(crate) fn await_offer(&self, executor: usize, spin: Duration) {
-        if OFFER_COMING.replace(0) != executor {
+    /// What tells this executor's lending from another's, for
+    /// [`offer_coming`]: its address, never zero.
+    pub(super) fn key(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Submitter of a single call, before it takes the executor's gate: if
+    /// this thread just picked up the last call of one of this executor's
+    /// workers, waits (at most `spin`) for the manager to offer that worker
+    /// again, or to decide not to. Waiting is shorter than the manager's
+    /// round (a wake-up, a step) for the call.
+    pub(crate) fn await_offer(&self, spin: Duration) {
+        if OFFER_COMING.replace(0) != self.key() {
             return;
         }
         loky_worker::spin::until(spin, || {
@@ -134,10 +148,7 @@ impl Lending {
     /// Submitter: sends a single call straight to an idle worker, if one
     /// is on offer; otherwise gives the job back.
     pub(crate) fn send(&self, job: Job, events: &Sender<Event>) -> Option<Job> {
-        if job.kind != CallKind::Single {
-            return Some(job);
-        }
-        if self.tickets().is_empty() {
+        if job.kind != CallKind::Single || self.tickets().is_empty() {
             return Some(job);
         }
         // Made before a ticket is taken: cloning regions may panic (out of

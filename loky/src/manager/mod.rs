@@ -247,19 +247,18 @@ impl<B: Backend> Manager<B> {
     /// Offers each idle worker to submitters, while nothing is queued, each
     /// with leave for an encore.
     fn lend(&mut self) {
-        let encores = self.encores_open();
-        for worker in self.workers.values_mut() {
+        let (open, encores) = (self.lending_open(), self.encores_open());
+        let max_tasks = self.config.max_tasks_per_child;
+        for (&id, worker) in &mut self.workers {
             if !encores || !matches!(worker.life, Life::Serving { .. }) {
                 worker.direct.disarm();
             }
-        }
-        if !self.lending_open() {
-            return;
-        }
-        let max_tasks = self.config.max_tasks_per_child;
-        for (&id, worker) in &mut self.workers {
             // `can_take` is false for a worker lent already.
-            if !(worker.is_idle() && worker.unsent.is_empty() && worker.can_take(1, max_tasks)) {
+            if !(open
+                && worker.is_idle()
+                && worker.unsent.is_empty()
+                && worker.can_take(1, max_tasks))
+            {
                 continue;
             }
             let (Some(board), Some(calls)) = (worker.board.clone(), worker.calls().cloned()) else {
@@ -1376,7 +1375,7 @@ impl<B: Backend> Manager<B> {
             self.next_worker += 1;
             let events = self.events_tx.clone();
             let shared = Arc::clone(&self.shared);
-            let executor = Arc::as_ptr(&self.shared) as usize;
+            let executor = self.shared.lending.key();
             let direct = Arc::new(Direct::new(executor, move |routed| match routed {
                 Routed::Event(event) => events.send(Event::Worker(id, event)).is_ok(),
                 Routed::Delivered { seq, encore } => {
