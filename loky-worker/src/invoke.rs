@@ -1,9 +1,10 @@
-//! Running one call inside a worker: each stage (decode the arguments, call
-//! the task, encode the result) under `catch_unwind`, so that every failure
-//! becomes a [`Failure`] value that names its stage.
+//! Running one call inside a worker: its stages (decode the arguments, call
+//! the task, encode the result) under one `catch_unwind`, so that every
+//! failure becomes a [`Failure`] value that names its stage.
 
 use crate::panic;
 use crate::protocol::{Failure, Payload, Stage};
+use std::cell::Cell;
 /// Decodes `A` from `input` with `decode`, calls `f`, and encodes its
 /// result with `encode`.
 ///
@@ -15,9 +16,7 @@ pub fn run<A, R>(
     encode: impl FnOnce(&R) -> Result<Payload, String>,
     input: &[u8],
 ) -> Result<Payload, Failure> {
-    let args: A = serde_stage(Stage::DecodeArgs, || decode(input))?;
-    let result = panic::catch(|| f(args)).map_err(Failure::Panicked)?;
-    serde_stage(Stage::EncodeResult, || encode(&result))
+    stages(decode, f, encode, input)
 }
 
 /// As [`run`], appending the encoded result to `out` with `encode`.
@@ -28,12 +27,49 @@ pub fn run_into<A, R>(
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), Failure> {
-    let args: A = serde_stage(Stage::DecodeArgs, || decode(input))?;
-    let result = panic::catch(|| f(args)).map_err(Failure::Panicked)?;
-    serde_stage(Stage::EncodeResult, || encode(&result, out))
+    stages(decode, f, |result| encode(result, out), input)
+}
+
+/// The three stages of a call under one `catch_unwind` (a chunk runs this
+/// per element): `at` says which stage a panic interrupted, `None` being
+/// the task itself, dropping its result included.
+#[inline]
+fn stages<A, R, T>(
+    decode: impl FnOnce(&[u8]) -> Result<A, String>,
+    f: impl FnOnce(A) -> R,
+    encode: impl FnOnce(&R) -> Result<T, String>,
+    input: &[u8],
+) -> Result<T, Failure> {
+    let at = Cell::new(Some(Stage::DecodeArgs));
+    let outcome = panic::catch(|| {
+        let args = decode(input).map_err(|message| Failure::Serde {
+            stage: Stage::DecodeArgs,
+            message,
+        })?;
+        at.set(None);
+        let result = f(args);
+        at.set(Some(Stage::EncodeResult));
+        let encoded = encode(&result).map_err(|message| Failure::Serde {
+            stage: Stage::EncodeResult,
+            message,
+        });
+        at.set(None);
+        drop(result);
+        encoded
+    });
+    outcome.unwrap_or_else(|panic| {
+        Err(match at.get() {
+            Some(stage) => Failure::Serde {
+                stage,
+                message: format!("panicked: {panic}"),
+            },
+            None => Failure::Panicked(panic),
+        })
+    })
 }
 
 /// Runs a serde step, turning its error or panic into a [`Failure::Serde`].
+#[inline]
 pub fn serde_stage<T>(
     stage: Stage,
     step: impl FnOnce() -> Result<T, String>,

@@ -4,11 +4,13 @@
 use crate::protocol::RemotePanic;
 use std::any::Any;
 use std::backtrace::{Backtrace, BacktraceStatus};
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 
 thread_local! {
-    static LAST_PANIC: RefCell<Option<RemotePanic>> = const { RefCell::new(None) };
+    /// Boxed, so that taking it (twice per call in a worker) moves a
+    /// pointer.
+    static LAST_PANIC: Cell<Option<Box<RemotePanic>>> = const { Cell::new(None) };
 }
 
 /// Whether [`install_hook`] ran: without the hook nothing records panics,
@@ -16,9 +18,10 @@ thread_local! {
 /// paths of the parent).
 static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn take_last() -> Option<RemotePanic> {
+#[inline]
+fn take_last() -> Option<Box<RemotePanic>> {
     if HOOKED.load(std::sync::atomic::Ordering::Relaxed) {
-        LAST_PANIC.with(|last| last.borrow_mut().take())
+        LAST_PANIC.take()
     } else {
         None
     }
@@ -38,19 +41,21 @@ pub fn install_hook() {
             backtrace: (backtrace.status() == BacktraceStatus::Captured)
                 .then(|| backtrace.to_string()),
         };
-        LAST_PANIC.with(|last| *last.borrow_mut() = Some(captured));
+        LAST_PANIC.set(Some(Box::new(captured)));
     }));
 }
 
 /// Runs `f`, turning a panic into a [`RemotePanic`].
+#[inline]
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemotePanic> {
     take_last();
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        take_last().unwrap_or_else(|| RemotePanic {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match take_last() {
+        Some(last) => *last,
+        None => RemotePanic {
             message: payload_message(&*payload),
             location: None,
             backtrace: None,
-        })
+        },
     })
 }
 

@@ -203,6 +203,7 @@ pub fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<IpcSharedMemory>) {
 
 /// Within [`collect`]: forgets the regions serialized after the first
 /// `count` (an element taken back out of a chunk).
+#[inline]
 pub fn forget_after(count: usize) {
     SENDING.with(|sending| {
         if let Some(regions) = sending.borrow_mut().as_mut() {
@@ -212,6 +213,7 @@ pub fn forget_after(count: usize) {
 }
 
 /// Within [`collect`]: how many distinct regions were serialized so far.
+#[inline]
 pub fn collected() -> usize {
     SENDING.with(|sending| sending.borrow().as_ref().map_or(0, Vec::len))
 }

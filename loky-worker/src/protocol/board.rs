@@ -354,11 +354,13 @@ impl Board {
     }
 
     /// Worker: element `index` of the current chunk starts.
+    #[inline]
     pub fn element_started(&self, index: u64) {
         self.word(CHUNK_STARTED).store(index + 1, Ordering::Release);
     }
 
     /// Worker: appends one encoded outcome; false if it does not fit.
+    #[inline]
     pub fn arena_push(&self, item: &[u8]) -> bool {
         let used = self.word(ARENA_BYTES).load(Ordering::Relaxed) as usize;
         if item.len() > ARENA - used {

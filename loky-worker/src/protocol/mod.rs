@@ -238,6 +238,7 @@ impl ChunkArgsBuilder {
     /// Adds one element, which `encode` appends to the buffer it is given;
     /// on error nothing is added. After a panic in `encode`, roll back to a
     /// [`checkpoint`](Self::checkpoint) taken before.
+    #[inline]
     pub fn push<E>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
         // Encoded in place after a one-byte length, the usual size; a
         // longer one moves the bytes to make room for its length.
@@ -262,11 +263,13 @@ impl ChunkArgsBuilder {
     }
 
     /// How many elements it holds.
+    #[inline]
     pub fn len(&self) -> usize {
         self.count
     }
 
     /// Where it stands, to [`rollback`](Self::rollback) to.
+    #[inline]
     pub fn checkpoint(&self) -> (usize, usize) {
         (self.body.len(), self.count)
     }
@@ -293,6 +296,7 @@ impl ChunkArgsBuilder {
 
 /// Appends `value` as postcard writes a `usize`: seven bits a byte, low
 /// first, the high bit set on every byte but the last.
+#[inline]
 fn write_varint(out: &mut Vec<u8>, mut value: usize) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -697,6 +701,7 @@ pub fn encode_item(item: &ChunkItem<'_>, buffer: Vec<u8>) -> Result<Vec<u8>, Str
 /// Writes into `out` (emptied first) what [`encode_item`] writes for
 /// `ChunkItem::Returned(result)`: the variant's index (0), the length, the
 /// bytes.
+#[inline]
 pub fn encode_returned_item(result: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.push(0);
@@ -728,6 +733,7 @@ pub fn items(mut bytes: &[u8]) -> impl Iterator<Item = Result<ChunkItem<'_>, Str
 
 /// The first encoded [`ChunkItem`] in `bytes` and how many bytes it took;
 /// `None` if `bytes` is empty.
+#[inline]
 pub fn next_item(bytes: &[u8]) -> Option<Result<(ChunkItem<'_>, usize), String>> {
     if bytes.is_empty() {
         return None;
@@ -752,6 +758,7 @@ pub fn next_item(bytes: &[u8]) -> Option<Result<(ChunkItem<'_>, usize), String>>
 
 /// Reads a `usize` as postcard writes it ([`write_varint`]); `None` if
 /// `bytes` does not start with one.
+#[inline]
 fn read_varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
     let mut value = 0usize;
     for (index, &byte) in bytes.iter().enumerate().take(10) {
