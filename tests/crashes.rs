@@ -111,6 +111,80 @@ fn returns_undeserializable() -> Undeserializable {
     Undeserializable
 }
 
+/// Panics when decoded (in the worker, as an argument).
+#[derive(Debug)]
+struct PanicsWhenDecoded;
+
+impl Serialize for PanicsWhenDecoded {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(7)
+    }
+}
+
+impl<'de> Deserialize<'de> for PanicsWhenDecoded {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("PanicsWhenDecoded went off")
+    }
+}
+
+/// Panics when encoded (in the worker, as a result).
+#[derive(Debug)]
+struct PanicsWhenEncoded;
+
+impl Serialize for PanicsWhenEncoded {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("PanicsWhenEncoded went off")
+    }
+}
+
+impl<'de> Deserialize<'de> for PanicsWhenEncoded {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = u8::deserialize(d)?;
+        Ok(PanicsWhenEncoded)
+    }
+}
+
+/// A result whose drop panics where it was made armed: in the worker, after
+/// it was encoded. The parent's decoded copy is unarmed.
+#[derive(Debug)]
+struct DropBomb {
+    armed: bool,
+}
+
+impl Serialize for DropBomb {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(self.armed)
+    }
+}
+
+impl<'de> Deserialize<'de> for DropBomb {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = bool::deserialize(d)?;
+        Ok(DropBomb { armed: false })
+    }
+}
+
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        if self.armed {
+            panic!("DropBomb went off");
+        }
+    }
+}
+
+#[loky::task]
+fn takes_panicking(_value: PanicsWhenDecoded) {}
+
+#[loky::task]
+fn returns_panicking() -> PanicsWhenEncoded {
+    PanicsWhenEncoded
+}
+
+#[loky::task]
+fn bomb(armed: bool) -> DropBomb {
+    DropBomb { armed }
+}
+
 /// Asserts that a dead worker's error names the task, the pid and `reason`,
 /// that it came fast, and that the worker was reaped.
 fn assert_died(result: Result<(), Error>, task: &str, reason: ExitReason, took: Duration) -> u32 {
@@ -344,5 +418,43 @@ fn serde_failures_name_their_stage_and_message() {
          the parent: Undeserializable refuses to be decoded"
     );
     // None of that cost the worker its life.
+    assert_eq!(run(&executor, worker_pid, ()), worker);
+}
+
+#[test]
+fn a_panic_in_each_stage_of_a_call_is_blamed_on_that_stage() {
+    let executor = executor(1);
+    let worker = run(&executor, worker_pid, ());
+
+    let decode_args = executor.submit(takes_panicking, PanicsWhenDecoded).unwrap();
+    let (stage, message) = serde_error(decode_args.result_timeout(BOUND));
+    assert_eq!(stage, Stage::DecodeArgs);
+    assert!(
+        message.starts_with("panicked: 'PanicsWhenDecoded went off' at tests/crashes.rs:"),
+        "{message}"
+    );
+    let encode_result = executor.submit(returns_panicking, ()).unwrap();
+    let (stage, message) = serde_error(encode_result.result_timeout(BOUND));
+    assert_eq!(stage, Stage::EncodeResult);
+    assert!(
+        message.starts_with("panicked: 'PanicsWhenEncoded went off' at tests/crashes.rs:"),
+        "{message}"
+    );
+    // Dropping the result is the task's own code, after its encoding.
+    let dropped = executor.submit(bomb, true).unwrap().result_timeout(BOUND);
+    let Err(Error::Panicked { pid, panic, .. }) = dropped else {
+        panic!("expected Panicked, got {dropped:?}");
+    };
+    assert_eq!((pid, panic.message.as_str()), (worker, "DropBomb went off"));
+    // In a chunk each fails alone.
+    let results: Vec<_> = executor
+        .map(bomb, [false, true, false])
+        .chunksize(3)
+        .collect();
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(&results[1], Err(Error::Panicked { panic, .. }) if panic.message == "DropBomb went off"),
+        "{results:?}"
+    );
     assert_eq!(run(&executor, worker_pid, ()), worker);
 }
