@@ -141,6 +141,33 @@ fn an_outcome_in_the_reply_box_of_a_worker_that_exits_is_not_lost() {
 }
 
 #[test]
+fn a_panic_in_the_worker_s_own_loop_is_a_death_not_a_hang() {
+    let config = Config::new()
+        .max_workers(1)
+        .prefetch(8)
+        .env("LOKY_WORKER_FAULT", "panic-after-call");
+    let executor = Executor::new(config).unwrap();
+    executor.start_workers().unwrap();
+    // Each worker runs one call, holds its outcome back (more wait), and
+    // panics outside the task: the outcome still leaves, the worker
+    // aborts, and the calls queued on it run on the next.
+    let sums: Vec<_> = (0..5)
+        .map(|i| executor.submit(add, (i, 100)).unwrap())
+        .collect();
+    for (i, sum) in (0..).zip(sums) {
+        assert_eq!(sum.result_timeout(BOUND).unwrap(), i + 100, "call {i}");
+    }
+    // Each of the five died (the last maybe after its outcome arrived).
+    let deadline = Instant::now() + BOUND;
+    while executor.stats().exits.crashed < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = executor.stats();
+    assert_eq!(stats.exits.crashed, 5, "{stats:?}");
+    assert_eq!((stats.done, stats.failed), (5, 0));
+}
+
+#[test]
 fn outcomes_held_back_by_a_worker_that_dies_are_not_lost() {
     let config = Config::new()
         .max_workers(1)

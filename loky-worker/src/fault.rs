@@ -15,7 +15,9 @@
 //!   (instead of `batch::HOLD_AT_MOST`), so that a test can die holding
 //!   some;
 //! - `exit-after-reply:N`: exit with code N right after putting an outcome
-//!   in the board's reply box, before its caller may have taken it.
+//!   in the board's reply box, before its caller may have taken it;
+//! - `panic-after-call`: panic in the worker's own loop (outside any task)
+//!   once a call's outcome is sent, held back or in the box.
 
 /// The variable naming the fault.
 pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
@@ -102,6 +104,18 @@ pub(crate) fn after_reply() {
 /// Without the feature: no fault.
 #[cfg(not(feature = "test-hooks"))]
 pub(crate) fn after_reply() {}
+
+/// Acts on the `panic-after-call` fault.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn after_call() {
+    if std::env::var(ENV_FAULT).is_ok_and(|fault| fault == "panic-after-call") {
+        panic!("the panic-after-call fault");
+    }
+}
+
+/// Without the feature: no fault.
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn after_call() {}
 
 /// The variable naming a fault of a cluster agent (feature `nats` of
 /// `loky`), one of:

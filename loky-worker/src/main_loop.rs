@@ -88,10 +88,23 @@ pub fn serve(
         let _flusher = std::thread::Builder::new()
             .name("loky-flusher".to_owned())
             .spawn_scoped(scope, || batch.run_flusher());
-        let code = serve_calls(calls, &board, spin, &batch, results, memory);
-        batch.stop();
-        code
+        // Stopped however the loop ends: a panic escaping it (a bug of
+        // ours; the task's own are caught) must not leave the scope
+        // waiting for the flusher forever. In a worker process it then
+        // unwinds out of the entry, which aborts: a death the parent
+        // reports, not a hang.
+        let _stop = StopOnExit(&batch);
+        serve_calls(calls, &board, spin, &batch, results, memory)
     })
+}
+
+/// Stops the flusher when dropped.
+struct StopOnExit<'a, 'b, O: Outbox>(&'a Batch<'b, O>);
+
+impl<O: Outbox> Drop for StopOnExit<'_, '_, O> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Runs the calls as they come, until the parent says stop or goes.
@@ -163,6 +176,7 @@ fn serve_calls(
             // The parent is gone: nobody is left to serve.
             return 0;
         }
+        fault::after_call();
         if !retiring && let Some(reason) = memory.as_mut().and_then(MemoryWatch::after_task) {
             // Keep serving until the parent says stop.
             retiring = batch.flush() && results.send(FromWorker::Retire(reason));
