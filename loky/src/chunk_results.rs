@@ -4,9 +4,11 @@
 //! A result is a `Result<R, Error>`, and an `Error` is large: decoding a
 //! whole chunk into a vector first wrote every result out and read it back,
 //! most of the taking thread's time in a `map` of short tasks. So a chunk's
-//! future holds the encoded outcomes, checked and counted when the future
-//! completes; each result is decoded where the iterator yields it, in the
-//! thread that takes it.
+//! future holds the encoded outcomes, with the number of items each piece
+//! was announced to hold; each result is read and decoded where the
+//! iterator yields it, in the thread that takes it. An item the bytes do
+//! not hold, or hold unreadably, is a `DecodeResult` error of its own
+//! element, and so is every item after it in that piece.
 
 use crate::error::Error;
 use crate::job::{self, Piece};
@@ -14,14 +16,26 @@ use crate::message::Message;
 use loky_worker::protocol::{self, ChunkItem, Failure, Stage};
 use std::marker::PhantomData;
 
+/// A piece of encoded items being read.
+struct Reading {
+    /// Its worker.
+    pid: u32,
+    bytes: Vec<u8>,
+    /// Where the next item starts.
+    at: usize,
+    /// Items still to read.
+    left: usize,
+    /// Why the bytes cannot be read further, once they cannot.
+    unreadable: Option<String>,
+}
+
 /// The results of a chunk's elements, in element order.
 pub(crate) struct ChunkResults<R> {
     task: &'static str,
     /// Outcomes not reached yet, in order.
     pieces: std::vec::IntoIter<Piece>,
-    /// The piece being read: its worker, its bytes, and where the next
-    /// item starts.
-    reading: Option<(u32, Vec<u8>, usize)>,
+    /// The piece being read.
+    reading: Option<Reading>,
     /// Results known already (a chunk of one, or results gathered).
     ready: std::vec::IntoIter<Result<R, Error>>,
     remaining: usize,
@@ -43,54 +57,59 @@ impl<R: Message> ChunkResults<R> {
 
     /// The results in `pieces`, counted and checked here: an item that
     /// cannot be read fails the whole chunk, as a `Deserialize` error.
-    pub(crate) fn encoded(task: &'static str, pieces: Vec<Piece>) -> Result<Self, Error> {
-        let mut remaining = 0;
-        for piece in &pieces {
-            match piece {
-                Piece::Failed(_) => remaining += 1,
-                Piece::Items { pid, skip, bytes } => {
-                    let mut count = 0usize;
-                    let mut rest = &bytes[..];
-                    while let Some(item) = protocol::next_item(rest) {
-                        let used = item
-                            .map_err(|message| {
-                                let stage = Stage::DecodeResult;
-                                Error::from_failure(
-                                    task,
-                                    Some(*pid),
-                                    Failure::Serde { stage, message },
-                                )
-                            })?
-                            .1;
-                        rest = &rest[used..];
-                        count += 1;
-                    }
-                    remaining += count.saturating_sub(*skip);
-                }
-            }
-        }
-        Ok(ChunkResults {
+    pub(crate) fn encoded(task: &'static str, pieces: Vec<Piece>) -> Self {
+        let remaining = pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Failed(_) => 1,
+                Piece::Items { skip, count, .. } => count.saturating_sub(*skip),
+            })
+            .sum();
+        ChunkResults {
             task,
             pieces: pieces.into_iter(),
             reading: None,
             ready: Vec::new().into_iter(),
             remaining,
             result: PhantomData,
-        })
+        }
     }
 
-    /// The next item of the piece being read, if any is left there.
+    /// The next item of the piece being read, decoded; `None` past its
+    /// last.
     fn next_read(&mut self) -> Option<Result<R, Error>> {
-        let (pid, bytes, at) = self.reading.as_mut()?;
-        // Checked when the chunk completed: every item reads.
-        let Some(Ok((item, used))) = protocol::next_item(&bytes[*at..]) else {
+        let reading = self.reading.as_mut()?;
+        if reading.left == 0 {
             self.reading = None;
             return None;
+        }
+        reading.left -= 1;
+        let item = match &reading.unreadable {
+            Some(why) => Err(why.clone()),
+            None => match protocol::next_item(&reading.bytes[reading.at..]) {
+                Some(Ok((item, used))) => {
+                    reading.at += used;
+                    Ok(item)
+                }
+                Some(Err(why)) => Err(why),
+                None => Err("fewer results than announced".to_owned()),
+            },
         };
-        *at += used;
+        let pid = reading.pid;
         Some(match item {
-            ChunkItem::Returned(bytes) => job::decode_bytes(self.task, *pid, &bytes),
-            ChunkItem::Failed(failure) => Err(Error::from_failure(self.task, Some(*pid), failure)),
+            Ok(ChunkItem::Returned(bytes)) => job::decode_bytes(self.task, pid, &bytes),
+            Ok(ChunkItem::Failed(failure)) => {
+                Err(Error::from_failure(self.task, Some(pid), failure))
+            }
+            Err(why) => {
+                reading.unreadable = Some(why.clone());
+                let stage = Stage::DecodeResult;
+                let failure = Failure::Serde {
+                    stage,
+                    message: why,
+                };
+                Err(Error::from_failure(self.task, Some(pid), failure))
+            }
         })
     }
 }
@@ -106,8 +125,19 @@ impl<R: Message> Iterator for ChunkResults<R> {
                 }
                 match self.pieces.next()? {
                     Piece::Failed(error) => break Some(Err(error)),
-                    Piece::Items { pid, skip, bytes } => {
-                        self.reading = Some((pid, bytes, 0));
+                    Piece::Items {
+                        pid,
+                        skip,
+                        count,
+                        bytes,
+                    } => {
+                        self.reading = Some(Reading {
+                            pid,
+                            bytes,
+                            at: 0,
+                            left: count,
+                            unreadable: None,
+                        });
                         // Duplicates of outcomes already taken.
                         for _ in 0..skip {
                             if self.next_read().is_none() {
@@ -163,6 +193,7 @@ mod tests {
             Piece::Items {
                 pid: 7,
                 skip: 0,
+                count: 2,
                 bytes: items(&[Some(1), None]),
             },
             Piece::Failed(Error::ShutDown),
@@ -170,10 +201,11 @@ mod tests {
             Piece::Items {
                 pid: 8,
                 skip: 1,
+                count: 3,
                 bytes: items(&[Some(3), Some(4), Some(5)]),
             },
         ];
-        let results = ChunkResults::<u64>::encoded("t", pieces).unwrap();
+        let results = ChunkResults::<u64>::encoded("t", pieces);
         assert_eq!(results.len(), 5);
         let results: Vec<_> = results.collect();
         assert!(
@@ -191,25 +223,65 @@ mod tests {
         );
     }
 
+    fn unreadable(result: &Result<u64, Error>) -> bool {
+        matches!(
+            result,
+            Err(Error::Serialization {
+                stage: Stage::DecodeResult,
+                ..
+            })
+        )
+    }
+
     #[test]
-    fn an_unreadable_item_fails_the_chunk_when_it_completes() {
-        let mut bytes = items(&[Some(1), Some(2)]);
-        bytes.pop();
+    fn an_unreadable_item_fails_alone_with_those_after_it_in_its_piece() {
+        let mut cut = items(&[Some(1), Some(2), Some(3)]);
+        cut.pop();
+        let pieces = vec![
+            // Cut short in its third item, announced with four.
+            Piece::Items {
+                pid: 7,
+                skip: 0,
+                count: 4,
+                bytes: cut,
+            },
+            Piece::Items {
+                pid: 8,
+                skip: 0,
+                count: 1,
+                bytes: items(&[Some(9)]),
+            },
+        ];
+        let results = ChunkResults::<u64>::encoded("t", pieces);
+        assert_eq!(results.len(), 5);
+        let results: Vec<_> = results.collect();
+        assert!(matches!(results[..2], [Ok(1), Ok(2)]), "{results:?}");
+        assert!(results[2..4].iter().all(unreadable), "{results:?}");
+        assert!(matches!(results[4], Ok(9)), "{results:?}");
+    }
+
+    #[test]
+    fn items_past_the_announced_count_are_not_taken() {
         let pieces = vec![Piece::Items {
             pid: 7,
             skip: 0,
-            bytes,
+            count: 1,
+            bytes: items(&[Some(1), Some(2)]),
         }];
-        let error = ChunkResults::<u64>::encoded("t", pieces).err().unwrap();
+        let results: Vec<_> = ChunkResults::<u64>::encoded("t", pieces).collect();
+        assert!(matches!(results[..], [Ok(1)]), "{results:?}");
+    }
+
+    #[test]
+    fn a_piece_without_an_announced_count_is_counted_up_to_its_unreadable_item() {
+        let mut cut = items(&[Some(1), Some(2)]);
+        cut.pop();
+        let results: Vec<_> =
+            ChunkResults::<u64>::encoded("t", vec![Piece::counting(7, 0, cut)]).collect();
+        assert_eq!(results.len(), 2, "{results:?}");
         assert!(
-            matches!(
-                error,
-                Error::Serialization {
-                    stage: Stage::DecodeResult,
-                    ..
-                }
-            ),
-            "{error:?}"
+            matches!(results[0], Ok(1)) && unreadable(&results[1]),
+            "{results:?}"
         );
     }
 

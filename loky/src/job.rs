@@ -10,7 +10,7 @@ use crate::shared::Shared;
 use ipc_channel::ipc::IpcSharedMemory;
 use loky_worker::invoke::serde_stage;
 use loky_worker::protocol::{
-    Board, CallKind, Claim as ClaimState, Failure, Outcome, Packing, Payload, Stage,
+    self, Board, CallKind, Claim as ClaimState, Failure, Outcome, Packing, Payload, Stage,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,11 +46,14 @@ pub(crate) struct Pieces {
 
 /// Outcomes of consecutive elements of a chunk.
 pub(crate) enum Piece {
-    /// Encoded [`ChunkItem`](loky_worker::protocol::ChunkItem)s from
-    /// worker `pid`, of which the first `skip` are duplicates to ignore.
+    /// `count` encoded [`ChunkItem`](loky_worker::protocol::ChunkItem)s
+    /// from worker `pid`, as its messages announced them, of which the
+    /// first `skip` are duplicates to ignore. Items the bytes turn out not
+    /// to hold fail as unreadable when they are taken.
     Items {
         pid: u32,
         skip: usize,
+        count: usize,
         bytes: Vec<u8>,
     },
     /// One element failed in the parent's view (its worker died).
@@ -71,8 +74,24 @@ impl Pieces {
         self.settled.push(Piece::Items {
             pid,
             skip: skip as usize,
+            count: usize::try_from(count).unwrap_or(usize::MAX),
             bytes,
         });
+    }
+}
+
+impl Piece {
+    /// The items in `bytes`, counted by reading them (an unreadable one
+    /// ends the count, counted itself), of which the first `skip` are
+    /// duplicates: where no message announced their number.
+    pub(crate) fn counting(pid: u32, skip: usize, bytes: Vec<u8>) -> Piece {
+        let count = protocol::items(&bytes).count();
+        Piece::Items {
+            pid,
+            skip,
+            count,
+            bytes,
+        }
     }
 }
 
@@ -335,7 +354,7 @@ pub(crate) fn decode_chunk<R: Message>(
             reason: "a chunk completed as a single call".to_owned(),
         });
     };
-    ChunkResults::encoded(task, pieces)
+    Ok(ChunkResults::encoded(task, pieces))
 }
 
 /// Encodes arguments in the submitting thread, to travel inside a larger

@@ -305,6 +305,12 @@ fn write_varint(out: &mut Vec<u8>, mut value: usize) {
     out.push(value as u8);
 }
 
+/// How many elements encoded [`ChunkArgs`] hold, read from their head.
+#[inline]
+pub fn chunk_args_len(bytes: &[u8]) -> Option<usize> {
+    read_varint(bytes).map(|(count, _)| count)
+}
+
 /// Decodes [`ChunkArgs`], borrowing each element's bytes from `bytes`.
 pub fn decode_chunk_args(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let truncated = || "chunk arguments cut short".to_owned();

@@ -1490,11 +1490,18 @@ fn complete(held: InFlight, pid: u32, outcome: Outcome) {
         (CallKind::Chunk, Outcome::Returned(payload)) => {
             // The outcomes the worker had not sent yet: all of them are
             // known, even if it timed out as it finished.
-            job.pieces.settled.push(Piece::Items {
-                pid,
-                skip: 0,
-                bytes: payload.bytes().to_vec(),
-            });
+            // As many as the elements of this attempt not received yet.
+            let bytes = payload.bytes().to_vec();
+            let piece = match protocol::chunk_args_len(job.args.bytes()) {
+                Some(elements) => Piece::Items {
+                    pid,
+                    skip: 0,
+                    count: elements.saturating_sub(job.pieces.received),
+                    bytes,
+                },
+                None => Piece::counting(pid, 0, bytes),
+            };
+            job.pieces.settled.push(piece);
             job.completion.finish_chunk(job.pieces.settled);
         }
         (CallKind::Chunk, Outcome::Failed(failure)) => {

@@ -100,7 +100,9 @@ fn raw(_task: &'static str, pid: u32, encoded: Encoded<'_>) -> Result<Raw, Error
             pieces
                 .into_iter()
                 .map(|piece| match piece {
-                    Piece::Items { pid, skip, bytes } => RemotePiece::Items {
+                    Piece::Items {
+                        pid, skip, bytes, ..
+                    } => RemotePiece::Items {
                         pid,
                         skip: skip as u64,
                         bytes,

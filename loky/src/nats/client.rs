@@ -685,11 +685,9 @@ fn complete(mut job: Job, host: &str, outcome: RemoteOutcome) {
             let pieces = pieces
                 .into_iter()
                 .map(|piece| match piece {
-                    RemotePiece::Items { pid, skip, bytes } => Piece::Items {
-                        pid,
-                        skip: usize::try_from(skip).unwrap_or(usize::MAX),
-                        bytes,
-                    },
+                    RemotePiece::Items { pid, skip, bytes } => {
+                        Piece::counting(pid, usize::try_from(skip).unwrap_or(usize::MAX), bytes)
+                    }
                     RemotePiece::Failed(error) => Piece::Failed(
                         from_remote(task, host, error).after_attempts(job.attempts.clone()),
                     ),
