@@ -98,6 +98,9 @@ struct Inner<R> {
     callbacks: Vec<Callback<R>>,
     watchers: Vec<Watcher>,
     waker: Option<Waker>,
+    /// Threads asleep on `changed`: most futures have none when they
+    /// finish, and a wake-up is a system call.
+    sleepers: usize,
 }
 
 /// Someone waiting on several futures at once: see [`crate::wait`].
@@ -166,6 +169,7 @@ impl<R> Future<R> {
                 callbacks: Vec::new(),
                 watchers: Vec::new(),
                 waker: None,
+                sleepers: 0,
             }),
             changed: Condvar::new(),
             on_cancel: OnceLock::new(),
@@ -461,7 +465,9 @@ impl<R> State<R> {
             }
             return self.lock();
         }
-        match timeout {
+        let mut guard = guard;
+        guard.sleepers += 1;
+        let mut guard = match timeout {
             None => self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()),
             Some(timeout) => {
                 self.changed
@@ -469,7 +475,9 @@ impl<R> State<R> {
                     .unwrap_or_else(|e| e.into_inner())
                     .0
             }
-        }
+        };
+        guard.sleepers -= 1;
+        guard
     }
 
     /// A waiter looks for the outcome this long before it sleeps.
@@ -605,8 +613,11 @@ impl<R> State<R> {
         self.published.store(true, Ordering::Release);
         let watchers = std::mem::take(&mut inner.watchers);
         let waker = inner.waker.take();
+        let sleepers = inner.sleepers > 0;
         drop(inner);
-        self.changed.notify_all();
+        if sleepers {
+            self.changed.notify_all();
+        }
         for watcher in watchers {
             watcher.fire();
         }
