@@ -24,10 +24,19 @@ pub const ENV_FAULT: &str = "LOKY_WORKER_FAULT";
 /// Where `orphan-exit` writes the pid of the process it leaves behind.
 pub const ENV_FAULT_FILE: &str = "LOKY_WORKER_FAULT_FILE";
 
+/// This worker's fault, read once: some are looked at on every call.
+#[cfg(feature = "test-hooks")]
+fn fault() -> Option<&'static str> {
+    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FAULT
+        .get_or_init(|| std::env::var(ENV_FAULT).ok())
+        .as_deref()
+}
+
 /// Acts on a handshake fault; returns the protocol version to announce.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn before_handshake(version: u32) -> u32 {
-    let Ok(fault) = std::env::var(ENV_FAULT) else {
+    let Some(fault) = fault() else {
         return version;
     };
     if let Some(code) = fault.strip_prefix("exit:") {
@@ -59,14 +68,7 @@ pub(crate) fn before_handshake(version: u32) -> u32 {
 /// Whether the `forget:ID` fault hides this task id.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn forgotten(task: &str) -> bool {
-    static FORGOTTEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    FORGOTTEN
-        .get_or_init(|| {
-            let fault = std::env::var(ENV_FAULT).ok()?;
-            fault.strip_prefix("forget:").map(str::to_owned)
-        })
-        .as_deref()
-        == Some(task)
+    fault().and_then(|fault| fault.strip_prefix("forget:")) == Some(task)
 }
 
 /// Without the feature: no fault.
@@ -78,8 +80,7 @@ pub(crate) fn forgotten(_task: &str) -> bool {
 /// How long outcomes are held back at most: `hold:MS`, or `default`.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn hold_at_most(default: std::time::Duration) -> std::time::Duration {
-    std::env::var(ENV_FAULT)
-        .ok()
+    fault()
         .and_then(|fault| fault.strip_prefix("hold:")?.parse().ok())
         .map_or(default, std::time::Duration::from_millis)
 }
@@ -93,9 +94,8 @@ pub(crate) fn hold_at_most(default: std::time::Duration) -> std::time::Duration 
 /// Acts on the `exit-after-reply:N` fault, once an outcome is in the box.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn after_reply() {
-    if let Some(code) = std::env::var(ENV_FAULT)
-        .ok()
-        .and_then(|fault| fault.strip_prefix("exit-after-reply:")?.parse().ok())
+    if let Some(code) =
+        fault().and_then(|fault| fault.strip_prefix("exit-after-reply:")?.parse().ok())
     {
         std::process::exit(code);
     }
@@ -108,7 +108,7 @@ pub(crate) fn after_reply() {}
 /// Acts on the `panic-after-call` fault.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn after_call() {
-    if std::env::var(ENV_FAULT).is_ok_and(|fault| fault == "panic-after-call") {
+    if fault() == Some("panic-after-call") {
         panic!("the panic-after-call fault");
     }
 }
