@@ -122,6 +122,8 @@ fn serve_calls(
     // `Calls` messages received, against the board's doorbell.
     let mut received = 0u64;
     let mut exchanging = true;
+    // The last call's outcome went to a caller through the reply box.
+    let mut replied = false;
     // Where an outcome for the reply box is encoded, reused.
     let mut record = Vec::new();
     loop {
@@ -138,6 +140,11 @@ fn serve_calls(
                 // batches come from a busy feeder, whose CPU looking would
                 // take.
                 if exchanging {
+                    // Not on the CPU of the caller that took the last
+                    // outcome from the box: it is about to send the next.
+                    if replied && let Some(cpu) = board.caller_cpu() {
+                        crate::spin::step_aside(cpu);
+                    }
                     crate::spin::until(spin, || board.rung() != received);
                 }
                 match calls.recv() {
@@ -165,10 +172,12 @@ fn serve_calls(
         let outcome = execute(call, board, results);
         // Held back only while more calls wait: the last one's outcome
         // goes at once (and what was held with it, just after).
+        replied = false;
         let held = kind == CallKind::Single
             && if waiting.is_empty() {
                 // A caller watching for it takes it from the board.
-                board.watched(seq) && reply(board, seq, &outcome, &mut record)
+                replied = board.watched(seq) && reply(board, seq, &outcome, &mut record);
+                replied
             } else {
                 batch.hold(seq, &outcome)
             };

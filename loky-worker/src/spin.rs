@@ -11,7 +11,15 @@
 //!
 //! The budget is the executor's `Config::spin_wait`; a worker gets it in
 //! its `Setup`. Zero never looks twice.
+//!
+//! Looking only pays when the two sides run on two CPUs. The kernel may put
+//! them on one: a message over a socket wakes its reader on the writer's
+//! CPU, and two threads that keep running are never moved apart. They then
+//! take turns, and a round trip costs twice as much. So a worker about to
+//! look for its caller's next call first steps off its caller's CPU
+//! ([`step_aside`]); a caller's thread is the user's, and stays where it is.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// How long a waiting thread looks before it sleeps, unless configured:
@@ -43,6 +51,47 @@ pub fn until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// At most one step aside per this much time: should the kernel keep
+/// putting the worker back, it costs two system calls a millisecond.
+const STEP_ASIDE_EVERY: Duration = Duration::from_millis(1);
+
+thread_local! {
+    static STEPPED_ASIDE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Moves this thread off CPU `from` if it runs there and may run on
+/// another: narrows its CPU affinity to the others, which moves it at once,
+/// then restores it as it was. Returns whether it moved.
+pub fn step_aside(from: usize) -> bool {
+    use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity};
+    if sched_getcpu() != from {
+        return false;
+    }
+    let now = Instant::now();
+    if STEPPED_ASIDE
+        .get()
+        .is_some_and(|last| now.duration_since(last) < STEP_ASIDE_EVERY)
+    {
+        return false;
+    }
+    STEPPED_ASIDE.set(Some(now));
+    let Ok(allowed) = sched_getaffinity(None) else {
+        return false;
+    };
+    if allowed.count() < 2 || !allowed.is_set(from) {
+        return false;
+    }
+    let mut elsewhere = allowed;
+    elsewhere.unset(from);
+    if sched_setaffinity(None, &elsewhere).is_err() {
+        return false;
+    }
+    // Restored at once: the thread stays where it was moved, and may be
+    // moved anywhere it was allowed before.
+    let _ = sched_setaffinity(None, &allowed);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +113,44 @@ mod tests {
         let start = Instant::now();
         assert!(!until(Duration::from_millis(2), || false));
         assert!(start.elapsed() >= Duration::from_millis(2));
+    }
+
+    #[test]
+    fn steps_aside_from_its_cpu_and_keeps_its_affinity() {
+        use rustix::thread::{sched_getaffinity, sched_getcpu};
+        let allowed = sched_getaffinity(None).unwrap();
+        // Each try on a thread of its own (the rate limit is per thread):
+        // (moved, from, after, affinity as before).
+        let tries: Vec<_> = (0..20)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let from = sched_getcpu();
+                    let moved = step_aside(from);
+                    let after = sched_getcpu();
+                    (
+                        moved,
+                        from,
+                        after,
+                        sched_getaffinity(None).unwrap() == allowed,
+                    )
+                })
+                .join()
+                .unwrap()
+            })
+            .collect();
+        assert!(tries.iter().all(|t| t.3), "affinity restored: {tries:?}");
+        if allowed.count() >= 2 {
+            assert!(
+                tries
+                    .iter()
+                    .any(|&(moved, from, after, _)| moved && after != from),
+                "{tries:?}"
+            );
+        } else {
+            assert!(tries.iter().all(|t| !t.0), "{tries:?}");
+        }
+        // Elsewhere already: nothing to do.
+        assert!(!step_aside(usize::MAX));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! word SLOTS + OUTBOX_BYTES   bytes of the outbox in use
 //! word SLOTS + SENT           `Calls` messages the parent has sent (the doorbell)
 //! word SLOTS + WATCH          the call whose outcome a caller watches for: seq << 2 | stage
+//! word SLOTS + CALLER_CPU     the CPU that caller last watched from, plus one (0: none yet)
 //! byte HEADER ..              the arena: encoded `ChunkItem`s, one after the other
 //! byte HEADER + ARENA ..      the outbox: encoded `SettledCall`s, one after the other
 //! byte HEADER + ARENA + OUTBOX .. the reply box: a length word, then one encoded `SettledCall`
@@ -73,8 +74,9 @@ const ARENA_BYTES: usize = SLOTS + 4;
 const OUTBOX_BYTES: usize = SLOTS + 5;
 const SENT: usize = SLOTS + 6;
 const WATCH: usize = SLOTS + 7;
+const CALLER_CPU: usize = SLOTS + 8;
 /// Bytes before the arena.
-const HEADER: usize = (SLOTS + 8) * 8;
+const HEADER: usize = (SLOTS + 9) * 8;
 /// Bytes of chunk outcomes the arena holds before a flush.
 pub const ARENA: usize = 64 * 1024;
 /// Bytes of held-back outcomes the outbox holds before they are sent.
@@ -195,10 +197,21 @@ impl Board {
         self.word(SENT).load(Ordering::Acquire)
     }
 
-    /// Parent: a caller watches for call `seq`'s outcome in the reply box;
-    /// false if another call is watched.
-    pub fn watch(&self, seq: u64) -> bool {
-        self.move_watch(0, seq << 2 | WATCHING).is_ok()
+    /// Parent: a caller on CPU `cpu` watches for call `seq`'s outcome in
+    /// the reply box; false if another call is watched.
+    pub fn watch(&self, seq: u64, cpu: usize) -> bool {
+        let watching = self.move_watch(0, seq << 2 | WATCHING).is_ok();
+        if watching {
+            self.word(CALLER_CPU)
+                .store(cpu as u64 + 1, Ordering::Relaxed);
+        }
+        watching
+    }
+
+    /// Worker: the CPU its last watching caller watched from, if any.
+    pub fn caller_cpu(&self) -> Option<usize> {
+        let cpu = self.word(CALLER_CPU).load(Ordering::Relaxed);
+        usize::try_from(cpu.checked_sub(1)?).ok()
     }
 
     /// Moves `WATCH` from `from` to `to`, if it holds `from`; `Err` with
@@ -512,9 +525,12 @@ mod tests {
         let worker = Board::from_shared(parent.share()).unwrap();
         // Nobody watches: the worker sends its outcome instead.
         assert!(!worker.reply(7, b"seven"));
+        assert_eq!(worker.caller_cpu(), None);
         // Watched, answered: the caller cannot stop watching, and takes it.
-        assert!(parent.watch(7));
-        assert!(!parent.watch(8), "one call is watched at a time");
+        assert!(parent.watch(7, 0));
+        assert_eq!(worker.caller_cpu(), Some(0));
+        assert!(!parent.watch(8, 1), "one call is watched at a time");
+        assert_eq!(worker.caller_cpu(), Some(0));
         assert!(worker.watched(7) && !worker.watched(8));
         assert!(!worker.reply(7, &[0; REPLY_BOX]), "too large for the box");
         assert!(worker.reply(7, b"seven"));
@@ -528,19 +544,19 @@ mod tests {
         assert_eq!(parent.dead_reply(), None);
         // Watched, not answered: the caller stops watching, and a worker
         // that answers later sends the outcome.
-        assert!(parent.watch(9));
+        assert!(parent.watch(9, 0));
         assert!(parent.unwatch(9));
         assert!(!worker.reply(9, b"nine"));
         // A reply nobody took is there for the parent once the worker died.
-        assert!(parent.watch(10) && worker.reply(10, b"ten"));
+        assert!(parent.watch(10, 0) && worker.reply(10, b"ten"));
         assert_eq!(parent.dead_reply().as_deref(), Some(&b"ten"[..]));
         assert_eq!(parent.take_reply(10).as_deref(), Some(&b"ten"[..]));
         parent.reply_delivered(10);
-        assert!(parent.watch(11), "the box is free again");
+        assert!(parent.watch(11, 0), "the box is free again");
         // Closed, as a dead worker's: nobody answers there any more.
         parent.close_box();
         assert!(!worker.reply(11, b"eleven") && parent.unwatch(11));
-        assert!(!parent.watch(12) && parent.dead_reply().is_none());
+        assert!(!parent.watch(12, 0) && parent.dead_reply().is_none());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
