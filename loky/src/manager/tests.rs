@@ -572,7 +572,13 @@ fn callers_offering_their_worker_again_keep_the_pool_s_bookkeeping_exact() {
         // watch the reply box before they end, so it picks them up.
         let ms = 1 + x % 2;
         if x % 3 == 0 {
-            // The manager takes the worker back before it takes this call.
+            // A step that decides (a resize) takes the worker back, maybe
+            // before the announcement of its encore.
+            executor.resize(1).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        } else if x % 3 == 1 {
+            // A step that only hears of the last delivery leaves the
+            // worker on offer.
             std::thread::sleep(Duration::from_millis(1));
         }
         let future = executor.submit(sleep_ms, ms).unwrap();
