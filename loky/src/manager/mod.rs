@@ -181,33 +181,38 @@ impl<B: Backend> Manager<B> {
                 .recv()
                 .map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let mut events = Vec::new();
-        match event {
-            Ok(event) => events.push(event),
-            Err(RecvTimeoutError::Timeout) => {}
+        // Tickets on offer are taken back before anything is decided: before
+        // the first event that is not a call lent or delivered, and after
+        // the events are drained, unless the step only heard of such calls
+        // (`quiet_step`). A quiet step leaves the workers on offer, so that
+        // a caller re-lending its worker (an encore) never finds it taken
+        // back and waits for this step to offer it again.
+        let mut deciding = false;
+        let mut delivered = 0;
+        let mut handle = |manager: &mut Self, event: Event| {
+            let quiet = matches!(event, Event::Lent { .. } | Event::Delivered(..));
+            if !quiet && !deciding {
+                deciding = true;
+                // Lent workers come back first; those whose ticket was
+                // taken stay busy until their `Lent` arrives.
+                manager.reclaim_tickets();
+            }
+            delivered += usize::from(matches!(event, Event::Delivered(..)));
+            manager.handle(event);
+        };
+        let woken = match event {
+            Ok(event) => {
+                handle(self, event);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
             // Unreachable: this thread holds a sender itself.
             Err(RecvTimeoutError::Disconnected) => return false,
+        };
+        while let Ok(event) = self.events.try_recv() {
+            handle(self, event);
         }
-        events.extend(self.events.try_iter());
-        // A step that only hears of calls lent and delivered decides
-        // nothing about the workers on offer: they stay there, so that a
-        // caller re-lending its worker (an encore) never finds it taken
-        // back and waits for this step to offer it again.
-        let deciding = !self.quiet_step(&events);
-        if deciding {
-            // Lent workers come back before anything else is decided;
-            // those whose ticket was taken stay busy until their `Lent`
-            // arrives.
-            self.reclaim_tickets();
-        }
-        let delivered = events
-            .iter()
-            .filter(|event| matches!(event, Event::Delivered(..)))
-            .count();
-        for event in events {
-            self.handle(event);
-        }
-        if deciding {
+        if deciding || !(woken && self.quiet_step()) {
             // Callers may have offered workers again meanwhile (encores):
             // no ticket is on offer while the manager decides.
             self.reclaim_tickets();
@@ -225,16 +230,12 @@ impl<B: Backend> Manager<B> {
         !self.finished()
     }
 
-    /// Whether a step with `events` leaves the workers on offer as they
-    /// are: it was woken to hear of calls lent and delivered only, with
-    /// nothing queued, no timer due, and the executor running as it was.
-    fn quiet_step(&self, events: &[Event]) -> bool {
+    /// Whether a step woken by calls lent and delivered only leaves the
+    /// workers on offer as they are: nothing queued, no timer due, and the
+    /// executor running as it was.
+    fn quiet_step(&self) -> bool {
         self.lending_open()
             && !self.fill_pool
-            && !events.is_empty()
-            && events
-                .iter()
-                .all(|event| matches!(event, Event::Lent { .. } | Event::Delivered(..)))
             && self.next_wakeup().is_none_or(|due| !due.is_zero())
     }
 
