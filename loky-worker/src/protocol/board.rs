@@ -15,6 +15,7 @@
 //! word SLOTS + SENT           `Calls` messages the parent has sent (the doorbell)
 //! word SLOTS + WATCH          the call whose outcome a caller watches for: seq << 2 | stage
 //! word SLOTS + CALLER_CPU     the CPU that caller last watched from, plus one (0: none yet)
+//! word SLOTS + BOX_SHUT       1 once the reply box is closed for good (`close_box`)
 //! byte HEADER ..              the arena: encoded `ChunkItem`s, one after the other
 //! byte HEADER + ARENA ..      the outbox: encoded `SettledCall`s, one after the other
 //! byte HEADER + ARENA + OUTBOX .. the reply box: a length word, then one encoded `SettledCall`
@@ -75,8 +76,9 @@ const OUTBOX_BYTES: usize = SLOTS + 5;
 const SENT: usize = SLOTS + 6;
 const WATCH: usize = SLOTS + 7;
 const CALLER_CPU: usize = SLOTS + 8;
+const BOX_SHUT: usize = SLOTS + 9;
 /// Bytes before the arena.
-const HEADER: usize = (SLOTS + 9) * 8;
+const HEADER: usize = (SLOTS + 10) * 8;
 /// Bytes of chunk outcomes the arena holds before a flush.
 pub const ARENA: usize = 64 * 1024;
 /// Bytes of held-back outcomes the outbox holds before they are sent.
@@ -255,6 +257,9 @@ impl Board {
     /// outcome goes through the box any more, as when the worker is dead.
     /// An outcome in it already stays there.
     pub fn close_box(&self) {
+        // For good: a box its caller is delivering from now goes back to
+        // free, and is never answered into again.
+        self.word(BOX_SHUT).store(1, Ordering::Release);
         let mut current = self.word(WATCH).load(Ordering::Acquire);
         while !matches!(current & 3, READY | TAKEN) {
             match self.move_watch(current, CLOSED) {
@@ -307,7 +312,10 @@ impl Board {
     /// the caller watching for it; false if it does not fit or nobody
     /// watches any more (then it must be sent).
     pub fn reply(&self, seq: u64, record: &[u8]) -> bool {
-        if record.len() > REPLY_BOX - 8 || !self.watched(seq) {
+        if record.len() > REPLY_BOX - 8
+            || !self.watched(seq)
+            || self.word(BOX_SHUT).load(Ordering::Acquire) != 0
+        {
             return false;
         }
         let at = REPLY_AT;
@@ -557,6 +565,23 @@ mod tests {
         parent.close_box();
         assert!(!worker.reply(11, b"eleven") && parent.unwatch(11));
         assert!(!parent.watch(12, 0) && parent.dead_reply().is_none());
+    }
+
+    #[test]
+    fn a_box_closed_while_its_caller_delivers_stays_unanswered() {
+        let parent = Board::new().unwrap();
+        let worker = Board::from_shared(parent.share()).unwrap();
+        assert!(parent.watch(1, 0) && worker.reply(1, b"one"));
+        assert_eq!(parent.take_reply(1).as_deref(), Some(&b"one"[..]));
+        // The worker dies as its caller delivers: the outcome stays there
+        // for the reap until delivered.
+        parent.close_box();
+        assert_eq!(parent.dead_reply().as_deref(), Some(&b"one"[..]));
+        parent.reply_delivered(1);
+        // Free again, but a dead worker never answers into it.
+        assert!(parent.watch(2, 0));
+        assert!(!worker.reply(2, b"two"));
+        assert!(parent.unwatch(2));
     }
 
     #[test]

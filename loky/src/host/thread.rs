@@ -240,6 +240,17 @@ impl Inbox for ThreadInbox {
             && let Ok(board) = Board::from_shared(setup.board.clone())
         {
             let _ = self.fake.board.set(board);
+            // Dead or lagging before it had a board: closed now (`die`
+            // and `hold_messages` found none to close).
+            let lagging = self
+                .fake
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some();
+            if self.fake.dead() || lagging {
+                self.fake.close_box();
+            }
         }
         Ok(message)
     }
