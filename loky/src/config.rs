@@ -307,8 +307,11 @@ impl Config {
     /// of microseconds on a virtual machine whose idle CPUs halt), so
     /// looking first makes a round trip several times shorter. Looking
     /// costs CPU, at most this long per wait, and yields the CPU to any
-    /// thread that needs it. `Duration::ZERO` turns it off: every wait
-    /// sleeps at once.
+    /// thread that needs it. A worker about to look for its caller's next
+    /// call first moves off the CPU that caller waits on, if its affinity
+    /// allows another (and leaves its affinity as it was): two threads
+    /// looking on one CPU only take turns. `Duration::ZERO` turns it off:
+    /// every wait sleeps at once.
     ///
     /// ```
     /// use std::time::Duration;
