@@ -172,6 +172,31 @@ impl Drop for DropBomb {
     }
 }
 
+/// Panics when encoded, by `resume_unwind`: no panic hook runs.
+#[derive(Debug)]
+struct ResumesWhenEncoded;
+
+impl Serialize for ResumesWhenEncoded {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        std::panic::resume_unwind(Box::new("ResumesWhenEncoded went off"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ResumesWhenEncoded {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = u8::deserialize(d)?;
+        Ok(ResumesWhenEncoded)
+    }
+}
+
+/// Catches a panic of its own, then returns what panics when encoded.
+#[loky::task]
+fn caught_then_resumed() -> ResumesWhenEncoded {
+    let caught = std::panic::catch_unwind(|| panic!("caught inside the task"));
+    assert!(caught.is_err());
+    ResumesWhenEncoded
+}
+
 #[loky::task]
 fn takes_panicking(_value: PanicsWhenDecoded) {}
 
@@ -439,6 +464,15 @@ fn a_panic_in_each_stage_of_a_call_is_blamed_on_that_stage() {
     assert!(
         message.starts_with("panicked: 'PanicsWhenEncoded went off' at tests/crashes.rs:"),
         "{message}"
+    );
+    // A panic the task caught itself is not the one reported later.
+    let resumed = executor.submit(caught_then_resumed, ()).unwrap();
+    assert_eq!(
+        serde_error(resumed.result_timeout(BOUND)),
+        (
+            Stage::EncodeResult,
+            "panicked: 'ResumesWhenEncoded went off'".to_owned()
+        )
     );
     // Dropping the result is the task's own code, after its encoding.
     let dropped = executor.submit(bomb, true).unwrap().result_timeout(BOUND);

@@ -46,8 +46,12 @@ fn stages<A, R, T>(
             stage: Stage::DecodeArgs,
             message,
         })?;
+        // A stage's panic that its own code caught leaves a record; a later
+        // one resumed without the hook must not be told by it.
+        panic::take_last();
         at.set(None);
         let result = f(args);
+        panic::take_last();
         at.set(Some(Stage::EncodeResult));
         let encoded = encode(&result).map_err(|message| Failure::Serde {
             stage: Stage::EncodeResult,

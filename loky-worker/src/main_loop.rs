@@ -91,7 +91,8 @@ pub fn serve(
         // Stopped however the loop ends: a panic escaping it (a bug of
         // ours; the task's own are caught) must not leave the scope
         // waiting for the flusher forever. In a worker process it then
-        // unwinds out of the entry, which aborts: a death the parent
+        // unwinds out of the entry (which aborts, or, entered from
+        // `main`, ends the process with code 101): a death the parent
         // reports, not a hang.
         let _stop = StopOnExit(&batch);
         serve_calls(calls, &board, spin, &batch, results, memory)

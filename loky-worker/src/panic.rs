@@ -19,7 +19,7 @@ thread_local! {
 static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[inline]
-fn take_last() -> Option<Box<RemotePanic>> {
+pub(crate) fn take_last() -> Option<Box<RemotePanic>> {
     if HOOKED.load(std::sync::atomic::Ordering::Relaxed) {
         LAST_PANIC.take()
     } else {

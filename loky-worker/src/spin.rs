@@ -56,15 +56,32 @@ pub fn until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
 const STEP_ASIDE_EVERY: Duration = Duration::from_millis(1);
 
 thread_local! {
+    /// When this thread last stepped aside.
     static STEPPED_ASIDE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Set if its affinity could not be restored once: it never steps
+    /// aside again.
+    static NEVER_AGAIN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The CPU this thread runs on.
+#[cfg(target_os = "linux")]
+pub fn current_cpu() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
+/// The CPU this thread runs on: unknown here.
+#[cfg(not(target_os = "linux"))]
+pub fn current_cpu() -> usize {
+    usize::MAX
 }
 
 /// Moves this thread off CPU `from` if it runs there and may run on
 /// another: narrows its CPU affinity to the others, which moves it at once,
 /// then restores it as it was. Returns whether it moved.
+#[cfg(target_os = "linux")]
 pub fn step_aside(from: usize) -> bool {
-    use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity};
-    if sched_getcpu() != from {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity};
+    if current_cpu() != from || NEVER_AGAIN.get() {
         return false;
     }
     let now = Instant::now();
@@ -87,9 +104,22 @@ pub fn step_aside(from: usize) -> bool {
         return false;
     }
     // Restored at once: the thread stays where it was moved, and may be
-    // moved anywhere it was allowed before.
-    let _ = sched_setaffinity(None, &allowed);
+    // moved anywhere it was allowed before. Should that fail (twice), it
+    // keeps off one CPU, and never narrows its affinity again.
+    if sched_setaffinity(None, &allowed).is_err() && sched_setaffinity(None, &allowed).is_err() {
+        NEVER_AGAIN.set(true);
+        eprintln!(
+            "loky worker {}: could not restore its CPU affinity after stepping off CPU {from}",
+            std::process::id()
+        );
+    }
     true
+}
+
+/// Never moves: no affinity here.
+#[cfg(not(target_os = "linux"))]
+pub fn step_aside(_from: usize) -> bool {
+    false
 }
 
 #[cfg(test)]
@@ -115,6 +145,7 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(2));
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn steps_aside_from_its_cpu_and_keeps_its_affinity() {
         use rustix::thread::{sched_getaffinity, sched_getcpu};

@@ -55,8 +55,9 @@ impl<R: Message> ChunkResults<R> {
         }
     }
 
-    /// The results in `pieces`, counted and checked here: an item that
-    /// cannot be read fails the whole chunk, as a `Deserialize` error.
+    /// The results in `pieces`, as many as their messages announced; each
+    /// is read as it is taken (an item that cannot be read fails its own
+    /// element, and those after it in its piece).
     pub(crate) fn encoded(task: &'static str, pieces: Vec<Piece>) -> Self {
         let remaining = pieces
             .iter()

@@ -204,8 +204,9 @@ impl Board {
     pub fn watch(&self, seq: u64, cpu: usize) -> bool {
         let watching = self.move_watch(0, seq << 2 | WATCHING).is_ok();
         if watching {
-            self.word(CALLER_CPU)
-                .store(cpu as u64 + 1, Ordering::Relaxed);
+            // An unknown CPU (`usize::MAX`) wraps to 0: none.
+            let word = (cpu as u64).wrapping_add(1);
+            self.word(CALLER_CPU).store(word, Ordering::Relaxed);
         }
         watching
     }

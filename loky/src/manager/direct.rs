@@ -308,7 +308,7 @@ impl Pickup for Direct {
     /// On the caller's thread: watches for call `seq`'s outcome in the
     /// board's reply box while it waits, and delivers it as the link would.
     fn pick_up(self: Arc<Self>, seq: u64, budget: Duration, done: &dyn Fn() -> bool) {
-        let cpu = rustix::thread::sched_getcpu();
+        let cpu = spin::current_cpu();
         let Some(board) = self.board.get().filter(|board| board.watch(seq, cpu)) else {
             // Another caller watches this worker: wait as usual.
             spin::until(budget, done);

@@ -212,12 +212,14 @@ impl<B: Backend> Manager<B> {
         while let Ok(event) = self.events.try_recv() {
             handle(self, event);
         }
-        if deciding || !(woken && self.quiet_step()) {
+        // One instant for the decision and the timers: no timer found not
+        // due here fires below.
+        let now = Instant::now();
+        if deciding || !(woken && self.quiet_step(now)) {
             // Callers may have offered workers again meanwhile (encores):
             // no ticket is on offer while the manager decides.
             self.reclaim_tickets();
         }
-        let now = Instant::now();
         self.check_timers(now);
         // Before dispatching: a reaped worker's unstarted calls go back to
         // the queue.
@@ -230,13 +232,23 @@ impl<B: Backend> Manager<B> {
         !self.finished()
     }
 
-    /// Whether a step woken by calls lent and delivered only leaves the
-    /// workers on offer as they are: nothing queued, no timer due, and the
-    /// executor running as it was.
-    fn quiet_step(&self) -> bool {
+    /// Whether a step woken by calls lent and delivered only, at `now`,
+    /// leaves the workers on offer as they are: it would decide nothing.
+    /// Nothing is queued, the executor runs as it was, no timer is due,
+    /// every worker serves (or starts) and none holds a call waiting
+    /// behind another (one an idle worker might take over).
+    fn quiet_step(&self, now: Instant) -> bool {
         self.lending_open()
             && !self.fill_pool
-            && self.next_wakeup().is_none_or(|due| !due.is_zero())
+            && self.workers.values().all(|worker| {
+                worker.inflight.len() <= 1
+                    && worker.unsent.is_empty()
+                    && matches!(
+                        worker.life,
+                        Life::Serving { .. } | Life::Starting { .. } | Life::Initializing { .. }
+                    )
+            })
+            && self.next_timer(now).is_none_or(|at| at > now)
     }
 
     /// Takes back the tickets nobody took. An encore's is remembered if
@@ -373,6 +385,12 @@ impl<B: Backend> Manager<B> {
     /// How long the loop may sleep without missing a timer.
     fn next_wakeup(&self) -> Option<Duration> {
         let now = Instant::now();
+        self.next_timer(now)
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// When the next timer is due, seen at `now`.
+    fn next_timer(&self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = self.spawn_backoff_until.filter(|_| !self.queue.is_empty());
         let mut earliest = |at: Option<Instant>| {
             if let Some(at) = at {
@@ -413,7 +431,7 @@ impl<B: Backend> Manager<B> {
                 Life::Initializing { .. } | Life::Told { .. } => {}
             }
         }
-        next.map(|at| at.saturating_duration_since(now))
+        next
     }
 
     fn handle(&mut self, event: Event) {

@@ -602,3 +602,36 @@ fn callers_offering_their_worker_again_keep_the_pool_s_bookkeeping_exact() {
         1
     );
 }
+
+/// A call waiting behind a long one on a busy worker moves to a worker that
+/// just became idle, even when that worker's caller put it on offer again
+/// itself (an encore) and the manager only hears of that delivery.
+#[test]
+fn a_call_waiting_behind_a_long_one_moves_to_a_worker_its_caller_offered_again() {
+    let (executor, _control) = executor(
+        Config::new()
+            .max_workers(2)
+            .spin_wait(Duration::from_millis(50)),
+    );
+    executor.start_workers().unwrap();
+    let lending = executor.lending();
+    assert!(
+        eventually(|| lending.offered() == 2),
+        "both idle workers lent"
+    );
+    // The last ticket offered goes first: the second worker takes the
+    // short call, the first the long one.
+    let short = executor.submit(sleep_ms, 5).unwrap();
+    let long = executor.submit(sleep_ms, 20_000).unwrap();
+    // Queued, then given to the busy worker holding the fewest calls, the
+    // oldest among equals: behind the long call.
+    let behind = executor.submit(sleep_ms, 1).unwrap();
+    // Picked up here, from the reply box: its worker goes on offer again.
+    assert_eq!(short.result_timeout(BOUND).unwrap(), 5);
+    assert_eq!(behind.result_timeout(BOUND).unwrap(), 1);
+    assert!(
+        !long.done(),
+        "the waiting call did not wait for the long one"
+    );
+    long.cancel();
+}
