@@ -234,6 +234,16 @@ impl Executor {
     /// What the executor has done so far, and its workers now (as its
     /// manager last published them: true from a done-callback too).
     pub fn stats(&self) -> Stats {
+        if self.inner.shared.lending.told_later() {
+            // Calls lent and delivered wait for the manager's next step:
+            // the next snapshot counts them.
+            let gate = self
+                .inner
+                .gate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let _ = gate.events.send(Event::Refresh);
+        }
         self.inner.shared.stats()
     }
 

@@ -49,7 +49,9 @@ type PassOn = Box<dyn Fn(Routed) -> bool + Send + Sync>;
 pub(crate) struct Direct {
     /// The worker's pid, set once it is spawned: outcomes name it.
     pid: OnceLock<u32>,
-    expected: Mutex<HashMap<u64, Arc<dyn Completion>>>,
+    /// Each expected call's completion, and whether the manager may hear
+    /// of its delivery at its next step (its `Lent` waited there too).
+    expected: Mutex<HashMap<u64, Expected>>,
     /// Messages the link is passing on (settling futures, running their
     /// callbacks): the worker's outcomes are not all with the manager yet.
     busy: AtomicUsize,
@@ -66,15 +68,22 @@ pub(crate) struct Direct {
     encore: Mutex<Option<Encore>>,
     /// Which executor's worker this is (`lend::offer_coming`).
     executor: usize,
+    /// The number of the worker's next call: the manager takes numbers
+    /// from it, and so do callers offering the worker again.
+    next_seq: AtomicU64,
 }
 
+/// An expected call's completion, and whether its `Lent` waited for the
+/// manager's next step.
+type Expected = (Arc<dyn Completion>, bool);
+
 /// The manager's leave for the caller who picks up the last call a lent
-/// worker holds to put that worker on offer again itself, under call number
-/// `seq`, reserved for it: the caller's next call then goes straight to the
-/// worker without waiting for the manager's round.
+/// worker holds to put that worker on offer again itself, under a call
+/// number it takes (`Direct::take_seq`): the caller's next call then goes
+/// straight to the worker without waiting for the manager's round. The
+/// leave stays, for the callers after it, until the manager withdraws it.
 pub(super) struct Encore {
     pub(super) worker: u64,
-    pub(super) seq: u64,
     pub(super) calls: Calls,
 }
 
@@ -84,8 +93,14 @@ pub(super) enum Routed {
     Event(WorkerEvent),
     /// Call `seq` finished and its future is settled; `encore`: its
     /// worker, idle again, goes on offer under this ticket (announced to
-    /// the manager with the delivery, before anyone can take it).
-    Delivered { seq: u64, encore: Option<Ticket> },
+    /// the manager with the delivery, before anyone can take it). `quiet`:
+    /// the call's `Lent` waited for the manager's next step, so the
+    /// delivery may too.
+    Delivered {
+        seq: u64,
+        encore: Option<Ticket>,
+        quiet: bool,
+    },
 }
 
 impl Direct {
@@ -104,11 +119,22 @@ impl Direct {
             pass_on: Box::new(pass_on),
             encore: Mutex::new(None),
             executor,
+            next_seq: AtomicU64::new(0),
         }
     }
 
-    /// Manager: allows the next caller that picks up the worker's last call
-    /// to offer it again (unless it is allowed already).
+    /// A number for the worker's next call, its own.
+    pub(super) fn take_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// The number the worker's next call would get.
+    pub(super) fn peek_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Acquire)
+    }
+
+    /// Manager: allows the callers that pick up the worker's last call to
+    /// offer it again, until `disarm` (unless they are allowed already).
     pub(super) fn arm(&self, encore: impl FnOnce() -> Encore) {
         let mut armed = self.encore.lock().unwrap_or_else(PoisonError::into_inner);
         if armed.is_none() {
@@ -116,7 +142,7 @@ impl Direct {
         }
     }
 
-    /// Manager: withdraws that leave, if it was not used.
+    /// Manager: withdraws that leave.
     pub(super) fn disarm(&self) {
         self.encore
             .lock()
@@ -140,13 +166,21 @@ impl Direct {
         let _ = self.pid.set(pid);
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<dyn Completion>>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Expected>> {
         self.expected.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Call `seq`'s outcome settles `completion` where it arrives.
     pub(super) fn expect(&self, seq: u64, completion: Arc<dyn Completion>) {
-        self.table().insert(seq, completion);
+        self.table().insert(seq, (completion, false));
+    }
+
+    /// Call `seq`'s `Lent` waits for the manager's next step
+    /// (`Lending::tell_later`): its delivery may wait there too.
+    pub(super) fn told_later(&self, seq: u64) {
+        if let Some((_, quiet)) = self.table().get_mut(&seq) {
+            *quiet = true;
+        }
     }
 
     /// Call `seq`'s outcome, if any comes, goes to the manager.
@@ -229,25 +263,34 @@ impl Direct {
         outcome: Outcome,
         pass_on: &mut impl FnMut(Routed) -> bool,
     ) -> bool {
-        let Some((pid, completion)) = self.expected(seq).0 else {
+        let Some((pid, completion, _)) = self.expected(seq).0 else {
             return pass_on(unexpected(seq, outcome));
         };
-        // Settled even if the manager is gone: the outcome is known.
-        let open = pass_on(Routed::Delivered { seq, encore: None });
+        // Settled even if the manager is gone: the outcome is known. The
+        // manager is woken for it: the worker is its to offer again.
+        let open = pass_on(Routed::Delivered {
+            seq,
+            encore: None,
+            quiet: false,
+        });
         settle(pid, &*completion, outcome);
         open
     }
 
-    /// Takes call `seq` out of the table: its completion and pid if it was
-    /// there, and whether the table is empty now.
+    /// Takes call `seq` out of the table: its pid, completion and whether
+    /// it was told later, if it was there, and whether the table is empty
+    /// now.
     #[allow(clippy::type_complexity)]
-    fn expected(&self, seq: u64) -> (Option<(u32, Arc<dyn Completion>)>, bool) {
+    fn expected(&self, seq: u64) -> (Option<(u32, Arc<dyn Completion>, bool)>, bool) {
         let Some(&pid) = self.pid.get() else {
             return (None, false);
         };
         let mut table = self.table();
         let completion = table.remove(&seq);
-        (completion.map(|c| (pid, c)), table.is_empty())
+        (
+            completion.map(|(c, quiet)| (pid, c, quiet)),
+            table.is_empty(),
+        )
     }
 
     /// On the caller's thread: settles call `seq`'s future with the
@@ -258,7 +301,7 @@ impl Direct {
     /// (its worker is being killed or reaped) and gets the outcome instead.
     fn settle_picked_up(self: &Arc<Self>, seq: u64, outcome: Outcome) -> Option<bool> {
         let (expected, emptied) = self.expected(seq);
-        let Some((pid, completion)) = expected else {
+        let Some((pid, completion, quiet)) = expected else {
             (self.pass_on)(unexpected(seq, outcome));
             return None;
         };
@@ -271,17 +314,19 @@ impl Direct {
                 .encore
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .take()
-                .map(|Encore { worker, seq, calls }| Ticket {
-                    worker,
-                    seq,
+                .as_ref()
+                .map(|encore| Ticket {
+                    worker: encore.worker,
+                    seq: self.take_seq(),
                     board: Arc::clone(board),
-                    calls,
+                    calls: encore.calls.clone(),
                     direct: Arc::clone(self),
+                    // Set as it is announced.
+                    quiet: false,
                 }),
             _ => None,
         };
-        (self.pass_on)(Routed::Delivered { seq, encore });
+        (self.pass_on)(Routed::Delivered { seq, encore, quiet });
         Some(emptied)
     }
 }

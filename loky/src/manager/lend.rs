@@ -2,14 +2,16 @@
 //! idle goes straight to it, without waking the manager first.
 //!
 //! At the end of each step the manager lends every idle worker it would
-//! give the next call to: it reserves the worker's next call number and
-//! leaves a [`Ticket`] here. A submitter that takes one queues the call on
-//! the worker's board, tells the manager ([`Event::Lent`], before the call
+//! give the next call to: it takes the worker's next call number and leaves
+//! a [`Ticket`] here. A submitter that takes one queues the call on the
+//! worker's board, tells the manager ([`Event::Lent`], before the call
 //! leaves, so that whatever the worker does next reaches the manager after
-//! it) and sends the call itself. At the start of each step, and again
-//! once it has drained its events, the manager takes back the tickets
-//! nobody took ([`Lending::reclaim`]); a worker whose ticket was taken
-//! counts as busy until its `Lent` arrives.
+//! it: sent, or left for the manager's next step with
+//! [`Lending::tell_later`] while it would decide nothing) and sends the
+//! call itself. Before a step decides anything, and again once it has
+//! drained its events, the manager takes back the tickets nobody took
+//! ([`Lending::reclaim`]); a worker whose ticket was taken counts as busy
+//! until its `Lent` arrives.
 //!
 //! A caller that picks up the last call of a lent worker may offer that
 //! worker again itself (an encore, `direct::Encore`), announced to the
@@ -36,6 +38,10 @@ pub(crate) struct Ticket {
     pub(super) board: Arc<Board>,
     pub(super) calls: Calls,
     pub(super) direct: Arc<Direct>,
+    /// Whatever the manager was told of this offer may wait in
+    /// `Lending::later`: the ticket's `Lent` may wait there too (a `Lent`
+    /// never overtakes the announcement of its ticket).
+    pub(super) quiet: bool,
 }
 
 thread_local! {
@@ -58,11 +64,62 @@ pub(crate) struct Lending {
     /// Calls delivered (`Event::Delivered`) whose step the manager has not
     /// finished: each may put its worker on offer again.
     coming: AtomicUsize,
+    /// Calls lent and delivered that the manager hears of at its next step
+    /// instead of being woken for each, while it allows that.
+    later: Mutex<Later>,
+}
+
+/// Events waiting for the manager's next step.
+#[derive(Default)]
+struct Later {
+    /// Whether the manager allows events to wait (while callers may offer
+    /// workers again themselves).
+    open: bool,
+    events: Vec<Event>,
 }
 
 impl Lending {
     fn tickets(&self) -> std::sync::MutexGuard<'_, Vec<Ticket>> {
         self.tickets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn later(&self) -> std::sync::MutexGuard<'_, Later> {
+        self.later.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Submitter or caller: `event` (a call lent or delivered) waits for
+    /// the manager's next step, if the manager allows that now; otherwise
+    /// it is given back (`Some`), to be sent (waking the manager).
+    pub(super) fn tell_later(&self, event: Event) -> Option<Event> {
+        let mut later = self.later();
+        if !later.open {
+            return Some(event);
+        }
+        later.events.push(event);
+        None
+    }
+
+    /// Manager: the events told since it last took them, in order.
+    pub(super) fn take_later(&self) -> Vec<Event> {
+        std::mem::take(&mut self.later().events)
+    }
+
+    /// Manager: whether events may wait for its next step from now on;
+    /// when it stops allowing that, the events waiting, for it to handle
+    /// now.
+    pub(super) fn allow_later(&self, open: bool) -> Vec<Event> {
+        let mut later = self.later();
+        later.open = open;
+        if open {
+            Vec::new()
+        } else {
+            std::mem::take(&mut later.events)
+        }
+    }
+
+    /// Whether events wait for the manager's next step.
+    pub(crate) fn told_later(&self) -> bool {
+        !self.later().events.is_empty()
     }
 
     /// Link or caller: a call was delivered; its worker may come back on
@@ -85,18 +142,21 @@ impl Lending {
 
     /// Caller with an encore: `announce`s it to the manager, then offers
     /// it, under one lock, so that whatever is done with the ticket reaches
-    /// the manager after the announcement. False if the manager is gone.
+    /// the manager after the announcement. `announce` says whether the
+    /// announcement waits for the manager's next step (`None`: the
+    /// manager is gone). False if the manager is gone.
     pub(super) fn offer_announced(
         &self,
-        ticket: Ticket,
-        announce: impl FnOnce(u64) -> bool,
+        mut ticket: Ticket,
+        announce: impl FnOnce(u64) -> Option<bool>,
     ) -> bool {
         let mut tickets = self.tickets();
-        let open = announce(ticket.seq);
-        if open {
-            tickets.push(ticket);
-        }
-        open
+        let Some(quiet) = announce(ticket.seq) else {
+            return false;
+        };
+        ticket.quiet = quiet;
+        tickets.push(ticket);
+        true
     }
 
     /// What tells this executor's lending from another's, for
@@ -164,7 +224,10 @@ impl Lending {
             board,
             calls,
             direct,
+            quiet,
         } = ticket;
+        // A call with a timeout wakes the manager, which times it.
+        let quiet = quiet && job.timeout.is_none();
         board.queue(seq);
         let claim = Claim::Board {
             board: Arc::clone(&board),
@@ -190,12 +253,25 @@ impl Lending {
             board: Arc::clone(&board),
             job,
         };
-        if let Err(SendError(Event::Lent { job, .. })) = events.send(lent) {
-            // Unreachable while the executor's gate is open (the manager
-            // runs until a shutdown request): fail rather than lose it.
-            direct.forget(seq);
-            job.completion.fail(Error::ShutDown);
-            return None;
+        let untold = if quiet {
+            self.tell_later(lent)
+        } else {
+            Some(lent)
+        };
+        match untold {
+            // Its outcome may then be told later too: nothing about the
+            // call waits for the manager's step on the channel.
+            None => direct.told_later(seq),
+            Some(lent) => {
+                if let Err(SendError(Event::Lent { job, .. })) = events.send(lent) {
+                    // Unreachable while the executor's gate is open (the
+                    // manager runs until a shutdown request): fail rather
+                    // than lose it.
+                    direct.forget(seq);
+                    job.completion.fail(Error::ShutDown);
+                    return None;
+                }
+            }
         }
         // If the worker is gone, the call stays queued on its board and
         // runs elsewhere once the manager has reaped it; if the send failed

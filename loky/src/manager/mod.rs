@@ -58,6 +58,9 @@ pub(crate) enum Event {
     Resize(usize),
     /// Start every worker now; answer once none is starting.
     StartWorkers(Sender<Result<(), Error>>),
+    /// Take the events told for the next step now (`Executor::stats`
+    /// wants them counted).
+    Refresh,
 }
 
 /// How to shut down.
@@ -121,8 +124,20 @@ pub(crate) fn run<B: Backend>(
         started: 0,
         exits: WorkerExits::default(),
         init_failures: 0,
+        later_batch: VecDeque::new(),
+        hearing_late: false,
+        later_open: false,
     }
     .run();
+}
+
+/// What a step's events were.
+#[derive(Default)]
+struct Tally {
+    /// One was not a call lent or delivered: the step decides.
+    deciding: bool,
+    /// Calls delivered.
+    delivered: usize,
 }
 
 struct Manager<B: Backend> {
@@ -152,6 +167,13 @@ struct Manager<B: Backend> {
     exits: WorkerExits,
     /// Workers in a row whose initializer failed.
     init_failures: usize,
+    /// Events told for the next step, being handled.
+    later_batch: VecDeque<Event>,
+    /// Handling events told for the next step: their calls' times are
+    /// when the manager heard, not when they happened.
+    hearing_late: bool,
+    /// Whether events may wait for the next step (`Lending::allow_later`).
+    later_open: bool,
 }
 
 impl<B: Backend> Manager<B> {
@@ -160,6 +182,13 @@ impl<B: Backend> Manager<B> {
             match panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
                 Ok(true) => {}
                 Ok(false) => {
+                    // Nothing waits for a step that will not come (lending
+                    // closed with the shutdown: none should).
+                    for event in self.shared.lending.allow_later(false) {
+                        if let Event::Lent { job, .. } = event {
+                            job.completion.fail(Error::ShutDown);
+                        }
+                    }
                     // The executor is done: it keeps no idle shared memory.
                     loky_worker::region_pool::trim();
                     return;
@@ -187,57 +216,103 @@ impl<B: Backend> Manager<B> {
         // (`quiet_step`). A quiet step leaves the workers on offer, so that
         // a caller re-lending its worker (an encore) never finds it taken
         // back and waits for this step to offer it again.
-        let mut deciding = false;
-        let mut delivered = 0;
-        let mut handle = |manager: &mut Self, event: Event| {
-            let quiet = matches!(event, Event::Lent { .. } | Event::Delivered(..));
-            if !quiet && !deciding {
-                deciding = true;
-                // Lent workers come back first; those whose ticket was
-                // taken stay busy until their `Lent` arrives.
-                manager.reclaim_tickets();
-            }
-            delivered += usize::from(matches!(event, Event::Delivered(..)));
-            manager.handle(event);
-        };
+        let mut tally = Tally::default();
         let woken = match event {
-            Ok(event) => {
-                handle(self, event);
-                true
-            }
-            Err(RecvTimeoutError::Timeout) => false,
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
             // Unreachable: this thread holds a sender itself.
             Err(RecvTimeoutError::Disconnected) => return false,
         };
-        while let Ok(event) = self.events.try_recv() {
-            handle(self, event);
+        let mut next = woken;
+        let woken = next.is_some();
+        loop {
+            // A channel event is received first, then the events told for
+            // this step until then are handled before it: whatever it
+            // follows from was told before it was sent.
+            let event = next.take().or_else(|| self.events.try_recv().ok());
+            self.hear_later(self.shared.lending.take_later(), &mut tally);
+            let Some(event) = event else {
+                break;
+            };
+            self.handle_counted(event, &mut tally);
         }
         // One instant for the decision and the timers: no timer found not
         // due here fires below.
         let now = Instant::now();
-        if deciding || !(woken && self.quiet_step(now)) {
+        if tally.deciding || !(woken && self.quiet_step(now)) {
             // Callers may have offered workers again meanwhile (encores):
             // no ticket is on offer while the manager decides.
             self.reclaim_tickets();
         }
-        self.check_timers(now);
-        // Before dispatching: a reaped worker's unstarted calls go back to
-        // the queue.
-        self.reap_ready(now);
-        self.dispatch();
-        self.lend();
+        loop {
+            self.check_timers(now);
+            // Before dispatching: a reaped worker's unstarted calls go back
+            // to the queue.
+            self.reap_ready(now);
+            self.dispatch();
+            self.lend();
+            // Events may wait for the next step only while callers may
+            // offer workers again and hearing of them would decide
+            // nothing; when that ends, those waiting are handled now, and
+            // any ticket they put on offer comes back.
+            self.later_open = self.encores_open() && self.undecided();
+            let waiting = self.shared.lending.allow_later(self.later_open);
+            if waiting.is_empty() {
+                break;
+            }
+            self.hear_later(waiting, &mut tally);
+            self.reclaim_tickets();
+        }
+        let delivered = tally.delivered;
         self.shared.lending.delivered(delivered);
         self.publish();
         self.answer_start_waiters();
         !self.finished()
     }
 
+    /// Handles events told for the next step, in order. Kept on the
+    /// manager while it does: should it break down halfway, the rest are
+    /// not lost (`break_down` fails their jobs).
+    fn hear_later(&mut self, events: Vec<Event>, tally: &mut Tally) {
+        self.later_batch.extend(events);
+        self.hearing_late = true;
+        while let Some(event) = self.later_batch.pop_front() {
+            self.handle_counted(event, tally);
+        }
+        self.hearing_late = false;
+    }
+
+    /// Handles `event`, counted in `tally`: tickets come back before the
+    /// first event of a step that is not a call lent or delivered.
+    fn handle_counted(&mut self, event: Event, tally: &mut Tally) {
+        let quiet = matches!(
+            event,
+            Event::Lent { .. } | Event::Delivered(..) | Event::Refresh
+        );
+        if !quiet && !tally.deciding {
+            tally.deciding = true;
+            // Lent workers come back first; those whose ticket was taken
+            // stay busy until their `Lent` arrives.
+            self.reclaim_tickets();
+        }
+        // Only deliveries sent on the channel were counted as coming.
+        tally.delivered += usize::from(!self.hearing_late && matches!(event, Event::Delivered(..)));
+        self.handle(event);
+    }
+
     /// Whether a step woken by calls lent and delivered only, at `now`,
-    /// leaves the workers on offer as they are: it would decide nothing.
-    /// Nothing is queued, the executor runs as it was, no timer is due,
-    /// every worker serves (or starts) and none holds a call waiting
-    /// behind another (one an idle worker might take over).
+    /// leaves the workers on offer as they are: it would decide nothing
+    /// (`undecided`), and no timer is due.
     fn quiet_step(&self, now: Instant) -> bool {
+        self.undecided() && self.next_timer(now).is_none_or(|at| at > now)
+    }
+
+    /// Whether hearing of calls lent and delivered would decide nothing
+    /// but the timers: nothing is queued, the executor runs as it was,
+    /// every worker serves (or starts) and none holds a call waiting
+    /// behind another (one an idle worker might take over). Only then may
+    /// such events wait for the next step (`Lending::tell_later`).
+    fn undecided(&self) -> bool {
         self.lending_open()
             && !self.fill_pool
             && self.workers.values().all(|worker| {
@@ -248,7 +323,6 @@ impl<B: Backend> Manager<B> {
                         Life::Serving { .. } | Life::Starting { .. } | Life::Initializing { .. }
                     )
             })
-            && self.next_timer(now).is_none_or(|at| at > now)
     }
 
     /// Takes back the tickets nobody took. An encore's is remembered if
@@ -301,8 +375,7 @@ impl<B: Backend> Manager<B> {
             let (Some(board), Some(calls)) = (worker.board.clone(), worker.calls().cloned()) else {
                 continue;
             };
-            let seq = worker.next_seq;
-            worker.next_seq += 1;
+            let seq = worker.direct.take_seq();
             worker.lent = Some(seq);
             if encores {
                 arm_encore(id, worker, &calls);
@@ -313,6 +386,7 @@ impl<B: Backend> Manager<B> {
                 board,
                 calls,
                 direct: Arc::clone(&worker.direct),
+                quiet: encores,
             });
         }
     }
@@ -342,6 +416,11 @@ impl<B: Backend> Manager<B> {
             return;
         }
         worker.hold(seq, job, max_tasks);
+        if self.hearing_late
+            && let Some(held) = worker.inflight.back_mut()
+        {
+            held.late = true;
+        }
         // Its caller may put it on offer again once this call is done.
         let encores = self.encores_open();
         let worker = self.workers.get_mut(&id).expect("found above");
@@ -361,10 +440,20 @@ impl<B: Backend> Manager<B> {
     fn break_down(&mut self, reason: String) {
         tracing::error!(reason, "executor broken");
         self.shared.set_broken(reason.clone());
-        // No worker is lent any more (a `Lent` after this fails its job).
+        let error = Error::Broken { reason };
+        // Nothing waits for a next step any more, nor is any worker lent
+        // (a `Lent` after this fails its job), nor offered again.
+        let waiting = self.shared.lending.allow_later(false);
+        for event in self.later_batch.drain(..).chain(waiting) {
+            if let Event::Lent { job, .. } = event {
+                job.completion.fail(error.clone());
+            }
+        }
         self.shared.lending.reclaim();
         self.shared.lending.forget_deliveries();
-        let error = Error::Broken { reason };
+        for worker in self.workers.values() {
+            worker.direct.disarm();
+        }
         for job in self.queue.drain(..) {
             job.completion.fail(error.clone());
         }
@@ -398,6 +487,13 @@ impl<B: Backend> Manager<B> {
             }
         };
         let idle_timeout = self.config.idle_limit().filter(|_| self.queue.is_empty());
+        if self.later_open
+            && let Some(idle) = idle_timeout
+        {
+            // A worker its callers keep lending looks busy until the
+            // manager hears otherwise: it looks once an idle limit.
+            earliest(now.checked_add(idle));
+        }
         for worker in self.workers.values() {
             match &worker.life {
                 Life::Starting { deadline } => earliest(*deadline),
@@ -475,6 +571,7 @@ impl<B: Backend> Manager<B> {
                 self.fill_pool = true;
                 self.last_spawn_error = None;
             }
+            Event::Refresh => {}
         }
     }
 
@@ -811,8 +908,12 @@ impl<B: Backend> Manager<B> {
         let pid = worker.pid;
         if position == 0 {
             let now = Instant::now();
-            let took = now.saturating_duration_since(worker.head_since);
-            self.mean_call = Some(policy::mean_call_time(self.mean_call, took));
+            // Heard late (its `Lent` or this delivery), the call's time is
+            // not known: it does not count.
+            if !held.late && !self.hearing_late {
+                let took = now.saturating_duration_since(worker.head_since);
+                self.mean_call = Some(policy::mean_call_time(self.mean_call, took));
+            }
             worker.advance(now);
         }
         if let Some(outcome) = outcome {
@@ -856,8 +957,7 @@ impl<B: Backend> Manager<B> {
         self.spawn_backoff_until = None;
         worker.life = match self.config.initializer.as_ref() {
             Some(init) => {
-                let seq = worker.next_seq;
-                worker.next_seq += 1;
+                let seq = worker.direct.take_seq();
                 board.queue(seq);
                 let _ = calls.send_calls(
                     &board,
@@ -1421,12 +1521,31 @@ impl<B: Backend> Manager<B> {
             let executor = self.shared.lending.key();
             let direct = Arc::new(Direct::new(executor, move |routed| match routed {
                 Routed::Event(event) => events.send(Event::Worker(id, event)).is_ok(),
-                Routed::Delivered { seq, encore } => {
-                    shared.lending.delivering();
+                Routed::Delivered { seq, encore, quiet } => {
+                    // Counted as coming only when sent: one told for the
+                    // next step comes with its worker on offer already.
                     match encore {
-                        None => events.send(Event::Delivered(id, seq, None)).is_ok(),
+                        None => {
+                            shared.lending.delivering();
+                            events.send(Event::Delivered(id, seq, None)).is_ok()
+                        }
+                        // A caller put the worker on offer again: if the
+                        // call's `Lent` waited for the manager's next step,
+                        // so may this (the manager has nothing to do).
                         Some(ticket) => shared.lending.offer_announced(ticket, |encore| {
-                            events.send(Event::Delivered(id, seq, Some(encore))).is_ok()
+                            let delivered = Event::Delivered(id, seq, Some(encore));
+                            let untold = if quiet {
+                                shared.lending.tell_later(delivered)
+                            } else {
+                                Some(delivered)
+                            };
+                            match untold {
+                                None => Some(true),
+                                Some(delivered) => {
+                                    shared.lending.delivering();
+                                    events.send(delivered).is_ok().then_some(false)
+                                }
+                            }
                         }),
                     }
                 }
@@ -1457,18 +1576,13 @@ impl<B: Backend> Manager<B> {
     }
 }
 
-/// Lets the caller who picks up the last call `worker` holds put it on
-/// offer again, under a call number reserved now.
+/// Lets the callers who pick up the last call `worker` holds put it on
+/// offer again, each under a call number it takes itself, until the
+/// manager withdraws that leave.
 fn arm_encore<W>(id: u64, worker: &mut Worker<W>, calls: &crate::host::Calls) {
-    let next_seq = &mut worker.next_seq;
-    worker.direct.arm(|| {
-        let seq = *next_seq;
-        *next_seq += 1;
-        direct::Encore {
-            worker: id,
-            seq,
-            calls: calls.clone(),
-        }
+    worker.direct.arm(|| direct::Encore {
+        worker: id,
+        calls: calls.clone(),
     });
 }
 
@@ -1478,8 +1592,7 @@ fn give<W>(worker: &mut Worker<W>, job: Job, max_tasks: Option<usize>) {
     // A worker the manager feeds is nobody's to offer again.
     worker.direct.disarm();
     let board = worker.board.clone().expect("a serving worker has a board");
-    let seq = worker.next_seq;
-    worker.next_seq += 1;
+    let seq = worker.direct.take_seq();
     board.queue(seq);
     let pickup = (job.kind == CallKind::Single)
         .then(|| Arc::clone(&worker.direct) as Arc<dyn crate::job::Pickup>);

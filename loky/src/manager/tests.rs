@@ -635,3 +635,43 @@ fn a_call_waiting_behind_a_long_one_moves_to_a_worker_its_caller_offered_again()
     );
     long.cancel();
 }
+
+/// Calls its callers keep re-lending a worker for reach the manager only at
+/// its next step (`Lending::later`): it sleeps through a round-trip loop,
+/// and yet retires the worker once idle, without anyone asking
+/// (`worker_pids` reads the snapshot without waking it).
+#[test]
+fn a_worker_its_callers_keep_re_lending_still_retires_when_idle() {
+    let (executor, control) = executor(
+        Config::new()
+            .max_workers(1)
+            .spin_wait(Duration::from_millis(10))
+            .idle_timeout(Duration::from_millis(100)),
+    );
+    executor.start_workers().unwrap();
+    let lending = executor.lending();
+    let mut heard_later = false;
+    for x in 0..100 {
+        let ms = if x == 50 { 20 } else { x % 2 };
+        let future = executor.submit(sleep_ms, ms).unwrap();
+        if x == 50 {
+            // The manager hears of this call as it runs (`stats` wakes
+            // it), and of nothing after it: to it the worker is busy.
+            std::thread::sleep(Duration::from_millis(5));
+            let _ = executor.stats();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(future.result_timeout(BOUND).unwrap(), ms);
+        heard_later |= lending.told_later();
+    }
+    assert!(
+        heard_later,
+        "the loop's calls waited for the manager's next step"
+    );
+    assert_eq!(control.workers().len(), 1, "one worker served them all");
+    assert!(
+        eventually(|| executor.worker_pids().is_empty()),
+        "the idle worker retired"
+    );
+    assert_eq!(executor.stats().exits.idle, 1);
+}

@@ -18,8 +18,6 @@ pub(super) struct Worker<W> {
     pub(super) board: Option<Arc<Board>>,
     /// Calls sent to it and not settled, in the order it runs them.
     pub(super) inflight: VecDeque<InFlight>,
-    /// The number of its next call.
-    pub(super) next_seq: u64,
     /// When the first call in `inflight` started running (as far as the
     /// manager knows: when the one before it finished).
     pub(super) head_since: Instant,
@@ -47,6 +45,9 @@ pub(super) struct InFlight {
     /// Decided already: the error its running part gets when the worker is
     /// reaped (it timed out; or it was cancelled, and this is moot).
     pub(super) fate: Option<Error>,
+    /// Its `Lent` waited for the manager's next step: when it started is
+    /// not known.
+    pub(super) late: bool,
 }
 
 /// A worker's life, one state at a time.
@@ -156,7 +157,6 @@ impl<W> Worker<W> {
             life: Life::Starting { deadline },
             board: None,
             inflight: VecDeque::new(),
-            next_seq: 0,
             head_since: now,
             idle_since: now,
             sent: 0,
@@ -191,12 +191,12 @@ impl<W> Worker<W> {
     pub(super) fn can_take(&self, limit: usize, max_tasks: Option<usize>) -> bool {
         // The oldest call by number: calls are held in the order of their
         // numbers, but for one taken under an encore ticket, held last
-        // with a number reserved earlier.
+        // with a number taken earlier.
         let oldest = match (self.inflight.front(), self.inflight.back()) {
             (Some(front), Some(back)) => Some(front.seq.min(back.seq)),
             _ => None,
         };
-        let slot_free = oldest.is_none_or(|oldest| self.next_seq - oldest < SLOTS as u64);
+        let slot_free = oldest.is_none_or(|oldest| self.direct.peek_seq() - oldest < SLOTS as u64);
         matches!(self.life, Life::Serving { .. })
             && self.lent.is_none()
             && self.inflight.len() < limit
@@ -224,6 +224,7 @@ impl<W> Worker<W> {
             seq,
             job,
             fate: None,
+            late: false,
         });
         self.sent += 1;
         if max_tasks.is_some_and(|max| self.sent >= max) {

@@ -267,7 +267,8 @@ impl Client {
             Event::Resize(_)
             | Event::Worker(..)
             | Event::Delivered(..)
-            | Event::LentUnsent { .. } => {}
+            | Event::LentUnsent { .. }
+            | Event::Refresh => {}
             Event::Lent { job, .. } => {
                 job.completion.fail(Error::Broken {
                     reason: "a cluster executor was lent a local worker".to_owned(),
