@@ -487,12 +487,9 @@ impl<B: Backend> Manager<B> {
             }
         };
         let idle_timeout = self.config.idle_limit().filter(|_| self.queue.is_empty());
-        if self.later_open
-            && let Some(idle) = idle_timeout
-        {
-            // A worker its callers keep lending looks busy until the
-            // manager hears otherwise: it looks once an idle limit.
-            earliest(now.checked_add(idle));
+        let some_busy = self.workers.values().any(|w| !w.inflight.is_empty());
+        if let Some(after) = policy::late_look(self.later_open, idle_timeout, some_busy) {
+            earliest(now.checked_add(after));
         }
         for worker in self.workers.values() {
             match &worker.life {

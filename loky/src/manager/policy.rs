@@ -41,6 +41,24 @@ pub(super) fn prefetch_depth(configured: Option<usize>, mean: Option<Duration>) 
         .clamp(1, MAX_AUTO_PREFETCH)
 }
 
+/// The shortest wait between the manager's looks at workers whose calls it
+/// may hear of late.
+pub(super) const LATE_LOOK_AT_LEAST: Duration = Duration::from_millis(10);
+
+/// How long the manager may sleep, at most, while calls lent and delivered
+/// may wait for its next step (`later_open`): a worker its callers keep
+/// lending looks busy to it until it hears otherwise, so while some worker
+/// looks busy (`some_busy`) and workers retire when `idle`, it looks again
+/// once an idle limit (at least [`LATE_LOOK_AT_LEAST`]). Otherwise, never.
+pub(super) fn late_look(
+    later_open: bool,
+    idle: Option<Duration>,
+    some_busy: bool,
+) -> Option<Duration> {
+    idle.filter(|_| later_open && some_busy)
+        .map(|idle| idle.max(LATE_LOOK_AT_LEAST))
+}
+
 /// The running mean of call times: each new `sample` weighs 1/8.
 pub(super) fn mean_call_time(mean: Option<Duration>, sample: Duration) -> Duration {
     match mean {
@@ -176,6 +194,27 @@ impl ShutdownRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manager_looks_at_workers_heard_of_late_only_while_it_must() {
+        let ms = Duration::from_millis;
+        let cases = [
+            // (later open, idle limit, some worker looks busy) -> look after
+            ((true, Some(ms(100)), true), Some(ms(100))),
+            // A zero idle limit must not make it spin.
+            ((true, Some(Duration::ZERO), true), Some(LATE_LOOK_AT_LEAST)),
+            ((true, Some(ms(100)), false), None),
+            ((true, None, true), None),
+            ((false, Some(ms(100)), true), None),
+        ];
+        for ((open, idle, busy), expected) in cases {
+            assert_eq!(
+                late_look(open, idle, busy),
+                expected,
+                "{open} {idle:?} {busy}"
+            );
+        }
+    }
 
     #[test]
     fn automatic_prefetch_fills_about_a_millisecond_of_short_calls() {
