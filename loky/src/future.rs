@@ -440,7 +440,7 @@ impl<R> State<R> {
     /// can: the guard is released meanwhile, and given back as it is then.
     fn wait<'a>(
         &'a self,
-        guard: MutexGuard<'a, Inner<R>>,
+        mut guard: MutexGuard<'a, Inner<R>>,
         timeout: Option<Duration>,
     ) -> MutexGuard<'a, Inner<R>> {
         let spin = Duration::from_nanos(self.spin_nanos.load(Ordering::Relaxed));
@@ -465,7 +465,6 @@ impl<R> State<R> {
             }
             return self.lock();
         }
-        let mut guard = guard;
         guard.sleepers += 1;
         let mut guard = match timeout {
             None => self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()),

@@ -184,11 +184,7 @@ impl<B: Backend> Manager<B> {
                 Ok(false) => {
                     // Nothing waits for a step that will not come (lending
                     // closed with the shutdown: none should).
-                    for event in self.shared.lending.allow_later(false) {
-                        if let Event::Lent { job, .. } = event {
-                            job.completion.fail(Error::ShutDown);
-                        }
-                    }
+                    fail_lent(self.shared.lending.allow_later(false), &Error::ShutDown);
                     // The executor is done: it keeps no idle shared memory.
                     loky_worker::region_pool::trim();
                     return;
@@ -217,13 +213,12 @@ impl<B: Backend> Manager<B> {
         // a caller re-lending its worker (an encore) never finds it taken
         // back and waits for this step to offer it again.
         let mut tally = Tally::default();
-        let woken = match event {
+        let mut next = match event {
             Ok(event) => Some(event),
             Err(RecvTimeoutError::Timeout) => None,
             // Unreachable: this thread holds a sender itself.
             Err(RecvTimeoutError::Disconnected) => return false,
         };
-        let mut next = woken;
         let woken = next.is_some();
         loop {
             // A channel event is received first, then the events told for
@@ -263,8 +258,7 @@ impl<B: Backend> Manager<B> {
             self.hear_later(waiting, &mut tally);
             self.reclaim_tickets();
         }
-        let delivered = tally.delivered;
-        self.shared.lending.delivered(delivered);
+        self.shared.lending.delivered(tally.delivered);
         self.publish();
         self.answer_start_waiters();
         !self.finished()
@@ -444,11 +438,7 @@ impl<B: Backend> Manager<B> {
         // Nothing waits for a next step any more, nor is any worker lent
         // (a `Lent` after this fails its job), nor offered again.
         let waiting = self.shared.lending.allow_later(false);
-        for event in self.later_batch.drain(..).chain(waiting) {
-            if let Event::Lent { job, .. } = event {
-                job.completion.fail(error.clone());
-            }
-        }
+        fail_lent(self.later_batch.drain(..).chain(waiting), &error);
         self.shared.lending.reclaim();
         self.shared.lending.forget_deliveries();
         for worker in self.workers.values() {
@@ -1570,6 +1560,16 @@ impl<B: Backend> Manager<B> {
 
     fn finished(&self) -> bool {
         self.shutdown.is_some() && self.queue.is_empty() && self.workers.is_empty()
+    }
+}
+
+/// Fails the jobs of the calls lent among `events`, which the manager will
+/// never handle, with `error`.
+fn fail_lent(events: impl IntoIterator<Item = Event>, error: &Error) {
+    for event in events {
+        if let Event::Lent { job, .. } = event {
+            job.completion.fail(error.clone());
+        }
     }
 }
 
