@@ -530,29 +530,27 @@ fn cpu_ticks(stat_path: &str) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// The link threads of `executor`'s workers, in this process.
-fn link_threads(pids: &[u32]) -> Vec<String> {
-    let names: Vec<String> = pids
-        .iter()
-        .map(|pid| format!("loky-link-{pid}").chars().take(15).collect())
-        .collect();
+/// The stat files of this process's threads named `name`.
+fn threads_named(name: &str) -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|entry| {
             let path = entry.ok()?.path();
             let comm = std::fs::read_to_string(path.join("comm")).ok()?;
-            names
-                .contains(&comm.trim_end().to_owned())
-                .then(|| path.join("stat").display().to_string())
+            (comm.trim_end() == name).then(|| path.join("stat").display().to_string())
         })
         .collect()
 }
 
 /// Waiting threads look for their answer before they sleep
 /// (`Config::spin_wait`), but only briefly: once the calls stop, neither
-/// the workers nor their links in the parent use any CPU.
+/// the workers nor the threads that read and watch them in the parent use
+/// any CPU.
 #[test]
 fn an_idle_executor_uses_no_cpu_after_a_burst() {
+    if !common::alone("an_idle_executor_uses_no_cpu_after_a_burst") {
+        return;
+    }
     let executor = executor(2);
     executor.start_workers().unwrap();
     for x in 0..300 {
@@ -561,9 +559,11 @@ fn an_idle_executor_uses_no_cpu_after_a_burst() {
     let pids = executor.worker_pids();
     assert_eq!(pids.len(), 2);
     let mut watched: Vec<String> = pids.iter().map(|pid| format!("/proc/{pid}/stat")).collect();
-    let links = link_threads(&pids);
-    assert_eq!(links.len(), 2, "one link thread per worker");
-    watched.extend(links);
+    for name in ["loky-results", "loky-exits"] {
+        let threads = threads_named(name);
+        assert_eq!(threads.len(), 1, "one {name} thread per executor");
+        watched.extend(threads);
+    }
     std::thread::sleep(Duration::from_millis(50));
     let before: Vec<u64> = watched.iter().map(|path| cpu_ticks(path)).collect();
     std::thread::sleep(Duration::from_millis(500));
@@ -572,4 +572,45 @@ fn an_idle_executor_uses_no_cpu_after_a_burst() {
         let used = cpu_ticks(path) - before;
         assert!(used <= 5, "{path} used {used} ticks while idle");
     }
+}
+
+/// However many workers a pool has, the parent runs three threads for it:
+/// the manager, one that reads every worker's results and one that waits
+/// for every worker's exit; all three end with the executor.
+#[test]
+fn a_pool_of_any_size_costs_the_parent_three_threads() {
+    if !common::alone("a_pool_of_any_size_costs_the_parent_three_threads") {
+        return;
+    }
+    let loky_threads = || {
+        let mut names: Vec<String> = common::thread_names()
+            .into_iter()
+            .filter(|name| name.starts_with("loky-"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(loky_threads().is_empty(), "{:?}", loky_threads());
+    let executor = executor(6);
+    executor.start_workers().unwrap();
+    let futures: Vec<_> = (0..12)
+        .map(|_| executor.submit(sleep_then_pid, 20).unwrap())
+        .collect();
+    for future in futures {
+        future.result_timeout(BOUND).unwrap();
+    }
+    assert_eq!(executor.worker_pids().len(), 6);
+    let expected = ["loky-exits", "loky-manager", "loky-results"];
+    // The handshake threads end once their worker's link is handed over.
+    assert!(
+        eventually(BOUND, || loky_threads() == expected),
+        "{:?}",
+        loky_threads()
+    );
+    executor.shutdown(loky::Shutdown::default());
+    assert!(
+        eventually(BOUND, || loky_threads().is_empty()),
+        "{:?}",
+        loky_threads()
+    );
 }

@@ -83,3 +83,51 @@ pub(crate) fn children() -> Vec<u32> {
     }
     children
 }
+
+/// Runs the calling test alone, in a fresh copy of this test binary, for a
+/// test that looks at the whole process (its threads, say) and must not
+/// see other tests' executors. True in that copy: run the body there.
+/// False here, once the copy passed (it panics if it did not).
+pub(crate) fn alone(test: &str) -> bool {
+    const ALONE: &str = "LOKY_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the test binary starts again");
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        out
+    });
+    let exited = eventually(BOUND * 2, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("waited");
+    let out = reader.join().expect("read");
+    print!("{out}");
+    assert!(exited, "{test}, run alone, hung");
+    assert!(status.success(), "{test}, run alone, failed: {status}");
+    assert!(
+        out.contains("1 passed"),
+        "{test} did not run alone (no such test?)"
+    );
+    false
+}
+
+/// The names of this process's threads.
+pub(crate) fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}

@@ -1,21 +1,25 @@
 //! The OS backend: a worker is this very binary, re-executed, connected
-//! through a handshake, watched by two threads, killed and reaped.
+//! through a handshake, watched, killed and reaped.
 //!
-//! Per worker, a link thread accepts the handshake and forwards each
-//! message, then `Closed`; an exit watcher waits for the process itself
-//! (`waitid` with `WNOWAIT`, which leaves it unreaped) and reports
-//! `Exited`. So a death is seen at once even when something the worker
-//! started still holds its channel open.
+//! Per spawn, a handshake thread accepts the worker's hello, reports
+//! `Ready` and hands the worker's link to the backend's one results thread
+//! (`results.rs`), which forwards each message, then `Closed`. The
+//! backend's one exits thread (`exits.rs`) watches the process itself (a
+//! pidfd, which leaves it unreaped) and reports `Exited`. So a death is
+//! seen at once even when something the worker started still holds its
+//! channel open, and a pool of any size costs two threads.
 //!
 //! Architecture Invariant: only the manager thread signals and reaps worker
 //! processes, and it reaps only through [`WorkerHandle::reap`], which
 //! consumes the handle: a pid is never signalled after it was reaped (and
 //! so never reused under our feet).
 
-mod link;
+mod exits;
+mod handshake;
 mod output;
+mod results;
 
-use super::{Backend, Notify, WorkerEvent, WorkerHandle};
+use super::{Backend, Notify, WorkerHandle};
 use crate::config::Config;
 use crate::error::{ExitReason, SpawnError};
 use ipc_channel::ipc::IpcOneShotServer;
@@ -32,6 +36,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) struct ProcessBackend {
     /// Lets only the workers we started in.
     secret: u64,
+    /// The threads that read every worker's link and watch every worker's
+    /// exit, started with the first worker (and the results thread again
+    /// if it failed).
+    results: Option<results::Results>,
+    exits: Option<exits::Exits>,
 }
 
 impl ProcessBackend {
@@ -42,7 +51,11 @@ impl ProcessBackend {
             &std::collections::hash_map::RandomState::new(),
             (std::process::id(), std::time::Instant::now()),
         );
-        ProcessBackend { secret }
+        ProcessBackend {
+            secret,
+            results: None,
+            exits: None,
+        }
     }
 }
 
@@ -50,7 +63,14 @@ impl Backend for ProcessBackend {
     type Worker = Process;
 
     fn spawn(&mut self, config: &Config, notify: Notify) -> Result<Process, SpawnError> {
-        spawn(config, self.secret, notify)
+        if !self.results.as_ref().is_some_and(results::Results::alive) {
+            let started = results::Results::start()
+                .map_err(|e| SpawnError::io("could not start the results thread", e))?;
+            self.results = Some(started);
+        }
+        let results = self.results.as_ref().expect("started above");
+        let exits = self.exits.get_or_insert_with(exits::Exits::start);
+        spawn(config, self.secret, notify, results, exits)
     }
 }
 
@@ -58,11 +78,11 @@ impl Backend for ProcessBackend {
 pub(crate) struct Process {
     child: Child,
     pid: u32,
-    /// The path of the one-shot server its link thread accepts on.
+    /// The path of the one-shot server its handshake thread accepts on.
     server: String,
-    /// Set before the manager wakes the link thread out of `accept`, so
-    /// that the link reads the failed accept as "given up", not as a
-    /// broken handshake.
+    /// Set before the manager wakes the handshake thread out of `accept`,
+    /// so that it reads the failed accept as "given up", not as a broken
+    /// handshake.
     aborted: Arc<AtomicBool>,
     /// The threads that copy its labelled output, if it is labelled.
     output: Vec<std::thread::JoinHandle<()>>,
@@ -108,8 +128,14 @@ pub(crate) fn prepare_ipc() -> Result<(), SpawnError> {
     Ok(())
 }
 
-/// Starts a worker, its link thread and its exit watcher.
-fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnError> {
+/// Starts a worker and its handshake thread, and watches its exit.
+fn spawn(
+    config: &Config,
+    secret: u64,
+    notify: Notify,
+    results: &results::Results,
+    exits: &exits::Exits,
+) -> Result<Process, SpawnError> {
     let (server, name) = IpcOneShotServer::<Bootstrap>::new()
         .map_err(|e| SpawnError::io("could not create the handshake socket", e))?;
     let mut command = Command::new(worker_program());
@@ -175,24 +201,19 @@ fn spawn(config: &Config, secret: u64, notify: Notify) -> Result<Process, SpawnE
     }
     let notify: Arc<Notify> = Arc::new(notify);
     let link_notify = Arc::clone(&notify);
-    let linked = std::thread::Builder::new()
-        .name(format!("loky-link-{pid}"))
-        .spawn(move || link::run(pid, secret, server, &aborted, &link_notify));
-    if let Err(error) = linked {
+    let handoff = results.handoff();
+    let accepting = std::thread::Builder::new()
+        .name(format!("loky-hello-{pid}"))
+        .stack_size(256 * 1024)
+        .spawn(move || handshake::run(pid, secret, server, &aborted, link_notify, handoff));
+    if let Err(error) = accepting {
         let _ = process.reap();
-        return Err(SpawnError::io("could not start a link thread", error));
+        return Err(SpawnError::io("could not start a handshake thread", error));
     }
-    let watched = std::thread::Builder::new()
-        .name(format!("loky-exit-{pid}"))
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            wait_exit_no_reap(pid);
-            notify(WorkerEvent::Exited);
-        });
-    if let Err(error) = watched {
+    if let Err(error) = exits.watch(pid, notify) {
         process.abort_handshake();
         let _ = process.reap();
-        return Err(SpawnError::io("could not start an exit watcher", error));
+        return Err(SpawnError::io("could not watch the worker's exit", error));
     }
     Ok(process)
 }
@@ -267,16 +288,4 @@ impl WorkerHandle for Process {
             }
         }
     }
-}
-
-/// Blocks until `pid` has exited, without reaping it (`WNOWAIT` leaves it
-/// for the manager). Returns at once if it is not our child any more
-/// (reaped elsewhere).
-fn wait_exit_no_reap(pid: u32) {
-    use rustix::process::{Pid, WaitId, WaitIdOptions};
-    let Some(pid) = Pid::from_raw(pid as i32) else {
-        return;
-    };
-    let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
-    while let Err(rustix::io::Errno::INTR) = rustix::process::waitid(WaitId::Pid(pid), options) {}
 }

@@ -1,14 +1,16 @@
-//! The link thread of one worker process: accepts its handshake, then
-//! forwards each message from it, then reports when its channel closes.
-//! Its exit is the exit watcher's to report.
+//! The handshake thread of one worker process: accepts its hello, checks
+//! it, reports `Ready`, then hands the worker's link to the executor's
+//! results thread and ends. Its exit is the exits thread's to report.
 
 use super::super::{Calls, Notify, WorkerEvent};
+use super::results::Handoff;
 use crate::error::SpawnError;
 use ipc_channel::IpcError;
 use ipc_channel::ipc::IpcOneShotServer;
-use loky_worker::protocol::{Bootstrap, FromWorker, Outcome, PROTOCOL_VERSION};
+use loky_worker::protocol::{Bootstrap, PROTOCOL_VERSION};
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(super) fn run(
@@ -16,24 +18,25 @@ pub(super) fn run(
     secret: u64,
     server: IpcOneShotServer<Bootstrap>,
     aborted: &AtomicBool,
-    notify: &Notify,
+    notify: Arc<Notify>,
+    handoff: Handoff,
 ) {
     let connected = Cell::new(false);
     let served = panic::catch_unwind(AssertUnwindSafe(|| {
-        serve(pid, secret, server, aborted, notify, &connected);
+        serve(pid, secret, server, aborted, &notify, handoff, &connected);
     }));
     let Err(payload) = served else { return };
     // ipc-channel panics on some OS errors. The manager must still hear
     // how this worker ends, or it would wait for it forever.
     let message = loky_worker::panic::payload_message(&*payload);
-    tracing::error!(pid, message, "link thread panicked");
+    tracing::error!(pid, message, "handshake thread panicked");
     if connected.get() {
         // The manager kills the worker if it does not exit by itself.
         notify(WorkerEvent::Closed);
     } else {
         notify(WorkerEvent::Ready(Err(SpawnError::Handshake {
             pid,
-            message: format!("the link thread panicked: {message}"),
+            message: format!("the handshake thread panicked: {message}"),
         })));
     }
 }
@@ -43,7 +46,8 @@ fn serve(
     secret: u64,
     server: IpcOneShotServer<Bootstrap>,
     aborted: &AtomicBool,
-    notify: &Notify,
+    notify: &Arc<Notify>,
+    handoff: Handoff,
     connected: &Cell<bool>,
 ) {
     let hello = match server.accept() {
@@ -94,37 +98,5 @@ fn serve(
         return;
     }
     connected.set(true);
-    loop {
-        match hello.results.recv() {
-            // Logs are this thread's to emit: a task that logs a lot
-            // slows no other worker's results, nor the manager.
-            Ok(FromWorker::Log(record)) => crate::worker_logs::emit(pid, &record),
-            Ok(message) => {
-                if !notify(WorkerEvent::Message(settle(message))) {
-                    return;
-                }
-            }
-            Err(IpcError::Disconnected) => break,
-            Err(error) => {
-                tracing::error!(pid, %error, "unreadable message from worker");
-                break;
-            }
-        }
-    }
-    notify(WorkerEvent::Closed);
-}
-
-/// A result as it waits for the manager and its taker: small regions are
-/// copied out here, off the manager thread (`Payload::settle`).
-fn settle(message: FromWorker) -> FromWorker {
-    match message {
-        FromWorker::Done {
-            seq,
-            outcome: Outcome::Returned(payload),
-        } => FromWorker::Done {
-            seq,
-            outcome: Outcome::Returned(payload.settle()),
-        },
-        other => other,
-    }
+    handoff.hand_over(pid, hello.results, Arc::clone(notify));
 }
