@@ -397,7 +397,7 @@ fn asking_the_executor_from_a_done_callback_does_not_deadlock() {
     let (tx, rx) = std::sync::mpsc::channel();
     let inner = executor.clone();
     // Long enough that the callback is registered first and so runs where
-    // the future is settled (the worker's link thread).
+    // the future is settled (the results thread).
     let future = executor.submit(sleep_then_pid, 200).unwrap();
     future.add_done_callback(move |_| {
         let answers = (

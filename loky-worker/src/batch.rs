@@ -2,7 +2,7 @@
 //! message.
 //!
 //! A worker running many short calls would send a message per call, and
-//! each message wakes the parent's link thread: with calls of a few
+//! each message wakes the parent's results thread: with calls of a few
 //! microseconds, the messages cost more than the calls. So a single call's
 //! outcome goes to the board's outbox (shared memory, which outlives this
 //! process: the parent recovers what a dead worker held back), and the

@@ -2,10 +2,10 @@
 //! user's `main`, so nothing there installs a subscriber or a logger. When
 //! the parent listens ([`ENV_LOG_LEVEL`]), the worker installs both, keeps
 //! only the events the parent's level lets through, and sends each as a
-//! [`FromWorker::Log`] on its own channel to the parent.
+//! [`FromWorker::Log`] to the parent, on its executor's result channel.
 
+use crate::main_loop::{Outbox, Reporter};
 use crate::protocol::{ENV_LOG_LEVEL, FromWorker, LogRecord};
-use ipc_channel::ipc::IpcSender;
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -15,7 +15,7 @@ use tracing_core::{Event, Interest, Level, LevelFilter, Metadata, Subscriber};
 
 /// Where events go, once installed.
 struct Sink {
-    parent: Mutex<IpcSender<FromWorker>>,
+    parent: Mutex<Reporter>,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -29,7 +29,7 @@ thread_local! {
 }
 
 /// Installs the forwarding subscriber and logger if the parent listens.
-pub(crate) fn install(parent: &IpcSender<FromWorker>) {
+pub(crate) fn install(parent: &Reporter) {
     let level = std::env::var(ENV_LOG_LEVEL)
         .ok()
         .and_then(|v| v.trim().parse::<u8>().ok())

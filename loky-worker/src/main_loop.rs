@@ -12,7 +12,8 @@ use crate::invoke;
 use crate::memory::MemoryWatch;
 use crate::protocol::{
     self, Board, Bootstrap, Call, CallKind, ChunkItem, EXIT_HANDSHAKE_FAILED, EXIT_PROTOCOL_ERROR,
-    Failure, FromWorker, Hello, Outcome, PROTOCOL_VERSION, Packing, Payload, Stage, ToWorker,
+    Failure, FromWorker, Hello, Link, Outcome, PROTOCOL_VERSION, Packing, Payload, Readable,
+    Report, Stage, ToWorker,
 };
 use crate::registry;
 use ipc_channel::IpcError;
@@ -40,17 +41,41 @@ impl Inbox for IpcReceiver<ToWorker> {
     }
 }
 
-impl Outbox for IpcSender<FromWorker> {
+/// A worker process's outbox: its executor's result channel, each message
+/// under the worker's tag.
+#[derive(Clone)]
+pub(crate) struct Reporter(Link);
+
+impl Outbox for Reporter {
     fn send(&self, message: FromWorker) -> bool {
-        IpcSender::send(self, message).is_ok()
+        let report = Report::From {
+            tag: self.0.tag,
+            message: Readable::Read(message),
+        };
+        self.0.results.send(report).is_ok()
+    }
+}
+
+/// An inbox whose first message was read already.
+struct Replay<I> {
+    first: Option<ToWorker>,
+    rest: I,
+}
+
+impl<I: Inbox> Inbox for Replay<I> {
+    fn recv(&mut self) -> Result<Option<ToWorker>, String> {
+        match self.first.take() {
+            Some(first) => Ok(Some(first)),
+            None => self.rest.recv(),
+        }
     }
 }
 
 /// Runs a worker connected to the parent's one-shot server `server`, and
 /// returns the process exit code.
 pub fn run(server: String, secret: u64) -> i32 {
-    let (calls, results) = match handshake(server, secret) {
-        Ok(link) => link,
+    let mut calls = match handshake(server, secret) {
+        Ok(calls) => calls,
         Err(error) => {
             eprintln!(
                 "loky worker {}: handshake failed: {error}",
@@ -59,8 +84,22 @@ pub fn run(server: String, secret: u64) -> i32 {
             return EXIT_HANDSHAKE_FAILED;
         }
     };
+    // The setup says where to report; `serve` reads it again.
+    let (first, results) = match Inbox::recv(&mut calls) {
+        Ok(Some(ToWorker::Setup(mut setup))) => match setup.link.take() {
+            Some(link) => (ToWorker::Setup(setup), Reporter(link)),
+            None => return protocol_error("a setup without a result channel"),
+        },
+        Ok(Some(ToWorker::Shutdown) | None) => return 0,
+        Ok(Some(ToWorker::Calls(_))) => return protocol_error("a call before the board"),
+        Err(error) => return protocol_error(&error),
+    };
     crate::logs::install(&results);
     crate::output::install();
+    let calls = Replay {
+        first: Some(first),
+        rest: calls,
+    };
     serve(calls, &results, Some(MemoryWatch::from_env()))
 }
 
@@ -215,15 +254,13 @@ fn protocol_error(error: &str) -> i32 {
     EXIT_PROTOCOL_ERROR
 }
 
-type Link = (IpcReceiver<ToWorker>, IpcSender<FromWorker>);
-
-fn handshake(server: String, secret: u64) -> Result<Link, String> {
+fn handshake(server: String, secret: u64) -> Result<IpcReceiver<ToWorker>, String> {
     let version = fault::before_handshake(PROTOCOL_VERSION);
     let bootstrap = IpcSender::<Bootstrap>::connect(server).map_err(|e| e.to_string())?;
     let (calls_tx, calls_rx) = ipc::channel().map_err(|e| e.to_string())?;
-    let (results_tx, results_rx) = ipc::channel().map_err(|e| e.to_string())?;
-    // The parent's ends move into the message: this process keeps none of
-    // them, so the parent's receiver closes exactly when this process dies.
+    // The hello's own result channel is not used (`Hello::results`): its
+    // sending end closes at once.
+    let (_, results_rx) = ipc::channel::<FromWorker>().map_err(|e| e.to_string())?;
     bootstrap
         .send(Bootstrap::Hello(Hello {
             version,
@@ -233,7 +270,7 @@ fn handshake(server: String, secret: u64) -> Result<Link, String> {
             results: results_rx,
         }))
         .map_err(|e| e.to_string())?;
-    Ok((calls_rx, results_tx))
+    Ok(calls_rx)
 }
 
 /// Tells the log forwarder and the output markers which task runs now.

@@ -578,7 +578,7 @@ impl Inner {
     }
 
     /// Sends the manager a request and waits for its answer. From a
-    /// done-callback (on the manager thread, or a link thread settling
+    /// done-callback (on the manager thread, or the results thread settling
     /// futures) the request is sent but not waited for: `Ok(None)`. `Err`
     /// if the manager is gone.
     fn ask<T>(&self, request: impl FnOnce(Sender<T>) -> Event) -> Result<Option<T>, Error> {

@@ -134,7 +134,7 @@ pub(crate) enum Claim {
 }
 
 /// Where a caller may pick a single call's outcome up itself, from its
-/// worker's board, instead of waiting for the worker's link thread to pass
+/// worker's board, instead of waiting for the results thread to pass
 /// it on (`manager::direct`).
 pub(crate) trait Pickup: Send + Sync {
     /// Waits for call `seq`'s outcome until `done` holds or `budget` has

@@ -45,7 +45,7 @@
 //! socket still carries every call.
 //!
 //! **Reply box.** A caller waiting for a single call's outcome may watch
-//! for it here instead of waiting for the worker's link thread to pass it
+//! for it here instead of waiting for the parent's results thread to pass it
 //! on: one thread hand-off fewer. It moves `WATCH` from 0 to `seq,
 //! WATCHING`. A worker that finishes call `seq` while it is watched writes
 //! the outcome into the box, then moves the word to `seq, READY` (instead

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of this protocol. Bump it whenever any message below changes.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Environment variable naming the parent's one-shot server. Its presence
 /// makes a process a worker.
@@ -134,7 +134,9 @@ pub struct Hello {
     pub pid: u32,
     /// Where the parent sends calls.
     pub calls: IpcSender<ToWorker>,
-    /// Where the parent receives outcomes. It closes when the worker dies.
+    /// The worker's own result channel. Unused since version 10 (the
+    /// worker reports on its executor's channel, [`Setup::link`]); kept so
+    /// that the hello never changes.
     pub results: IpcReceiver<FromWorker>,
 }
 
@@ -158,6 +160,72 @@ pub struct Setup {
     /// How long the worker looks for its next call before it sleeps
     /// (`crate::spin`).
     pub spin: std::time::Duration,
+    /// Where a worker process reports: its executor's one result channel,
+    /// shared by all its workers, and its tag there. Left out by the
+    /// parent's manager, filled in by the process backend as the setup
+    /// leaves (a worker in the parent's own process, for tests, has no
+    /// channel).
+    pub link: Option<Link>,
+}
+
+/// A worker's place on its executor's result channel.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Link {
+    /// The channel every worker of the executor reports on.
+    pub results: IpcSender<Report>,
+    /// What this worker's reports carry, so the parent knows whose they are.
+    pub tag: u64,
+}
+
+/// What an executor's result channel carries. Workers send only
+/// [`Report::From`]; the parent sends the others to its own reader, which
+/// therefore reads them after everything sent before them.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Report {
+    /// A worker's message, under its tag.
+    From {
+        /// The worker's tag ([`Link::tag`]).
+        tag: u64,
+        /// What it said, or why that could not be read: the tag is read
+        /// even then, so the failure is that worker's alone.
+        message: Readable<FromWorker>,
+    },
+    /// The worker tagged `tag` has exited: what it sent before is read.
+    Exited {
+        /// The worker's tag.
+        tag: u64,
+    },
+    /// The reader stops.
+    Stop,
+}
+
+/// A value that may not decode. Decoding one never fails: a value that
+/// does not decode is [`Readable::Unreadable`] with the reason. It must
+/// come last in its message (what follows it is not read).
+#[derive(Debug)]
+pub enum Readable<T> {
+    /// Decoded.
+    Read(T),
+    /// Why it did not decode.
+    Unreadable(String),
+}
+
+impl<T: Serialize> Serialize for Readable<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Readable::Read(value) => value.serialize(serializer),
+            Readable::Unreadable(reason) => Err(serde::ser::Error::custom(reason)),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Readable<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match T::deserialize(deserializer) {
+            Ok(value) => Readable::Read(value),
+            Err(error) => Readable::Unreadable(error.to_string()),
+        })
+    }
 }
 
 /// One call of a registered task.

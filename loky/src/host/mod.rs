@@ -56,7 +56,8 @@ pub(crate) enum WorkerEvent {
     Ready(Result<Calls, SpawnError>),
     /// A message from the worker.
     Message(FromWorker),
-    /// Its channel closed: it died, or something it left holds no end.
+    /// Its link closed: everything it sent before it exited was passed on
+    /// (or what it sent could not be read).
     Closed,
     /// The process has exited (it can be reaped without blocking).
     Exited,

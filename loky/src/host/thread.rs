@@ -4,7 +4,7 @@
 //! from then on nothing it sends arrives, and the manager sees `Closed`
 //! and `Exited` as from a dead process. The thread itself finishes its
 //! current task in the background, unseen. A test can also hold its
-//! messages back (a lagging link thread) and say when each of its
+//! messages back (a lagging results thread) and say when each of its
 //! watchers speaks (`Fake::vanish`, `report_exit`, `release`).
 
 use super::{Backend, Calls, Notify, WorkerEvent, WorkerHandle};
@@ -35,7 +35,7 @@ pub(crate) struct Fake {
     notify: Notify,
     /// How it ended, once it did.
     death: Mutex<Option<ExitReason>>,
-    /// Messages held back, as by a lagging link thread, while `Some`.
+    /// Messages held back, as by a lagging results thread, while `Some`.
     held: Mutex<Option<Vec<FromWorker>>>,
     /// Its board, once it got it: a thread worker that died, or whose
     /// link lags, must not answer through its reply box either.
@@ -90,7 +90,7 @@ impl Fake {
         (self.notify)(WorkerEvent::Exited);
     }
 
-    /// From now on its messages are held back, as by a link thread that
+    /// From now on its messages are held back, as by a results thread that
     /// lags behind: they arrive with [`Fake::release`].
     pub(crate) fn hold_messages(&self) {
         *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(Vec::new());
@@ -112,7 +112,7 @@ impl Fake {
         self.close_box();
     }
 
-    /// Its exit watcher speaks: `Exited`.
+    /// Its exits thread speaks: `Exited`.
     pub(crate) fn report_exit(&self) {
         (self.notify)(WorkerEvent::Exited);
     }

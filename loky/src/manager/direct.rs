@@ -5,7 +5,7 @@
 //! future, and routing it through the manager thread costs the waiting
 //! caller one more thread wake-up. So the manager registers each single
 //! call it sends to a worker ([`Direct::expect`]); the worker's `notify`,
-//! which runs on that worker's link thread, completes the future as the
+//! which runs on the executor's results thread, completes the future as the
 //! outcome arrives ([`Direct::route`]) and tells the manager only that the
 //! call is done. A caller waiting for the outcome may instead pick it up
 //! from the worker's reply box on the board (`Pickup`), and then offer the
@@ -155,7 +155,7 @@ impl Direct {
         let _ = self.board.set(board);
     }
 
-    /// On the link thread: passes a worker's event on, settling the
+    /// On the results thread: passes a worker's event on, settling the
     /// futures of expected calls; false once the manager is gone.
     pub(super) fn deliver(&self, event: WorkerEvent) -> bool {
         let message = matches!(event, WorkerEvent::Message(_));
@@ -199,7 +199,7 @@ impl Direct {
     }
 
     /// Runs `pass_on`, counted as busy if it passes a worker's `message`
-    /// on (the exit watcher's events are not: it runs beside the link). A
+    /// on (the exits thread's events are not: it runs beside the link). A
     /// panic ends the count too.
     pub(super) fn passing_on<R>(&self, message: bool, pass_on: impl FnOnce() -> R) -> R {
         struct Done<'a>(&'a Direct);
@@ -228,7 +228,7 @@ impl Direct {
         self.busy.load(Ordering::Acquire) == 0 && idle_for >= QUIET.as_nanos() as u64
     }
 
-    /// On the link thread: settles expected calls' futures with their
+    /// On the results thread: settles expected calls' futures with their
     /// outcomes (held-back outcomes arrive several to a message), and
     /// passes the rest on, one event per call. An expected call's
     /// `Delivered` goes before its future is settled, so that the manager

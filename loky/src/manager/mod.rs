@@ -78,7 +78,7 @@ impl ShutdownRequest {
     }
 }
 
-/// How long a worker whose channel closed may take to exit before it is
+/// How long a worker whose link closed may take to exit before it is
 /// killed; also how long SIGTERM has before SIGKILL.
 const CLOSED_GRACE: Duration = Duration::from_secs(1);
 /// How long the channel of a worker that exited may stay open (held by a
@@ -919,6 +919,7 @@ impl<B: Backend> Manager<B> {
                 calls.send(ToWorker::Setup(Setup {
                     board: board.share(),
                     spin: self.config.spin_wait,
+                    link: None,
                 }))
             }));
             match shared {
@@ -1318,7 +1319,7 @@ impl<B: Backend> Manager<B> {
                     forced,
                     ..
                 } if !*forced && deadline(*since, CLOSED_GRACE).is_some_and(|at| now >= at) => {
-                    // Its channel closed but it lives on: make sure.
+                    // Its link closed but it lives on: make sure.
                     worker.handle.signal(libc::SIGKILL);
                     *forced = true;
                 }
@@ -1538,7 +1539,7 @@ impl<B: Backend> Manager<B> {
                 }
             }));
             let link_direct = Arc::clone(&direct);
-            // Runs on the worker's link thread: an expected outcome settles
+            // Runs on the results thread: an expected outcome settles
             // its future there, and the manager hears only that it did.
             let notify: Notify = Box::new(move |event| link_direct.deliver(event));
             match self.backend.spawn(&self.config, notify) {

@@ -464,7 +464,7 @@ fn after_short_calls_a_long_one_still_finishes_last() {
 
 /// Regression (soak, under load): a send to a worker that had just died
 /// marked its channel closed, so the worker was reaped at its `Exited`
-/// while the link thread still held the outcome of the call it finished
+/// while its link still held the outcome of the call it finished
 /// before dying: that good call was blamed for the death.
 #[test]
 fn an_outcome_still_in_the_link_is_never_lost_to_a_failed_send() {

@@ -75,14 +75,14 @@ pub(super) enum Life {
         why: Kill,
         escalate_at: Option<Instant>,
     },
-    /// Its channel closed or its process exited (or both): reaped once
+    /// Its link closed or its process exited (or both): reaped once
     /// both are seen, or when the grace for the other runs out.
     Gone {
         cause: Cause,
         closed: bool,
         exited: bool,
         since: Instant,
-        /// Killed because it lived on with its channel closed.
+        /// Killed because it lived on with its link closed.
         forced: bool,
     },
 }
@@ -245,7 +245,7 @@ impl<W> Worker<W> {
         };
     }
 
-    /// Its channel closed (`closed`) or its process exited.
+    /// Its link closed (`closed`) or its process exited.
     pub(super) fn gone(&mut self, closed: bool, now: Instant) {
         self.life = match &self.life {
             Life::Gone {

@@ -1,9 +1,9 @@
 //! The handshake thread of one worker process: accepts its hello, checks
-//! it, reports `Ready`, then hands the worker's link to the executor's
-//! results thread and ends. Its exit is the exits thread's to report.
+//! it, reports `Ready` (or why not) and ends. Its messages are the results
+//! thread's to pass on, its exit the exits thread's to report.
 
-use super::super::{Calls, Notify, WorkerEvent};
-use super::results::Handoff;
+use super::super::Notify;
+use super::results::Registration;
 use crate::error::SpawnError;
 use ipc_channel::IpcError;
 use ipc_channel::ipc::IpcOneShotServer;
@@ -19,25 +19,31 @@ pub(super) fn run(
     server: IpcOneShotServer<Bootstrap>,
     aborted: &AtomicBool,
     notify: Arc<Notify>,
-    handoff: Handoff,
+    registration: Registration,
 ) {
     let connected = Cell::new(false);
     let served = panic::catch_unwind(AssertUnwindSafe(|| {
-        serve(pid, secret, server, aborted, &notify, handoff, &connected);
+        serve(
+            pid,
+            secret,
+            server,
+            aborted,
+            &notify,
+            &registration,
+            &connected,
+        );
     }));
     let Err(payload) = served else { return };
     // ipc-channel panics on some OS errors. The manager must still hear
     // how this worker ends, or it would wait for it forever.
     let message = loky_worker::panic::payload_message(&*payload);
     tracing::error!(pid, message, "handshake thread panicked");
-    if connected.get() {
-        // The manager kills the worker if it does not exit by itself.
-        notify(WorkerEvent::Closed);
-    } else {
-        notify(WorkerEvent::Ready(Err(SpawnError::Handshake {
+    if !connected.get() {
+        let error = SpawnError::Handshake {
             pid,
             message: format!("the handshake thread panicked: {message}"),
-        })));
+        };
+        registration.failed(error, &notify);
     }
 }
 
@@ -46,15 +52,18 @@ fn serve(
     secret: u64,
     server: IpcOneShotServer<Bootstrap>,
     aborted: &AtomicBool,
-    notify: &Arc<Notify>,
-    handoff: Handoff,
+    notify: &Notify,
+    registration: &Registration,
     connected: &Cell<bool>,
 ) {
     let hello = match server.accept() {
         Ok((_, Bootstrap::Hello(hello))) => hello,
         // The manager gave up on this worker and woke us: it expects
         // nothing more from this thread.
-        Err(_) if aborted.load(Ordering::Acquire) => return,
+        Err(_) if aborted.load(Ordering::Acquire) => {
+            registration.forget();
+            return;
+        }
         Err(error) => {
             let message = match error {
                 IpcError::SerializationError(e) => {
@@ -62,10 +71,7 @@ fn serve(
                 }
                 other => other.to_string(),
             };
-            notify(WorkerEvent::Ready(Err(SpawnError::Handshake {
-                pid,
-                message,
-            })));
+            registration.failed(SpawnError::Handshake { pid, message }, notify);
             return;
         }
     };
@@ -89,14 +95,11 @@ fn serve(
         None
     };
     if let Some(refusal) = refusal {
-        notify(WorkerEvent::Ready(Err(refusal)));
+        registration.failed(refusal, notify);
         return;
     }
-    let calls = hello.calls;
-    let calls = Calls::new(move |message| calls.send(message).map_err(|e| e.to_string()));
-    if !notify(WorkerEvent::Ready(Ok(calls))) {
-        return;
-    }
+    // Its own result channel is unused (`Hello::results`).
+    drop(hello.results);
     connected.set(true);
-    handoff.hand_over(pid, hello.results, Arc::clone(notify));
+    registration.ready(hello.calls, notify);
 }

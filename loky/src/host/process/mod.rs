@@ -1,13 +1,15 @@
 //! The OS backend: a worker is this very binary, re-executed, connected
 //! through a handshake, watched, killed and reaped.
 //!
-//! Per spawn, a handshake thread accepts the worker's hello, reports
-//! `Ready` and hands the worker's link to the backend's one results thread
-//! (`results.rs`), which forwards each message, then `Closed`. The
+//! Per spawn, a handshake thread accepts the worker's hello and reports
+//! `Ready`; the worker's setup then gives it its place (a tag) on the
+//! backend's one result channel, which the backend's one results thread
+//! (`results.rs`) reads, passing each message on, then `Closed`. The
 //! backend's one exits thread (`exits.rs`) watches the process itself (a
-//! pidfd, which leaves it unreaped) and reports `Exited`. So a death is
-//! seen at once even when something the worker started still holds its
-//! channel open, and a pool of any size costs two threads.
+//! pidfd, which leaves it unreaped) and reports `Exited`, then tells the
+//! results thread, behind the worker's last message. So a death is seen at
+//! once even when something the worker started still holds the channel
+//! open, and a pool of any size costs two threads.
 //!
 //! Architecture Invariant: only the manager thread signals and reaps worker
 //! processes, and it reaps only through [`WorkerHandle::reap`], which
@@ -200,17 +202,37 @@ fn spawn(
         }
     }
     let notify: Arc<Notify> = Arc::new(notify);
-    let link_notify = Arc::clone(&notify);
-    let handoff = results.handoff();
+    let registration = results.register(pid, Arc::clone(&notify));
+    let hello_notify = Arc::clone(&notify);
+    let hello_registration = registration.clone();
     let accepting = std::thread::Builder::new()
         .name(format!("loky-hello-{pid}"))
         .stack_size(256 * 1024)
-        .spawn(move || handshake::run(pid, secret, server, &aborted, link_notify, handoff));
+        .spawn(move || {
+            handshake::run(
+                pid,
+                secret,
+                server,
+                &aborted,
+                hello_notify,
+                hello_registration,
+            );
+        });
     if let Err(error) = accepting {
+        registration.forget();
         let _ = process.reap();
         return Err(SpawnError::io("could not start a handshake thread", error));
     }
-    if let Err(error) = exits.watch(pid, notify) {
+    // `Exited` first, then the report that closes its link once all it
+    // sent is read.
+    let exit_registration = registration.clone();
+    let on_exit: Notify = Box::new(move |event| {
+        let open = notify(event);
+        exit_registration.exited();
+        open
+    });
+    if let Err(error) = exits.watch(pid, Arc::new(on_exit)) {
+        registration.forget();
         process.abort_handshake();
         let _ = process.reap();
         return Err(SpawnError::io("could not watch the worker's exit", error));
@@ -235,12 +257,12 @@ impl WorkerHandle for Process {
         unsafe { libc::kill(group, signal) };
     }
 
-    /// Stops the link thread's wait for a handshake that will not come:
+    /// Stops the handshake thread's wait for a hello that will not come:
     /// connects to its server and hangs up at once, so that its `accept`
     /// returns with a closed connection.
     ///
     /// A plain socket, not `IpcSender::connect`: that one leaks its socket
-    /// when the connect fails, as it does whenever the link thread has
+    /// when the connect fails, as it does whenever the handshake thread has
     /// already left `accept` (the server is gone). Here the descriptor is
     /// owned and closed on every path, and a refused connect is harmless.
     fn abort_handshake(&self) {

@@ -1,153 +1,207 @@
-//! The results thread: one per executor, it reads every worker's link (the
-//! result channel its hello handed over) from one `IpcReceiverSet` and
-//! passes each message on, then `Closed` when the channel closes.
+//! The results thread: one per executor, it reads the executor's one
+//! result channel, on which every worker reports under its tag
+//! (`protocol::Report`), and passes each message on to that worker's
+//! listener; then `Closed` once the worker has exited and everything it
+//! sent is read.
 //!
-//! A handshake thread hands a new link over after the worker's `Ready`: it
-//! files the link's listener under a key, then sends the key and the
-//! receiver on the control channel, itself a member of the set. So for one
-//! worker, `Ready` comes before its messages, and `Closed` after them.
+//! A blocking read of one channel: no readiness set, and one receive
+//! buffer at a time. Whose message it is travels in the message; when it
+//! was the last one is told by the parent itself: the exits thread, having
+//! reported a worker's exit, sends `Report::Exited` on the same channel,
+//! which is therefore read after everything the worker sent before dying.
+//! So `Closed` is exact, even while something the worker started still
+//! holds the channel.
 //!
-//! What the thread cannot read is contained: a message that does not
-//! decode, or a listener that is gone, closes that link alone (reported
-//! `Closed`, its later messages dropped until its channel closes); the set
-//! failing as a whole (an OS error, a panic in ipc-channel) reports every
-//! link closed, and the backend starts a new thread for the next spawn.
+//! For one worker `Ready` comes before its messages (it sends none before
+//! its setup, which follows `Ready`) and `Closed` after them: a worker that
+//! exits before its `Ready` is told gets its `Closed` from the handshake
+//! thread, right after the `Ready`.
+//!
+//! What the thread cannot read is contained: a message whose tag is read
+//! but not the rest closes that worker's link alone (reported `Closed`,
+//! its later messages dropped); a message that cannot be read at all, or
+//! the channel failing, ends the thread, which reports every link closed
+//! (the manager kills and replaces those workers), and the backend starts
+//! a new one for the next spawn.
 
-use super::super::{Notify, WorkerEvent};
-use ipc_channel::ipc::{IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender};
-use loky_worker::protocol::{FromWorker, Outcome};
+use super::super::{Calls, Notify, WorkerEvent};
+use crate::error::SpawnError;
+use ipc_channel::ipc::{IpcReceiver, IpcSender};
+use loky_worker::protocol::{FromWorker, Link as Place, Outcome, Readable, Report, ToWorker};
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::Duration;
-
-/// What the control channel carries: a link's key and its receiver. It
-/// never leaves this process.
-type Handover = (u64, IpcReceiver<FromWorker>);
-
-/// One worker's link, as the results thread knows it.
-struct Link {
-    pid: u32,
-    notify: Arc<Notify>,
-    /// False once it was reported closed: what it still sends is dropped.
-    open: bool,
-}
-
-/// What handshake threads and the results thread share.
-struct Shared {
-    /// Links handed over and not yet in the set, by key. Whoever takes a
-    /// link out of here reports it (in the set, or closed).
-    pending: Mutex<HashMap<u64, Link>>,
-    next: AtomicU64,
-    /// False once the thread is gone (its set failed, or it panicked).
-    alive: AtomicBool,
-}
-
-impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Link>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The results thread of one backend. It stops once this and every
-/// [`Handoff`] are dropped (its control channel closes); dropping this
-/// waits a moment for it to close what it holds.
-pub(super) struct Results {
-    control: Option<IpcSender<Handover>>,
-    shared: Arc<Shared>,
-    /// Disconnected once the thread has let go of its descriptors.
-    finished: mpsc::Receiver<()>,
-}
 
 /// How long dropping the backend waits for its threads to end: they end
 /// at once unless a done-callback still runs on the results thread.
 pub(super) const FINISH: Duration = Duration::from_secs(1);
 
-/// Where a handshake thread hands its link over.
-pub(super) struct Handoff {
-    control: IpcSender<Handover>,
-    shared: Arc<Shared>,
+/// One worker's link, as the results thread knows it.
+struct Link {
+    pid: u32,
+    notify: Arc<Notify>,
+    /// Its `Ready` was told: `Closed` may follow.
+    ready: bool,
+    /// It exited, and all it sent was read: `Closed` waits for `Ready`.
+    exited: bool,
+    /// False once it was reported closed: what it still sends is dropped.
+    open: bool,
+}
+
+/// The links of one results thread, by tag.
+struct Links {
+    table: Mutex<Table>,
+    next: AtomicU64,
+}
+
+struct Table {
+    links: HashMap<u64, Link>,
+    /// False once the thread is gone: a link that gets ready afterwards is
+    /// closed at once.
+    alive: bool,
+}
+
+impl Links {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The results thread of one backend; dropping this stops it and waits a
+/// moment for it to end.
+pub(super) struct Results {
+    sender: IpcSender<Report>,
+    links: Arc<Links>,
+    /// Disconnected once the thread has let go of the channel.
+    finished: mpsc::Receiver<()>,
 }
 
 impl Results {
     /// Starts the thread.
     pub(super) fn start() -> std::io::Result<Results> {
-        let (control, receiver) = ipc_channel::ipc::channel::<Handover>()?;
-        let mut set = IpcReceiverSet::new()?;
-        let control_id = set.add(receiver)?;
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
+        let (sender, receiver) = ipc_channel::ipc::channel::<Report>()?;
+        let links = Arc::new(Links {
+            table: Mutex::new(Table {
+                links: HashMap::new(),
+                alive: true,
+            }),
             next: AtomicU64::new(0),
-            alive: AtomicBool::new(true),
         });
-        let thread_shared = Arc::clone(&shared);
+        let thread_links = Arc::clone(&links);
         let (done, finished) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("loky-results".to_owned())
             .spawn(move || {
-                run(set, control_id, &thread_shared);
+                run(receiver, &thread_links);
                 drop(done);
             })?;
         Ok(Results {
-            control: Some(control),
-            shared,
+            sender,
+            links,
             finished,
         })
     }
 
     /// Whether the thread still reads (a new one is needed if not).
     pub(super) fn alive(&self) -> bool {
-        self.shared.alive.load(Ordering::Acquire)
+        self.links.table().alive
     }
 
-    /// Where a spawn's handshake thread will hand its link.
-    pub(super) fn handoff(&self) -> Handoff {
-        Handoff {
-            control: self.control.clone().expect("taken only when dropped"),
-            shared: Arc::clone(&self.shared),
+    /// Files worker `pid`'s listener under a new tag, before it can report.
+    pub(super) fn register(&self, pid: u32, notify: Arc<Notify>) -> Registration {
+        let tag = self.links.next.fetch_add(1, Ordering::Relaxed);
+        let link = Link {
+            pid,
+            notify,
+            ready: false,
+            exited: false,
+            open: true,
+        };
+        self.links.table().links.insert(tag, link);
+        Registration {
+            tag,
+            links: Arc::clone(&self.links),
+            sender: self.sender.clone(),
         }
     }
 }
 
 impl Drop for Results {
     fn drop(&mut self) {
-        drop(self.control.take());
+        let _ = self.sender.send(Report::Stop);
         let _ = self.finished.recv_timeout(FINISH);
     }
 }
 
-impl Handoff {
-    /// Hands worker `pid`'s link to the results thread: from now on its
-    /// messages, then `Closed`, go to `notify`. If the thread is gone, the
-    /// link is reported closed at once.
-    pub(super) fn hand_over(
-        self,
-        pid: u32,
-        receiver: IpcReceiver<FromWorker>,
-        notify: Arc<Notify>,
-    ) {
-        let key = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let link = Link {
-            pid,
-            notify,
-            open: true,
+/// A worker's place on the results thread, for the threads that see it
+/// connect and exit.
+#[derive(Clone)]
+pub(super) struct Registration {
+    tag: u64,
+    links: Arc<Links>,
+    sender: IpcSender<Report>,
+}
+
+impl Registration {
+    /// The handshake succeeded: tells the listener `Ready` with `calls`,
+    /// which give the worker its place on the channel with its setup.
+    /// False once nobody listens.
+    pub(super) fn ready(
+        &self,
+        calls: ipc_channel::ipc::IpcSender<ToWorker>,
+        notify: &Notify,
+    ) -> bool {
+        let place = Place {
+            results: self.sender.clone(),
+            tag: self.tag,
         };
-        self.shared.pending().insert(key, link);
-        let sent = panic::catch_unwind(AssertUnwindSafe(|| self.control.send((key, receiver))))
-            .unwrap_or_else(|payload| {
-                Err(ipc_channel::IpcError::Io(std::io::Error::other(
-                    loky_worker::panic::payload_message(&*payload),
-                )))
-            });
-        if let Err(error) = sent {
-            // Reported by whoever takes it out first: here, or the thread
-            // failing meanwhile.
-            if let Some(link) = self.shared.pending().remove(&key) {
-                tracing::error!(pid, %error, "could not hand a worker's link to the results thread");
-                close(link);
+        let calls = Calls::new(move |message| {
+            let message = match message {
+                ToWorker::Setup(mut setup) => {
+                    setup.link = Some(place.clone());
+                    ToWorker::Setup(setup)
+                }
+                other => other,
+            };
+            calls.send(message).map_err(|e| e.to_string())
+        });
+        let open = notify(WorkerEvent::Ready(Ok(calls)));
+        let closed = {
+            let mut table = self.links.table();
+            let alive = table.alive;
+            match table.links.get_mut(&self.tag) {
+                Some(link) if link.exited || !alive => table.links.remove(&self.tag),
+                Some(link) => {
+                    link.ready = true;
+                    link.open &= open;
+                    None
+                }
+                None => None,
             }
+        };
+        if let Some(link) = closed {
+            close(link);
         }
+        open
+    }
+
+    /// The handshake failed: tells the listener why; nothing follows.
+    pub(super) fn failed(&self, error: SpawnError, notify: &Notify) {
+        self.forget();
+        notify(WorkerEvent::Ready(Err(error)));
+    }
+
+    /// Nothing will be told of this worker any more.
+    pub(super) fn forget(&self) {
+        self.links.table().links.remove(&self.tag);
+    }
+
+    /// The worker has exited: once what it sent is read, its link closes.
+    pub(super) fn exited(&self) {
+        // If the thread is gone, it closed the link already.
+        let _ = self.sender.send(Report::Exited { tag: self.tag });
     }
 }
 
@@ -158,16 +212,11 @@ fn close(mut link: Link) {
     }
 }
 
-/// Reads until the control channel closes or the set fails; then reports
-/// every link it still holds (and every one on its way) closed.
-fn run(set: IpcReceiverSet, control_id: u64, shared: &Shared) {
-    let mut links: HashMap<u64, Link> = HashMap::new();
-    let mut set = set;
-    let read = panic::catch_unwind(AssertUnwindSafe(|| {
-        read(&mut set, control_id, shared, &mut links);
-    }));
-    drop(set);
-    shared.alive.store(false, Ordering::Release);
+/// Reads until told to stop or the channel fails; then reports every
+/// ready link closed (the others are closed as they get ready).
+fn run(receiver: IpcReceiver<Report>, links: &Links) {
+    let read = panic::catch_unwind(AssertUnwindSafe(|| read(&receiver, links)));
+    drop(receiver);
     if let Err(payload) = read {
         let message = loky_worker::panic::payload_message(&*payload);
         tracing::error!(
@@ -175,95 +224,90 @@ fn run(set: IpcReceiverSet, control_id: u64, shared: &Shared) {
             "the results thread panicked: its workers are replaced"
         );
     }
-    let pending: Vec<Link> = shared.pending().drain().map(|(_, link)| link).collect();
-    for link in links.into_values().chain(pending) {
+    let ready: Vec<Link> = {
+        let mut table = links.table();
+        table.alive = false;
+        let tags: Vec<u64> = table
+            .links
+            .iter()
+            .filter(|(_, link)| link.ready)
+            .map(|(tag, _)| *tag)
+            .collect();
+        tags.iter()
+            .filter_map(|tag| table.links.remove(tag))
+            .collect()
+    };
+    for link in ready {
         // The manager kills the worker if it does not exit by itself.
         let _ = panic::catch_unwind(AssertUnwindSafe(|| close(link)));
     }
 }
 
-fn read(
-    set: &mut IpcReceiverSet,
-    control_id: u64,
-    shared: &Shared,
-    links: &mut HashMap<u64, Link>,
-) {
+fn read(receiver: &IpcReceiver<Report>, links: &Links) {
     loop {
-        let selected = match set.select() {
-            Ok(selected) => selected,
-            Err(error) => {
-                tracing::error!(%error, "the results thread's set failed: its workers are replaced");
-                return;
+        match receiver.recv() {
+            Ok(Report::From { tag, message }) => from(links, tag, message),
+            Ok(Report::Exited { tag }) => {
+                let closed = {
+                    let mut table = links.table();
+                    match table.links.get_mut(&tag) {
+                        Some(link) if link.ready => table.links.remove(&tag),
+                        Some(link) => {
+                            link.exited = true;
+                            None
+                        }
+                        None => None,
+                    }
+                };
+                if let Some(link) = closed {
+                    close(link);
+                }
             }
-        };
-        for result in selected {
-            match result {
-                IpcSelectionResult::MessageReceived(id, message) if id == control_id => {
-                    let Ok((key, receiver)) = message.to::<Handover>() else {
-                        tracing::error!(
-                            "unreadable hand-over on the results thread's control channel"
-                        );
-                        return;
-                    };
-                    #[cfg(test)]
-                    if key == tests::FAIL {
-                        return;
-                    }
-                    let Some(link) = shared.pending().remove(&key) else {
-                        continue;
-                    };
-                    match set.add(receiver) {
-                        Ok(id) => {
-                            links.insert(id, link);
-                        }
-                        Err(error) => {
-                            tracing::error!(pid = link.pid, %error, "could not watch a worker's link");
-                            close(link);
-                        }
-                    }
-                }
-                // Every hand-off is gone: the backend was dropped.
-                IpcSelectionResult::ChannelClosed(id) if id == control_id => return,
-                IpcSelectionResult::MessageReceived(id, message) => {
-                    if let Some(link) = links.get_mut(&id).filter(|link| link.open) {
-                        let passed = panic::catch_unwind(AssertUnwindSafe(|| {
-                            pass_on(link, message);
-                        }));
-                        if let Err(payload) = passed {
-                            let message = loky_worker::panic::payload_message(&*payload);
-                            tracing::error!(
-                                pid = link.pid,
-                                message,
-                                "passing a worker's message on panicked"
-                            );
-                            link.open = false;
-                            let _ = panic::catch_unwind(AssertUnwindSafe(|| {
-                                (link.notify)(WorkerEvent::Closed)
-                            }));
-                        }
-                    }
-                }
-                IpcSelectionResult::ChannelClosed(id) => {
-                    if let Some(link) = links.remove(&id) {
-                        close(link);
-                    }
-                }
+            Ok(Report::Stop) | Err(ipc_channel::IpcError::Disconnected) => return,
+            Err(error) => {
+                // Whose it was is unknown: every link closes, so that no
+                // worker's outcome is silently lost.
+                tracing::error!(%error, "unreadable report on the results channel: every worker is replaced");
+                return;
             }
         }
     }
 }
 
-/// Passes one message of an open link on; closes the link if it cannot
-/// be read or nobody listens.
-fn pass_on(link: &mut Link, message: ipc_channel::ipc::IpcMessage) {
-    match message.to::<FromWorker>() {
+/// Passes worker `tag`'s message on, unless its link is closed; closes it
+/// if the message cannot be read, nobody listens, or passing it panics.
+fn from(links: &Links, tag: u64, message: Readable<FromWorker>) {
+    let (pid, notify) = match links.table().links.get(&tag) {
+        Some(link) if link.open => (link.pid, Arc::clone(&link.notify)),
+        _ => return,
+    };
+    let passed = panic::catch_unwind(AssertUnwindSafe(|| match message {
         // Logs are this thread's to emit, never the manager's.
-        Ok(FromWorker::Log(record)) => crate::worker_logs::emit(link.pid, &record),
-        Ok(message) => link.open = (link.notify)(WorkerEvent::Message(settle(message))),
-        Err(error) => {
-            tracing::error!(pid = link.pid, %error, "unreadable message from worker");
-            link.open = false;
-            let _ = (link.notify)(WorkerEvent::Closed);
+        Readable::Read(FromWorker::Log(record)) => {
+            crate::worker_logs::emit(pid, &record);
+            true
+        }
+        Readable::Read(message) => notify(WorkerEvent::Message(settle(message))),
+        Readable::Unreadable(error) => {
+            tracing::error!(pid, %error, "unreadable message from worker");
+            false
+        }
+    }));
+    let close_it = match passed {
+        Ok(open) => !open,
+        Err(payload) => {
+            let message = loky_worker::panic::payload_message(&*payload);
+            tracing::error!(pid, message, "passing a worker's message on panicked");
+            true
+        }
+    };
+    if close_it {
+        let closed = links.table().links.get_mut(&tag).map(|link| {
+            // Told once: `close` below, not again at its exit.
+            std::mem::replace(&mut link.open, false)
+        });
+        if closed == Some(true) {
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| notify(WorkerEvent::Closed)));
         }
     }
 }
@@ -286,139 +330,238 @@ fn settle(message: FromWorker) -> FromWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use loky_worker::protocol::RetireReason;
+    use loky_worker::protocol::{RetireReason, Setup};
     use std::sync::mpsc::Receiver;
-    use std::time::Duration;
 
-    /// A hand-over key that makes the thread stop as if its set failed.
-    pub(super) const FAIL: u64 = u64::MAX;
+    /// What a listener heard, as text; the `Calls` of its `Ready`.
+    struct Heard {
+        said: Receiver<String>,
+        calls: Arc<Mutex<Option<Calls>>>,
+    }
 
-    /// What a listener heard, as text.
-    fn listener(open: bool) -> (Arc<Notify>, Receiver<String>) {
-        let (tx, rx) = mpsc::channel();
+    fn listener() -> (Arc<Notify>, Heard) {
+        let (tx, said) = mpsc::channel();
         let tx = Mutex::new(tx);
+        let calls = Arc::new(Mutex::new(None));
+        let kept = Arc::clone(&calls);
         let notify: Notify = Box::new(move |event| {
             let heard = match event {
-                WorkerEvent::Message(FromWorker::Retire(reason)) => format!("{reason:?}"),
+                WorkerEvent::Message(FromWorker::Retire(RetireReason::MemoryLeak {
+                    rss, ..
+                })) => {
+                    format!("retire {rss}")
+                }
                 WorkerEvent::Message(_) => "message".to_owned(),
                 WorkerEvent::Closed => "closed".to_owned(),
-                WorkerEvent::Ready(_) => "ready".to_owned(),
+                WorkerEvent::Ready(Ok(calls)) => {
+                    *kept.lock().unwrap() = Some(calls);
+                    "ready".to_owned()
+                }
+                WorkerEvent::Ready(Err(error)) => format!("failed: {error}"),
                 WorkerEvent::Exited => "exited".to_owned(),
             };
-            let _ = tx.lock().unwrap().send(heard);
-            open
+            tx.lock().unwrap().send(heard).is_ok()
         });
-        (Arc::new(notify), rx)
+        (Arc::new(notify), Heard { said, calls })
     }
 
-    fn heard(rx: &Receiver<String>) -> String {
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("heard in time")
+    impl Heard {
+        fn next(&self) -> String {
+            self.said
+                .recv_timeout(Duration::from_secs(30))
+                .expect("heard in time")
+        }
+
+        fn nothing_more(&self) {
+            let more = self.said.recv_timeout(Duration::from_millis(50)).ok();
+            assert_eq!(more, None);
+        }
     }
 
-    fn nothing_more(rx: &Receiver<String>) {
-        assert_eq!(rx.recv_timeout(Duration::from_millis(50)).ok(), None);
+    /// A worker as the results thread sees it: its registration, where it
+    /// reports, and what its listener hears.
+    struct FakeWorker {
+        registration: Registration,
+        notify: Arc<Notify>,
+        heard: Heard,
+        place: Place,
     }
 
-    fn link(results: &Results, pid: u32, open: bool) -> (IpcSender<FromWorker>, Receiver<String>) {
-        let (tx, rx) = ipc_channel::ipc::channel::<FromWorker>().unwrap();
-        let (notify, heard) = listener(open);
-        results.handoff().hand_over(pid, rx, notify);
-        (tx, heard)
-    }
-
-    fn retire(tx: &IpcSender<FromWorker>, bytes: u64) {
-        let reason = RetireReason::MemoryLeak {
-            rss: bytes,
-            reference: 0,
+    fn worker(results: &Results, pid: u32) -> FakeWorker {
+        let (notify, heard) = listener();
+        let registration = results.register(pid, Arc::clone(&notify));
+        let place = Place {
+            results: registration.sender.clone(),
+            tag: registration.tag,
         };
-        tx.send(FromWorker::Retire(reason)).unwrap();
-    }
-
-    #[test]
-    fn each_link_s_messages_arrive_in_order_then_its_closing() {
-        let results = Results::start().unwrap();
-        let (a, heard_a) = link(&results, 1, true);
-        let (b, heard_b) = link(&results, 2, true);
-        for n in 0..3 {
-            retire(&a, n);
-            retire(&b, 10 + n);
+        FakeWorker {
+            registration,
+            notify,
+            heard,
+            place,
         }
-        drop(a);
-        for n in 0..3 {
-            assert!(heard(&heard_a).contains(&n.to_string()));
+    }
+
+    impl FakeWorker {
+        fn ready(&self) {
+            let (calls, _) = ipc_channel::ipc::channel::<ToWorker>().unwrap();
+            self.registration.ready(calls, &self.notify);
         }
-        assert_eq!(heard(&heard_a), "closed");
-        for n in 0..3 {
-            assert!(heard(&heard_b).contains(&(10 + n).to_string()));
+
+        fn retire(&self, rss: u64) {
+            let reason = RetireReason::MemoryLeak { rss, reference: 0 };
+            let report = Report::From {
+                tag: self.place.tag,
+                message: Readable::Read(FromWorker::Retire(reason)),
+            };
+            self.place.results.send(report).unwrap();
         }
-        nothing_more(&heard_b);
-        drop(b);
-        assert_eq!(heard(&heard_b), "closed");
-        nothing_more(&heard_a);
     }
 
     #[test]
-    fn an_unreadable_message_closes_its_link_alone() {
+    fn each_worker_s_messages_come_in_order_then_its_closing_after_its_exit() {
         let results = Results::start().unwrap();
-        // A channel whose messages are not `FromWorker`s.
-        let (garbage, rx) = ipc_channel::ipc::channel::<(u64, u64, u64)>().unwrap();
-        let (notify, heard_bad) = listener(true);
-        results
-            .handoff()
-            .hand_over(1, rx.to_opaque().to::<FromWorker>(), notify);
-        let (good, heard_good) = link(&results, 2, true);
-        garbage.send((u64::MAX, u64::MAX, u64::MAX)).unwrap();
-        assert_eq!(heard(&heard_bad), "closed");
-        // What it sends afterwards is dropped, and it is not closed twice.
-        garbage.send((u64::MAX, 0, 0)).unwrap();
-        drop(garbage);
-        nothing_more(&heard_bad);
-        retire(&good, 7);
-        assert!(heard(&heard_good).contains('7'));
+        let a = worker(&results, 1);
+        let b = worker(&results, 2);
+        a.ready();
+        b.ready();
+        assert_eq!(a.heard.next(), "ready");
+        assert_eq!(b.heard.next(), "ready");
+        for n in 0..3 {
+            a.retire(n);
+            b.retire(10 + n);
+        }
+        a.registration.exited();
+        for n in 0..3 {
+            assert_eq!(a.heard.next(), format!("retire {n}"));
+        }
+        assert_eq!(a.heard.next(), "closed");
+        // Something a dead worker left behind reports under its tag: dropped.
+        a.retire(99);
+        for n in 0..3 {
+            assert_eq!(b.heard.next(), format!("retire {}", 10 + n));
+        }
+        b.heard.nothing_more();
+        b.registration.exited();
+        assert_eq!(b.heard.next(), "closed");
+        a.heard.nothing_more();
     }
 
     #[test]
-    fn a_link_nobody_listens_to_any_more_is_dropped_quietly() {
+    fn a_worker_that_exits_before_its_ready_is_closed_right_after_it() {
         let results = Results::start().unwrap();
-        let (gone, heard_gone) = link(&results, 1, false);
-        retire(&gone, 1);
-        assert!(heard(&heard_gone).contains('1'));
-        retire(&gone, 2);
-        drop(gone);
-        nothing_more(&heard_gone);
-    }
-
-    #[test]
-    fn a_failed_thread_closes_every_link_and_the_backend_sees_it_gone() {
-        let results = Results::start().unwrap();
-        let (_a, heard_a) = link(&results, 1, true);
-        let (_b, heard_b) = link(&results, 2, true);
-        let late = results.handoff();
-        // Both links are in the set before the thread fails.
-        retire(&_a, 1);
-        retire(&_b, 2);
-        assert!(heard(&heard_a).contains('1'));
-        assert!(heard(&heard_b).contains('2'));
-        let (_, dummy) = ipc_channel::ipc::channel::<FromWorker>().unwrap();
-        results
-            .control
-            .as_ref()
-            .unwrap()
-            .send((FAIL, dummy))
-            .unwrap();
-        assert_eq!(heard(&heard_a), "closed");
-        assert_eq!(heard(&heard_b), "closed");
+        let a = worker(&results, 1);
+        a.registration.exited();
+        // Wait until the results thread has read the exit.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while results.alive() && std::time::Instant::now() < deadline {
+        while !results
+            .links
+            .table()
+            .links
+            .get(&a.place.tag)
+            .unwrap()
+            .exited
+        {
+            assert!(std::time::Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(1));
         }
+        a.heard.nothing_more();
+        a.ready();
+        assert_eq!(a.heard.next(), "ready");
+        assert_eq!(a.heard.next(), "closed");
+        a.heard.nothing_more();
+    }
+
+    #[test]
+    fn a_failed_handshake_is_told_once_and_nothing_after_it() {
+        let results = Results::start().unwrap();
+        let a = worker(&results, 1);
+        let error = SpawnError::Handshake {
+            pid: 1,
+            message: "wrong secret".to_owned(),
+        };
+        a.registration.failed(error, &a.notify);
+        assert!(a.heard.next().starts_with("failed"));
+        a.registration.exited();
+        a.heard.nothing_more();
+        assert!(results.links.table().links.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_message_closes_its_worker_s_link_alone() {
+        let results = Results::start().unwrap();
+        let a = worker(&results, 1);
+        let b = worker(&results, 2);
+        a.ready();
+        b.ready();
+        assert_eq!(a.heard.next(), "ready");
+        assert_eq!(b.heard.next(), "ready");
+        // `Report::From` (variant 0) with a's tag, then no `FromWorker`
+        // has variant 200.
+        let garbage = a.place.results.clone().to_opaque().to::<(u32, u64, u32)>();
+        garbage.send((0, a.place.tag, 200)).unwrap();
+        assert_eq!(a.heard.next(), "closed");
+        a.retire(1);
+        b.retire(2);
+        assert_eq!(b.heard.next(), "retire 2");
+        // Not closed twice at its exit either.
+        a.registration.exited();
+        a.heard.nothing_more();
+        assert!(results.alive());
+    }
+
+    #[test]
+    fn a_report_nobody_can_read_closes_every_link_and_the_backend_sees_the_thread_gone() {
+        let results = Results::start().unwrap();
+        let a = worker(&results, 1);
+        let b = worker(&results, 2);
+        let late = worker(&results, 3);
+        a.ready();
+        b.ready();
+        assert_eq!(a.heard.next(), "ready");
+        assert_eq!(b.heard.next(), "ready");
+        // No `Report` has variant 7.
+        let garbage = a.place.results.clone().to_opaque().to::<(u32, u64)>();
+        garbage.send((7, 0)).unwrap();
+        assert_eq!(a.heard.next(), "closed");
+        assert_eq!(b.heard.next(), "closed");
         assert!(!results.alive());
-        // A link handed over afterwards is reported closed at once.
-        let (_c, rx) = ipc_channel::ipc::channel::<FromWorker>().unwrap();
-        let (notify, heard_c) = listener(true);
-        late.hand_over(3, rx, notify);
-        assert_eq!(heard(&heard_c), "closed");
-        nothing_more(&heard_a);
+        // A worker whose handshake ends afterwards is closed right after
+        // its `Ready`, and the manager replaces it.
+        late.ready();
+        assert_eq!(late.heard.next(), "ready");
+        assert_eq!(late.heard.next(), "closed");
+    }
+
+    #[test]
+    fn the_setup_a_worker_gets_says_where_it_reports() {
+        let results = Results::start().unwrap();
+        let a = worker(&results, 1);
+        let (calls, worker_end) = ipc_channel::ipc::channel::<ToWorker>().unwrap();
+        a.registration.ready(calls, &a.notify);
+        assert_eq!(a.heard.next(), "ready");
+        let calls = a.heard.calls.lock().unwrap().take().unwrap();
+        let setup = Setup {
+            board: ipc_channel::ipc::IpcSharedMemory::from_byte(0, 8),
+            spin: Duration::ZERO,
+            link: None,
+        };
+        calls.send(ToWorker::Setup(setup)).unwrap();
+        let Ok(ToWorker::Setup(setup)) = worker_end.recv() else {
+            panic!("a setup");
+        };
+        let place = setup.link.expect("filled in");
+        assert_eq!(place.tag, a.place.tag);
+        // Reporting there reaches this worker's listener.
+        let reason = RetireReason::MemoryLeak {
+            rss: 5,
+            reference: 0,
+        };
+        let report = Report::From {
+            tag: place.tag,
+            message: Readable::Read(FromWorker::Retire(reason)),
+        };
+        place.results.send(report).unwrap();
+        assert_eq!(a.heard.next(), "retire 5");
     }
 }
