@@ -193,3 +193,76 @@ fn outcomes_held_back_by_a_worker_that_dies_are_not_lost() {
     ));
     assert!(common::eventually(BOUND, || executor.stats().exits.crashed == 1));
 }
+
+/// Panics with a message of `size` bytes, far larger than one fragment of
+/// the channel, and kills its own process `after_ms` into sending it.
+#[loky::task]
+fn panic_at_length_then_die(size: usize, after_ms: u64) {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(after_ms));
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    });
+    panic!("{}", "x".repeat(size));
+}
+
+/// Every worker reports on one channel: a worker killed while the parent
+/// reads the middle of its message (too large for one fragment) loses that
+/// message alone. Its call fails with its death; the other worker keeps
+/// serving, and is not replaced.
+#[test]
+fn a_worker_killed_in_the_middle_of_a_message_costs_only_its_own_call() {
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    executor.start_workers().unwrap();
+    let started = Instant::now();
+    while executor.worker_pids().len() < 2 {
+        assert!(started.elapsed() < BOUND, "workers started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = executor.worker_pids();
+    // The results thread waits in this callback, so the big message's
+    // fragments pile up until its sender blocks, then dies mid-message.
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let blocker = executor.submit(add, (1, 2)).unwrap();
+    blocker.add_done_callback(move |_| {
+        let _ = wait.recv_timeout(BOUND);
+    });
+    let big = executor
+        .submit(panic_at_length_then_die, (64 << 20, 300))
+        .unwrap();
+    // Its worker is dead and its message stuck halfway.
+    std::thread::sleep(Duration::from_millis(800));
+    release.send(()).unwrap();
+    match big.result_timeout(BOUND) {
+        Err(Error::WorkerDied { reason, .. }) => {
+            assert!(
+                matches!(
+                    reason,
+                    ExitReason::Signal {
+                        signal: libc::SIGKILL,
+                        ..
+                    }
+                ),
+                "{reason:?}"
+            );
+        }
+        other => panic!("expected its death, got {other:?}"),
+    }
+    assert_eq!(blocker.result_timeout(BOUND).unwrap(), 3);
+    // The other worker was never replaced, and still serves.
+    let survivors: Vec<u32> = executor
+        .worker_pids()
+        .into_iter()
+        .filter(|pid| before.contains(pid))
+        .collect();
+    assert_eq!(
+        survivors.len(),
+        1,
+        "{before:?} then {:?}",
+        executor.worker_pids()
+    );
+    for x in 0..20 {
+        assert_eq!(run(&executor, add, (x, 1)), x + 1);
+    }
+    assert!(executor.worker_pids().contains(&survivors[0]));
+}

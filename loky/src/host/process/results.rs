@@ -38,6 +38,10 @@ use std::time::Duration;
 /// at once unless a done-callback still runs on the results thread.
 pub(super) const FINISH: Duration = Duration::from_secs(1);
 
+/// How many reads in a row may find the channel closed before it is taken
+/// as closed for good (each is a worker dying mid-message otherwise).
+const CUT_SHORT: u32 = 3;
+
 /// One worker's link, as the results thread knows it.
 struct Link {
     pid: u32,
@@ -244,8 +248,14 @@ fn run(receiver: IpcReceiver<Report>, links: &Links) {
 }
 
 fn read(receiver: &IpcReceiver<Report>, links: &Links) {
+    // Reads that found the channel closed, in a row.
+    let mut cut_short = 0;
     loop {
-        match receiver.recv() {
+        let report = receiver.recv();
+        if report.is_ok() {
+            cut_short = 0;
+        }
+        match report {
             Ok(Report::From { tag, message }) => from(links, tag, message),
             Ok(Report::Exited { tag }) => {
                 let closed = {
@@ -263,7 +273,21 @@ fn read(receiver: &IpcReceiver<Report>, links: &Links) {
                     close(link);
                 }
             }
-            Ok(Report::Stop) | Err(ipc_channel::IpcError::Disconnected) => return,
+            Ok(Report::Stop) => return,
+            // The backend holds a sender, so the channel stays open: a
+            // message too large for one fragment was cut short by its
+            // sender's death (ipc-channel reads the rest from a channel of
+            // its own, which then closes). Lost, and whose is unknown; the
+            // death tells the rest (its outcomes held back are on its
+            // board). Only a channel that keeps reading closed is closed.
+            Err(ipc_channel::IpcError::Disconnected) if cut_short < CUT_SHORT => {
+                cut_short += 1;
+                tracing::warn!("a worker died in the middle of a message: the message is lost");
+            }
+            Err(ipc_channel::IpcError::Disconnected) => {
+                tracing::error!("the results channel closed: every worker is replaced");
+                return;
+            }
             Err(error) => {
                 // Whose it was is unknown: every link closes, so that no
                 // worker's outcome is silently lost.
