@@ -164,6 +164,8 @@ fn serve_calls(
     let mut exchanging = true;
     // The last call's outcome went to a caller through the reply box.
     let mut replied = false;
+    // When the last call, sent alone, started.
+    let mut alone_since: Option<std::time::Instant> = None;
     // Where an outcome for the reply box is encoded, reused.
     let mut record = Vec::new();
     loop {
@@ -182,7 +184,15 @@ fn serve_calls(
                 if exchanging {
                     // Not on the CPU of the caller that took the last
                     // outcome from the box: it is about to send the next.
-                    if replied && let Some(cpu) = board.caller_cpu() {
+                    // Only after a short call: after a long one the
+                    // exchange gains little beside the call, and the
+                    // other CPU may be a busy worker's.
+                    let short = alone_since
+                        .is_some_and(|since| since.elapsed() < crate::spin::STEP_ASIDE_AFTER);
+                    if replied
+                        && short
+                        && let Some(cpu) = board.caller_cpu()
+                    {
                         crate::spin::step_aside(cpu);
                     }
                     crate::spin::until(spin, || board.rung() != received);
@@ -206,6 +216,7 @@ fn serve_calls(
         }
         let seq = call.seq;
         let kind = call.kind;
+        alone_since = (exchanging && waiting.is_empty()).then(std::time::Instant::now);
         if kind == CallKind::Chunk && !batch.flush() {
             return 0;
         }

@@ -427,6 +427,76 @@ impl<R> Future<R> {
     }
 }
 
+/// Whether a waiting thread looks for its outcome before it sleeps:
+/// always while its looks find it, only now and then once they keep
+/// missing. A thread waiting for long tasks (a map's consumer, say) would
+/// otherwise spend `Config::spin_wait` of a CPU per wait, taken from the
+/// workers; a thread in a loop of short round trips keeps looking.
+mod spin_policy {
+    use std::cell::Cell;
+
+    /// Looks that missed in a row before the thread looks only now and then.
+    const MISSES: u32 = 4;
+    /// Then it looks once every this many waits.
+    const EVERY: u32 = 16;
+
+    thread_local! {
+        /// Waits since this thread's last look found its outcome.
+        static SINCE_FOUND: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Whether this wait looks before it sleeps.
+    pub(super) fn looks() -> bool {
+        let since = SINCE_FOUND.get();
+        let looks = since < MISSES || since.is_multiple_of(EVERY);
+        if !looks {
+            SINCE_FOUND.set(since.saturating_add(1));
+        }
+        looks
+    }
+
+    /// The look found the outcome, or not.
+    pub(super) fn looked(found: bool) {
+        SINCE_FOUND.set(if found {
+            0
+        } else {
+            SINCE_FOUND.get().saturating_add(1)
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_thread_whose_looks_keep_missing_looks_now_and_then_until_one_finds() {
+            // On a thread of its own: the record is per thread.
+            std::thread::spawn(|| {
+                let mut record = Vec::new();
+                for _ in 0..40 {
+                    let look = looks();
+                    record.push(look);
+                    if look {
+                        looked(false);
+                    }
+                }
+                // The first four miss, then one wait in sixteen looks.
+                let which: Vec<usize> = (0..40).filter(|&i| record[i]).collect();
+                assert_eq!(which, [0, 1, 2, 3, 16, 32]);
+                // One that finds brings the looks back.
+                looked(true);
+                assert!((0..4).all(|_| {
+                    let look = looks();
+                    looked(false);
+                    look
+                }));
+            })
+            .join()
+            .unwrap();
+        }
+    }
+}
+
 impl<R> State<R> {
     fn lock(&self) -> MutexGuard<'_, Inner<R>> {
         // A panic never happens while the lock is held (callbacks run
@@ -444,7 +514,7 @@ impl<R> State<R> {
         timeout: Option<Duration>,
     ) -> MutexGuard<'a, Inner<R>> {
         let spin = Duration::from_nanos(self.spin_nanos.load(Ordering::Relaxed));
-        if !spin.is_zero() && !self.spun.swap(true, Ordering::Relaxed) {
+        if !spin.is_zero() && !self.spun.swap(true, Ordering::Relaxed) && spin_policy::looks() {
             // Not with done-callbacks: they would run in this thread, in
             // `result` or `wait_timeout`.
             let pickup = guard
@@ -463,6 +533,7 @@ impl<R> State<R> {
                     loky_worker::spin::until(budget, published);
                 }
             }
+            spin_policy::looked(published());
             return self.lock();
         }
         guard.sleepers += 1;
