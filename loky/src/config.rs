@@ -307,11 +307,14 @@ impl Config {
     /// of microseconds on a virtual machine whose idle CPUs halt), so
     /// looking first makes a round trip several times shorter. Looking
     /// costs CPU, at most this long per wait, and yields the CPU to any
-    /// thread that needs it. A worker about to look for its caller's next
-    /// call first moves off the CPU that caller waits on, if its affinity
-    /// allows another (and leaves its affinity as it was): two threads
-    /// looking on one CPU only take turns. `Duration::ZERO` turns it off:
-    /// every wait sleeps at once.
+    /// thread that needs it; a calling thread whose looks keep missing
+    /// (it waits for long tasks) looks only once in 16 waits, until a look
+    /// finds its answer again, so its looking does not take CPU from the
+    /// workers. A worker about to look for its caller's next call, after a
+    /// call shorter than a millisecond, first moves off the CPU that caller
+    /// waits on, if its affinity allows another (and leaves its affinity as
+    /// it was): two threads looking on one CPU only take turns.
+    /// `Duration::ZERO` turns it off: every wait sleeps at once.
     ///
     /// ```
     /// use std::time::Duration;
