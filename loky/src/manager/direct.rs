@@ -91,6 +91,9 @@ pub(super) struct Encore {
 pub(super) enum Routed {
     /// The event, untouched.
     Event(WorkerEvent),
+    /// Calls whose outcomes came in one message finished, and their
+    /// futures are about to be settled (after this is passed on).
+    DeliveredAll(Vec<u64>),
     /// Call `seq` finished and its future is settled; `encore`: its
     /// worker, idle again, goes on offer under this ticket (announced to
     /// the manager with the delivery, before anyone can take it). `quiet`:
@@ -242,11 +245,21 @@ impl Direct {
                     // Settled when the worker is reaped, from its board.
                     tracing::error!(%error, "unreadable outcomes from a worker");
                 }
+                // One delivery for the expected calls in a row, passed on
+                // before their futures are settled; an outcome nobody
+                // expects goes to the manager in its place in the row.
                 let mut open = true;
+                let mut row = Row::default();
                 for (seq, outcome) in outcomes {
-                    open &= self.route_done(seq, outcome, &mut pass_on);
+                    match self.expected(seq).0 {
+                        Some((pid, completion, _)) => row.push(seq, pid, completion, outcome),
+                        None => {
+                            open &= row.deliver(&mut pass_on);
+                            open &= pass_on(unexpected(seq, outcome));
+                        }
+                    }
                 }
-                open
+                open & row.deliver(&mut pass_on)
             }
             WorkerEvent::Message(FromWorker::Done { seq, outcome }) => {
                 self.route_done(seq, outcome, &mut pass_on)
@@ -328,6 +341,33 @@ impl Direct {
         };
         (self.pass_on)(Routed::Delivered { seq, encore, quiet });
         Some(emptied)
+    }
+}
+
+/// Expected calls whose outcomes came in a row, delivered together.
+#[derive(Default)]
+struct Row {
+    seqs: Vec<u64>,
+    settling: Vec<(u32, Arc<dyn Completion>, Outcome)>,
+}
+
+impl Row {
+    fn push(&mut self, seq: u64, pid: u32, completion: Arc<dyn Completion>, outcome: Outcome) {
+        self.seqs.push(seq);
+        self.settling.push((pid, completion, outcome));
+    }
+
+    /// Tells the manager, then settles the futures (even if the manager is
+    /// gone: the outcomes are known); false if it is gone.
+    fn deliver(&mut self, pass_on: &mut impl FnMut(Routed) -> bool) -> bool {
+        if self.seqs.is_empty() {
+            return true;
+        }
+        let open = pass_on(Routed::DeliveredAll(std::mem::take(&mut self.seqs)));
+        for (pid, completion, outcome) in self.settling.drain(..) {
+            settle(pid, &*completion, outcome);
+        }
+        open
     }
 }
 

@@ -122,10 +122,10 @@ impl Lending {
         !self.later().events.is_empty()
     }
 
-    /// Link or caller: a call was delivered; its worker may come back on
-    /// offer once the manager has heard.
-    pub(super) fn delivering(&self) {
-        self.coming.fetch_add(1, Ordering::AcqRel);
+    /// Results thread or caller: `calls` calls were delivered; their
+    /// workers may come back on offer once the manager has heard.
+    pub(super) fn delivering(&self, calls: usize) {
+        self.coming.fetch_add(calls, Ordering::AcqRel);
     }
 
     /// Manager: it finished the step in which it heard of `delivered`

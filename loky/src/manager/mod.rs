@@ -40,6 +40,9 @@ pub(crate) enum Event {
     /// future; with the call number of the encore ticket its caller put
     /// the worker on offer under, if any.
     Delivered(u64, u64, Option<u64>),
+    /// A worker's calls held back and sent together finished, and the
+    /// results thread settled their futures: one event for the message.
+    DeliveredAll(u64, Vec<u64>),
     /// A submitter could not send a call to worker `worker`, lent to it:
     /// the worker is killed (its death requeues the call).
     LentUnsent { worker: u64 },
@@ -281,7 +284,7 @@ impl<B: Backend> Manager<B> {
     fn handle_counted(&mut self, event: Event, tally: &mut Tally) {
         let quiet = matches!(
             event,
-            Event::Lent { .. } | Event::Delivered(..) | Event::Refresh
+            Event::Lent { .. } | Event::Delivered(..) | Event::DeliveredAll(..) | Event::Refresh
         );
         if !quiet && !tally.deciding {
             tally.deciding = true;
@@ -290,7 +293,13 @@ impl<B: Backend> Manager<B> {
             self.reclaim_tickets();
         }
         // Only deliveries sent on the channel were counted as coming.
-        tally.delivered += usize::from(!self.hearing_late && matches!(event, Event::Delivered(..)));
+        if !self.hearing_late {
+            tally.delivered += match &event {
+                Event::Delivered(..) => 1,
+                Event::DeliveredAll(_, seqs) => seqs.len(),
+                _ => 0,
+            };
+        }
         self.handle(event);
     }
 
@@ -526,6 +535,11 @@ impl<B: Backend> Manager<B> {
             },
             Event::Shutdown(request) => self.shut_down(request),
             Event::Worker(id, event) => self.worker_event(id, event),
+            Event::DeliveredAll(id, seqs) => {
+                for seq in seqs {
+                    self.call_done(id, seq, None);
+                }
+            }
             Event::Delivered(id, seq, encore) => {
                 self.call_done(id, seq, None);
                 if let (Some(encore), Some(worker)) = (encore, self.workers.get_mut(&id)) {
@@ -1509,12 +1523,16 @@ impl<B: Backend> Manager<B> {
             let executor = self.shared.lending.key();
             let direct = Arc::new(Direct::new(executor, move |routed| match routed {
                 Routed::Event(event) => events.send(Event::Worker(id, event)).is_ok(),
+                Routed::DeliveredAll(seqs) => {
+                    shared.lending.delivering(seqs.len());
+                    events.send(Event::DeliveredAll(id, seqs)).is_ok()
+                }
                 Routed::Delivered { seq, encore, quiet } => {
                     // Counted as coming only when sent: one told for the
                     // next step comes with its worker on offer already.
                     match encore {
                         None => {
-                            shared.lending.delivering();
+                            shared.lending.delivering(1);
                             events.send(Event::Delivered(id, seq, None)).is_ok()
                         }
                         // A caller put the worker on offer again: if the
@@ -1530,7 +1548,7 @@ impl<B: Backend> Manager<B> {
                             match untold {
                                 None => Some(true),
                                 Some(delivered) => {
-                                    shared.lending.delivering();
+                                    shared.lending.delivering(1);
                                     events.send(delivered).is_ok().then_some(false)
                                 }
                             }

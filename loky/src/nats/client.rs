@@ -267,6 +267,7 @@ impl Client {
             Event::Resize(_)
             | Event::Worker(..)
             | Event::Delivered(..)
+            | Event::DeliveredAll(..)
             | Event::LentUnsent { .. }
             | Event::Refresh => {}
             Event::Lent { job, .. } => {
