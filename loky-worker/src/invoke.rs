@@ -3,7 +3,7 @@
 //! failure becomes a [`Failure`] value that names its stage.
 
 use crate::panic;
-use crate::protocol::{Failure, Payload, Stage};
+use crate::protocol::{self, Failure, Payload, Stage};
 use std::cell::Cell;
 /// Decodes `A` from `input` with `decode`, calls `f`, and encodes its
 /// result with `encode`.
@@ -44,7 +44,7 @@ fn stages<A, R, T>(
     let outcome = panic::catch(|| {
         let args = decode(input).map_err(|message| Failure::Serde {
             stage: Stage::DecodeArgs,
-            message,
+            message: protocol::bound_text(message),
         })?;
         // A stage's panic that its own code caught leaves a record; a later
         // one resumed without the hook must not be told by it.
@@ -55,7 +55,7 @@ fn stages<A, R, T>(
         at.set(Some(Stage::EncodeResult));
         let encoded = encode(&result).map_err(|message| Failure::Serde {
             stage: Stage::EncodeResult,
-            message,
+            message: protocol::bound_text(message),
         });
         at.set(None);
         drop(result);
@@ -80,7 +80,10 @@ pub fn serde_stage<T>(
 ) -> Result<T, Failure> {
     match panic::catch(step) {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(message)) => Err(Failure::Serde { stage, message }),
+        Ok(Err(message)) => Err(Failure::Serde {
+            stage,
+            message: protocol::bound_text(message),
+        }),
         Err(panic) => Err(Failure::Serde {
             stage,
             message: format!("panicked: {panic}"),

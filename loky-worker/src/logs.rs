@@ -101,7 +101,7 @@ fn forward(level: u8, target: &str, message: String) {
     let record = LogRecord {
         level,
         target: target.to_owned(),
-        message,
+        message: crate::protocol::bound_text(message),
         task,
     };
     // A parent that is gone hears nothing; the worker ends soon anyway.

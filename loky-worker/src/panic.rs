@@ -41,7 +41,7 @@ pub fn install_hook() {
             backtrace: (backtrace.status() == BacktraceStatus::Captured)
                 .then(|| backtrace.to_string()),
         };
-        LAST_PANIC.set(Some(Box::new(captured)));
+        LAST_PANIC.set(Some(Box::new(captured.bounded())));
     }));
 }
 
@@ -55,7 +55,8 @@ pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemotePanic> {
             message: payload_message(&*payload),
             location: None,
             backtrace: None,
-        },
+        }
+        .bounded(),
     })
 }
 

@@ -11,21 +11,23 @@
 //! worker of different protocol versions can always read each other's
 //! version and fail with a clear error instead of a decoding error.
 //!
-//! Sequence on one link:
+//! Sequence for one worker (its reports travel on its executor's one
+//! result channel, each as a [`Report::From`] under its tag):
 //!
 //! ```text
 //! parent                                   worker (re-executed binary)
 //!   | IpcOneShotServer::new() -> name         |
 //!   | spawn with LOKY_WORKER_SERVER=name ---> |
 //!   |                                         | connect(name)
-//!   | <------ Bootstrap::Hello{version, ...}  | (carries both channels)
-//!   | ToWorker::Setup{board} ----------------> |
+//!   | <------ Bootstrap::Hello{version, ...}  | (carries its call channel)
+//!   | ToWorker::Setup{board, link} ----------> | link: the result channel, its tag
 //!   | ToWorker::Calls[{seq}, ...] -----------> | claims each seq on the board
 //!   | <------ FromWorker::Items (chunks only) | when its arena is full
 //!   | <------------------- FromWorker::Done   |
 //!   | <------- FromWorker::Retire (optional)  | over its memory limit:
 //!   |                                         | keeps serving until...
 //!   | ToWorker::Shutdown --------------------> | exits with code 0
+//!   | Report::Exited{tag} (the parent's own, behind the worker's last report)
 //! ```
 //!
 //! Right after the hello the parent sends [`ToWorker::Setup`] with the
@@ -192,11 +194,16 @@ pub enum Report {
     },
     /// The worker tagged `tag` has exited: what it sent before is read.
     Exited {
+        /// The parent's key, which no worker knows.
+        key: u64,
         /// The worker's tag.
         tag: u64,
     },
     /// The reader stops.
-    Stop,
+    Stop {
+        /// The parent's key, which no worker knows.
+        key: u64,
+    },
 }
 
 /// A value that may not decode. Decoding one never fails: a value that
@@ -545,6 +552,28 @@ pub enum ChunkItem<'a> {
     Failed(Failure),
 }
 
+/// The most bytes of any text a worker sends (a panic's message or
+/// backtrace, a serde error, a log record's message): with it every report
+/// fits in one fragment of the result channel, which the parent reads in
+/// one receive, never waiting on a sender that stopped halfway.
+pub const MAX_TEXT: usize = 32 << 10;
+
+/// `text`, cut to at most [`MAX_TEXT`] bytes at a character boundary, with
+/// how much was cut said at its end.
+pub fn bound_text(mut text: String) -> String {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let total = text.len();
+    let mut end = MAX_TEXT - 64;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("... ({} more bytes cut)", total - end));
+    text
+}
+
 /// A failure that the worker survived.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -599,6 +628,17 @@ pub struct RemotePanic {
     pub location: Option<String>,
     /// The worker's backtrace, captured when `RUST_BACKTRACE` is set.
     pub backtrace: Option<String>,
+}
+
+impl RemotePanic {
+    /// Its texts cut to [`MAX_TEXT`].
+    pub fn bounded(self) -> RemotePanic {
+        RemotePanic {
+            message: bound_text(self.message),
+            location: self.location.map(bound_text),
+            backtrace: self.backtrace.map(bound_text),
+        }
+    }
 }
 
 impl fmt::Display for RemotePanic {
@@ -874,6 +914,17 @@ fn end_to_end<'a, T: Deserialize<'a>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn texts_are_cut_at_a_character_boundary_and_say_so() {
+        assert_eq!(bound_text("short".to_owned()), "short");
+        let long = "é".repeat(MAX_TEXT);
+        let cut = bound_text(long.clone());
+        assert!(cut.len() <= MAX_TEXT, "{}", cut.len());
+        assert!(long.starts_with(cut.split("...").next().unwrap()));
+        let kept = cut.split("...").next().unwrap().len();
+        assert!(cut.ends_with(&format!("({} more bytes cut)", long.len() - kept)));
+    }
 
     #[test]
     fn chunk_args_built_in_place_are_the_encoded_vector() {

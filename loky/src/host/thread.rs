@@ -86,8 +86,10 @@ impl Fake {
         }
         *death = Some(reason);
         self.close_box();
-        (self.notify)(WorkerEvent::Closed);
+        // As a process backend reports it: its exit, then its link closed
+        // once what it sent is passed on.
         (self.notify)(WorkerEvent::Exited);
+        (self.notify)(WorkerEvent::Closed);
     }
 
     /// From now on its messages are held back, as by a results thread that
@@ -213,6 +215,10 @@ impl WorkerHandle for ThreadWorker {
 
     fn exited(&self) -> bool {
         self.fake.dead()
+    }
+
+    fn drained(&self) -> bool {
+        true
     }
 
     fn reap(self) -> ExitReason {

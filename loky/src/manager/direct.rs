@@ -221,9 +221,9 @@ impl Direct {
         pass_on()
     }
 
-    /// Whether the link has passed on all it read and has been waiting for
-    /// more for a while: what the worker sent is with the manager (or
-    /// will never come).
+    /// Whether nothing of this worker is being passed on, and nothing has
+    /// been for a while. With one reader for every worker, it says nothing
+    /// of what is still unread: `WorkerHandle::drained` does.
     pub(super) fn quiet(&self, now: Instant) -> bool {
         let idle_for = self
             .nanos(now)

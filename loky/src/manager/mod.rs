@@ -84,8 +84,10 @@ impl ShutdownRequest {
 /// How long a worker whose link closed may take to exit before it is
 /// killed; also how long SIGTERM has before SIGKILL.
 const CLOSED_GRACE: Duration = Duration::from_secs(1);
-/// How long the channel of a worker that exited may stay open (held by a
-/// process it started outside its group) before it is reaped anyway.
+/// How long a worker that exited may wait for its link to close before it
+/// is reaped anyway, once what was read from it is passed on and the
+/// backend has nothing unread (`WorkerHandle::drained`): a link whose
+/// closing was lost.
 const DRAIN_GRACE: Duration = Duration::from_millis(200);
 /// How long to wait before trying again after a worker failed to start.
 const SPAWN_BACKOFF: Duration = Duration::from_millis(50);
@@ -513,7 +515,10 @@ impl<B: Backend> Manager<B> {
                     (false, true) => match deadline(*since, DRAIN_GRACE) {
                         // Past the grace with its link still busy: look
                         // again shortly rather than spin.
-                        Some(at) if at <= now && !worker.direct.quiet(now) => {
+                        Some(at)
+                            if at <= now
+                                && !(worker.direct.quiet(now) && worker.handle.drained()) =>
+                        {
                             earliest(now.checked_add(BUSY_LINK_POLL));
                         }
                         at => earliest(at),
@@ -1068,7 +1073,8 @@ impl<B: Backend> Manager<B> {
                     *closed
                         || w.board.is_none()
                         || (deadline(*since, DRAIN_GRACE).is_none_or(|at| now >= at)
-                            && w.direct.quiet(now))
+                            && w.direct.quiet(now)
+                            && w.handle.drained())
                 }
                 _ => false,
             })

@@ -30,12 +30,19 @@ struct Watched {
 /// What the spawner and the exits thread share.
 struct Set {
     epoll: OwnedFd,
-    watched: Mutex<HashMap<u64, Watched>>,
+    watched: Mutex<Watching>,
     next: AtomicU64,
 }
 
+struct Watching {
+    processes: HashMap<u64, Watched>,
+    /// The thread stopped watching (its epoll failed): every process goes
+    /// to a thread of its own.
+    ended: bool,
+}
+
 impl Set {
-    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watched>> {
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watching> {
         self.watched.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -89,6 +96,10 @@ impl Exits {
         let key = set.next.fetch_add(1, Ordering::Relaxed);
         // In the table before the set can report it.
         let mut watched = set.watched();
+        if watched.ended {
+            drop(watched);
+            return wait_alone(pid, notify);
+        }
         let added = epoll::add(
             &set.epoll,
             &pidfd,
@@ -100,7 +111,9 @@ impl Exits {
             tracing::debug!(pid, %error, "pidfd not watched: a waitid thread watches this worker");
             return wait_alone(pid, notify);
         }
-        watched.insert(key, Watched { pid, pidfd, notify });
+        watched
+            .processes
+            .insert(key, Watched { pid, pidfd, notify });
         Ok(())
     }
 }
@@ -129,7 +142,10 @@ fn start() -> std::io::Result<(Arc<Set>, OwnedFd, mpsc::Receiver<()>)> {
     )?;
     let set = Arc::new(Set {
         epoll,
-        watched: Mutex::new(HashMap::new()),
+        watched: Mutex::new(Watching {
+            processes: HashMap::new(),
+            ended: false,
+        }),
         next: AtomicU64::new(0),
     });
     let thread_set = Arc::clone(&set);
@@ -161,7 +177,11 @@ fn run(set: &Set) {
             Err(rustix::io::Errno::INTR) => continue,
             Err(error) => {
                 tracing::error!(%error, "the exits thread's epoll failed: a waitid thread per worker instead");
-                let left: Vec<Watched> = set.watched().drain().map(|(_, w)| w).collect();
+                let left: Vec<Watched> = {
+                    let mut watched = set.watched();
+                    watched.ended = true;
+                    watched.processes.drain().map(|(_, w)| w).collect()
+                };
                 for Watched { pid, notify, .. } in left {
                     if let Err(error) = wait_alone(pid, Arc::clone(&notify)) {
                         tracing::error!(pid, %error, "nothing can watch this worker: reported exited");
@@ -176,7 +196,7 @@ fn run(set: &Set) {
             if key == STOP {
                 return;
             }
-            let Some(exited) = set.watched().remove(&key) else {
+            let Some(exited) = set.watched().processes.remove(&key) else {
                 continue;
             };
             let _ = epoll::delete(&set.epoll, &exited.pidfd);
@@ -241,13 +261,15 @@ mod tests {
         assert!(exits.set.is_some(), "this kernel has pidfds");
         let mut children = Vec::new();
         let mut heard = Vec::new();
-        for pause in ["0.2", "0", "0.1"] {
+        for pause in ["0.3", "0.1", "0.2"] {
             let child = Command::new("sleep").arg(pause).spawn().unwrap();
             let (notify, rx) = listener();
             exits.watch(child.id(), notify).unwrap();
             children.push(child);
             heard.push(rx);
         }
+        // Watched through pidfds, not threads of their own.
+        assert_eq!(exits.set.as_ref().unwrap().watched().processes.len(), 3);
         for (child, rx) in children.iter_mut().zip(&heard) {
             rx.recv_timeout(Duration::from_secs(30))
                 .expect("exit reported");
@@ -258,7 +280,7 @@ mod tests {
         for rx in &heard {
             assert!(rx.try_recv().is_err(), "reported twice");
         }
-        assert!(exits.set.as_ref().unwrap().watched().is_empty());
+        assert!(exits.set.as_ref().unwrap().watched().processes.is_empty());
     }
 
     #[test]

@@ -38,7 +38,11 @@ pub(super) fn run(
     // how this worker ends, or it would wait for it forever.
     let message = loky_worker::panic::payload_message(&*payload);
     tracing::error!(pid, message, "handshake thread panicked");
-    if !connected.get() {
+    if connected.get() {
+        // `Ready` may have been told: its exit closes its link, and the
+        // manager kills it if it does not exit by itself.
+        registration.told_ready(true);
+    } else {
         let error = SpawnError::Handshake {
             pid,
             message: format!("the handshake thread panicked: {message}"),

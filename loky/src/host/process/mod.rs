@@ -88,6 +88,8 @@ pub(crate) struct Process {
     aborted: Arc<AtomicBool>,
     /// The threads that copy its labelled output, if it is labelled.
     output: Vec<std::thread::JoinHandle<()>>,
+    /// Its place on the results thread, once it has one.
+    registration: Option<results::Registration>,
 }
 
 /// How long reaping a labelled worker waits for its last output lines.
@@ -189,6 +191,7 @@ fn spawn(
         server: name,
         aborted: Arc::clone(&aborted),
         output: Vec::new(),
+        registration: None,
     };
     let mut process = process;
     for copy in copies {
@@ -224,12 +227,17 @@ fn spawn(
         return Err(SpawnError::io("could not start a handshake thread", error));
     }
     // `Exited` first, then the report that closes its link once all it
-    // sent is read.
+    // sent is read (even if telling `Exited` panicked).
     let exit_registration = registration.clone();
     let on_exit: Notify = Box::new(move |event| {
-        let open = notify(event);
-        exit_registration.exited();
-        open
+        struct Report<'a>(&'a results::Registration);
+        impl Drop for Report<'_> {
+            fn drop(&mut self) {
+                self.0.exited();
+            }
+        }
+        let _report = Report(&exit_registration);
+        notify(event)
     });
     if let Err(error) = exits.watch(pid, Arc::new(on_exit)) {
         registration.forget();
@@ -237,6 +245,7 @@ fn spawn(
         let _ = process.reap();
         return Err(SpawnError::io("could not watch the worker's exit", error));
     }
+    process.registration = Some(registration);
     Ok(process)
 }
 
@@ -280,6 +289,12 @@ impl WorkerHandle for Process {
             return;
         };
         let _ = rustix::net::connect(&socket, &address);
+    }
+
+    fn drained(&self) -> bool {
+        self.registration
+            .as_ref()
+            .is_none_or(results::Registration::drained)
     }
 
     fn exited(&self) -> bool {

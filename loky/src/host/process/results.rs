@@ -30,17 +30,19 @@ use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use loky_worker::protocol::{FromWorker, Link as Place, Outcome, Readable, Report, ToWorker};
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long dropping the backend waits for its threads to end: they end
 /// at once unless a done-callback still runs on the results thread.
 pub(super) const FINISH: Duration = Duration::from_secs(1);
 
 /// How many reads in a row may find the channel closed before it is taken
-/// as closed for good (each is a worker dying mid-message otherwise).
-const CUT_SHORT: u32 = 3;
+/// as closed for good. The backend holds a sender until it sends `Stop`,
+/// so each is a worker that died in the middle of a message (which workers
+/// avoid: see `Reporter`); many in a row mean something else is wrong.
+const CUT_SHORT: u32 = 64;
 
 /// One worker's link, as the results thread knows it.
 struct Link {
@@ -58,6 +60,15 @@ struct Link {
 struct Links {
     table: Mutex<Table>,
     next: AtomicU64,
+    /// What the parent's own reports carry, which no worker knows: a
+    /// worker (or what it started) cannot stop the thread or close
+    /// another worker's link.
+    key: u64,
+    /// Whether the thread is passing a report on, and when it last
+    /// finished one (nanoseconds since `epoch`).
+    busy: AtomicBool,
+    last_done: AtomicU64,
+    epoch: Instant,
 }
 
 struct Table {
@@ -71,7 +82,24 @@ impl Links {
     fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the thread has passed on all it read and waited for more
+    /// for [`QUIET`] (or is gone): nothing a dead worker sent is unread.
+    fn drained(&self) -> bool {
+        let idle_for = self
+            .nanos()
+            .saturating_sub(self.last_done.load(Ordering::Acquire));
+        !self.table().alive
+            || (!self.busy.load(Ordering::Acquire) && idle_for >= QUIET.as_nanos() as u64)
+    }
 }
+
+/// How long the thread must have waited in vain to count as drained.
+const QUIET: Duration = Duration::from_millis(10);
 
 /// The results thread of one backend; dropping this stops it and waits a
 /// moment for it to end.
@@ -92,6 +120,13 @@ impl Results {
                 alive: true,
             }),
             next: AtomicU64::new(0),
+            key: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                Instant::now(),
+            ),
+            busy: AtomicBool::new(false),
+            last_done: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         let thread_links = Arc::clone(&links);
         let (done, finished) = mpsc::channel::<()>();
@@ -134,7 +169,9 @@ impl Results {
 
 impl Drop for Results {
     fn drop(&mut self) {
-        let _ = self.sender.send(Report::Stop);
+        let _ = self.sender.send(Report::Stop {
+            key: self.links.key,
+        });
         let _ = self.finished.recv_timeout(FINISH);
     }
 }
@@ -172,6 +209,14 @@ impl Registration {
             calls.send(message).map_err(|e| e.to_string())
         });
         let open = notify(WorkerEvent::Ready(Ok(calls)));
+        self.told_ready(open);
+        open
+    }
+
+    /// The listener was told `Ready` (or may have been: its handshake
+    /// thread panicked after connecting): `Closed` may follow, and does at
+    /// once if the worker exited already or the thread is gone.
+    pub(super) fn told_ready(&self, open: bool) {
         let closed = {
             let mut table = self.links.table();
             let alive = table.alive;
@@ -188,7 +233,12 @@ impl Registration {
         if let Some(link) = closed {
             close(link);
         }
-        open
+    }
+
+    /// Whether the results thread has nothing unread (see
+    /// `WorkerHandle::drained`).
+    pub(super) fn drained(&self) -> bool {
+        self.links.drained()
     }
 
     /// The handshake failed: tells the listener why; nothing follows.
@@ -203,9 +253,25 @@ impl Registration {
     }
 
     /// The worker has exited: once what it sent is read, its link closes.
+    /// Sent from a thread of its own: the channel may be full while the
+    /// results thread runs a slow done-callback, and the exits thread must
+    /// go on reporting deaths meanwhile.
     pub(super) fn exited(&self) {
-        // If the thread is gone, it closed the link already.
-        let _ = self.sender.send(Report::Exited { tag: self.tag });
+        let report = || Report::Exited {
+            key: self.links.key,
+            tag: self.tag,
+        };
+        // If the results thread is gone, it closed the link already.
+        let sender = self.sender.clone();
+        let late = report();
+        let spawned = std::thread::Builder::new()
+            .name("loky-exited".to_owned())
+            .stack_size(64 * 1024)
+            .spawn(move || drop(sender.send(late)));
+        if spawned.is_err() {
+            // No thread to be had: sent from here, as a last resort.
+            let _ = self.sender.send(report());
+        }
     }
 }
 
@@ -252,12 +318,25 @@ fn read(receiver: &IpcReceiver<Report>, links: &Links) {
     let mut cut_short = 0;
     loop {
         let report = receiver.recv();
+        links.busy.store(true, Ordering::Release);
         if report.is_ok() {
             cut_short = 0;
         }
+        let go_on = pass(report, links, &mut cut_short);
+        links.last_done.store(links.nanos(), Ordering::Release);
+        links.busy.store(false, Ordering::Release);
+        if !go_on {
+            return;
+        }
+    }
+}
+
+/// Passes one report on; false if the thread must stop.
+fn pass(report: Result<Report, ipc_channel::IpcError>, links: &Links, cut_short: &mut u32) -> bool {
+    {
         match report {
             Ok(Report::From { tag, message }) => from(links, tag, message),
-            Ok(Report::Exited { tag }) => {
+            Ok(Report::Exited { key, tag }) if key == links.key => {
                 let closed = {
                     let mut table = links.table();
                     match table.links.get_mut(&tag) {
@@ -273,29 +352,33 @@ fn read(receiver: &IpcReceiver<Report>, links: &Links) {
                     close(link);
                 }
             }
-            Ok(Report::Stop) => return,
+            Ok(Report::Stop { key }) if key == links.key => return false,
+            Ok(Report::Exited { .. } | Report::Stop { .. }) => {
+                tracing::error!("a worker sent a report only the parent may send: ignored");
+            }
             // The backend holds a sender, so the channel stays open: a
             // message too large for one fragment was cut short by its
             // sender's death (ipc-channel reads the rest from a channel of
             // its own, which then closes). Lost, and whose is unknown; the
             // death tells the rest (its outcomes held back are on its
             // board). Only a channel that keeps reading closed is closed.
-            Err(ipc_channel::IpcError::Disconnected) if cut_short < CUT_SHORT => {
-                cut_short += 1;
+            Err(ipc_channel::IpcError::Disconnected) if *cut_short < CUT_SHORT => {
+                *cut_short += 1;
                 tracing::warn!("a worker died in the middle of a message: the message is lost");
             }
             Err(ipc_channel::IpcError::Disconnected) => {
                 tracing::error!("the results channel closed: every worker is replaced");
-                return;
+                return false;
             }
             Err(error) => {
                 // Whose it was is unknown: every link closes, so that no
                 // worker's outcome is silently lost.
                 tracing::error!(%error, "unreadable report on the results channel: every worker is replaced");
-                return;
+                return false;
             }
         }
     }
+    true
 }
 
 /// Passes worker `tag`'s message on, unless its link is closed; closes it
@@ -528,8 +611,14 @@ mod tests {
         a.retire(1);
         b.retire(2);
         assert_eq!(b.heard.next(), "retire 2");
-        // Not closed twice at its exit either.
+        // Not closed twice at its exit either: once the thread has read
+        // the exit (the link is gone from its table), nothing more came.
         a.registration.exited();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while results.links.table().links.contains_key(&a.place.tag) {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
         a.heard.nothing_more();
         assert!(results.alive());
     }
