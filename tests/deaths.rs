@@ -198,7 +198,8 @@ fn outcomes_held_back_by_a_worker_that_dies_are_not_lost() {
 /// threshold), far more than one fragment of the result channel, and kills
 /// its own process `after_ms` into sending them.
 #[loky::task]
-fn return_at_length_then_die(size: usize, after_ms: u64) -> Vec<u8> {
+fn return_at_length_then_die(size: usize, after_ms: u64, path: PathBuf) -> Vec<u8> {
+    std::fs::write(&path, std::process::id().to_string()).unwrap();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(after_ms));
         // SAFETY: kill has no memory-safety preconditions.
@@ -242,14 +243,19 @@ fn a_worker_killed_in_the_middle_of_a_message_costs_only_its_own_call() {
         let _ = ran_on.send(name);
         let _ = wait.recv_timeout(BOUND);
     });
-    let big = executor
-        .submit(return_at_length_then_die, (64 << 20, 600))
-        .unwrap();
     assert_eq!(thread.recv_timeout(BOUND).unwrap(), "loky-results");
-    // Its worker is dead by now, its message stuck halfway.
-    std::thread::sleep(Duration::from_millis(700));
+    let path = temp_path("mid-message");
+    let big = executor
+        .submit(return_at_length_then_die, (64 << 20, 300, path.clone()))
+        .unwrap();
+    // Released only once its worker is dead, its message stuck halfway.
+    assert!(common::eventually(BOUND, || std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|pid| pid.parse().ok())
+        .is_some_and(dead)));
+    let _ = std::fs::remove_file(&path);
     release.send(()).unwrap();
-    match big.result_timeout(BOUND) {
+    match big.result_timeout(BOUND).map(|bytes| bytes.len()) {
         Err(Error::WorkerDied { reason, .. }) => {
             assert!(
                 matches!(
@@ -316,11 +322,11 @@ fn a_dead_worker_s_answer_still_unread_is_not_blamed_on_its_death() {
     // One on each worker: the one that did not run the blocker has
     // nothing of its own being passed on.
     let answered = [
-        executor.submit(answer_then_die, 100).unwrap(),
-        executor.submit(answer_then_die, 100).unwrap(),
+        executor.submit(answer_then_die, 300).unwrap(),
+        executor.submit(answer_then_die, 300).unwrap(),
     ];
     // Well past the grace a dead worker's link once had.
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(1000));
     release.send(()).unwrap();
     for answered in answered {
         assert_eq!(answered.result_timeout(BOUND).unwrap(), 42);
