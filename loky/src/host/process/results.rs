@@ -525,15 +525,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_worker_s_messages_come_in_order_then_its_closing_after_its_exit() {
-        let results = Results::start().unwrap();
-        let a = worker(&results, 1);
-        let b = worker(&results, 2);
+    /// Two workers whose `Ready` was heard.
+    fn two_ready(results: &Results) -> (FakeWorker, FakeWorker) {
+        let a = worker(results, 1);
+        let b = worker(results, 2);
         a.ready();
         b.ready();
         assert_eq!(a.heard.next(), "ready");
         assert_eq!(b.heard.next(), "ready");
+        (a, b)
+    }
+
+    #[test]
+    fn each_worker_s_messages_come_in_order_then_its_closing_after_its_exit() {
+        let results = Results::start().unwrap();
+        let (a, b) = two_ready(&results);
         for n in 0..3 {
             a.retire(n);
             b.retire(10 + n);
@@ -597,12 +603,7 @@ mod tests {
     #[test]
     fn an_unreadable_message_closes_its_worker_s_link_alone() {
         let results = Results::start().unwrap();
-        let a = worker(&results, 1);
-        let b = worker(&results, 2);
-        a.ready();
-        b.ready();
-        assert_eq!(a.heard.next(), "ready");
-        assert_eq!(b.heard.next(), "ready");
+        let (a, b) = two_ready(&results);
         // `Report::From` (variant 0) with a's tag, then no `FromWorker`
         // has variant 200.
         let garbage = a.place.results.clone().to_opaque().to::<(u32, u64, u32)>();
