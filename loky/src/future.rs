@@ -450,17 +450,22 @@ mod spin_policy {
         let since = SINCE_FOUND.get();
         let looks = since < MISSES || since.is_multiple_of(EVERY);
         if !looks {
-            SINCE_FOUND.set(since.saturating_add(1));
+            // Cycles rather than saturates: a saturated count would never
+            // look again.
+            SINCE_FOUND.set(MISSES + (since - MISSES + 1) % EVERY);
         }
         looks
     }
 
     /// The look found the outcome, or not.
     pub(super) fn looked(found: bool) {
+        let since = SINCE_FOUND.get();
         SINCE_FOUND.set(if found {
             0
+        } else if since < MISSES {
+            since + 1
         } else {
-            SINCE_FOUND.get().saturating_add(1)
+            MISSES + (since - MISSES + 1) % EVERY
         });
     }
 

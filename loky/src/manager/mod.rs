@@ -40,8 +40,9 @@ pub(crate) enum Event {
     /// future; with the call number of the encore ticket its caller put
     /// the worker on offer under, if any.
     Delivered(u64, u64, Option<u64>),
-    /// A worker's calls held back and sent together finished, and the
-    /// results thread settled their futures: one event for the message.
+    /// A worker's calls held back and sent together finished; the results
+    /// thread settles their futures right after sending this, one event
+    /// for the message.
     DeliveredAll(u64, Vec<u64>),
     /// A submitter could not send a call to worker `worker`, lent to it:
     /// the worker is killed (its death requeues the call).

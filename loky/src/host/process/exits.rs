@@ -261,7 +261,9 @@ mod tests {
         assert!(exits.set.is_some(), "this kernel has pidfds");
         let mut children = Vec::new();
         let mut heard = Vec::new();
-        for pause in ["0.3", "0.1", "0.2"] {
+        // Long enough that none exits before all three are watched, even
+        // on a loaded machine.
+        for pause in ["1.5", "1", "1.2"] {
             let child = Command::new("sleep").arg(pause).spawn().unwrap();
             let (notify, rx) = listener();
             exits.watch(child.id(), notify).unwrap();

@@ -6,8 +6,9 @@
 //!
 //! A blocking read of one channel: no readiness set, and one receive
 //! buffer at a time. Whose message it is travels in the message; when it
-//! was the last one is told by the parent itself: the exits thread, having
-//! reported a worker's exit, sends `Report::Exited` on the same channel,
+//! was the last one is told by the parent itself: once the exits thread has
+//! reported a worker's exit, a short-lived thread sends `Report::Exited` on
+//! the same channel,
 //! which is therefore read after everything the worker sent before dying.
 //! So `Closed` is exact, even while something the worker started still
 //! holds the channel.
