@@ -208,27 +208,35 @@ fn return_at_length_then_die(size: usize, after_ms: u64, path: PathBuf) -> Vec<u
     vec![7; size]
 }
 
-/// Holds `executor`'s results thread in the done-callback of a call that
-/// naps `ms` (registered while it runs), until the returned sender sends.
+/// Holds `executor`'s results thread in the done-callback of a call
+/// (registered while the call waits on a gate file named `name`, opened
+/// then), until the returned sender sends.
 fn hold_results_thread(
     executor: &Executor,
-    ms: u64,
+    name: &str,
 ) -> (loky::Future<u64>, std::sync::mpsc::Sender<()>) {
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let (ran_on, thread) = std::sync::mpsc::channel::<String>();
-    let blocker = executor.submit(nap_then_add, (ms, 1)).unwrap();
+    let gate = temp_path(name);
+    let blocker = executor.submit(add_once_open, (gate.clone(), 1)).unwrap();
     blocker.add_done_callback(move |_| {
         let name = std::thread::current().name().unwrap_or("").to_owned();
         let _ = ran_on.send(name);
         let _ = wait.recv_timeout(BOUND);
     });
+    std::fs::write(&gate, b"open").unwrap();
     assert_eq!(thread.recv_timeout(BOUND).unwrap(), "loky-results");
+    let _ = std::fs::remove_file(&gate);
     (blocker, release)
 }
 
+/// Adds one to `a` once file `gate` exists (waits at most `BOUND`).
 #[loky::task]
-fn nap_then_add(ms: u64, a: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
+fn add_once_open(gate: PathBuf, a: u64) -> u64 {
+    let started = Instant::now();
+    while !gate.exists() && started.elapsed() < BOUND {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     a + 1
 }
 
@@ -253,7 +261,7 @@ fn a_worker_killed_in_the_middle_of_a_message_costs_only_its_own_call() {
     // The results thread waits in this callback (registered while the
     // call still runs), so the big message's fragments pile up until its
     // sender blocks, then dies mid-message.
-    let (blocker, release) = hold_results_thread(&executor, 200);
+    let (blocker, release) = hold_results_thread(&executor, "mid-message-gate");
     let path = temp_path("mid-message");
     let big = executor
         .submit(return_at_length_then_die, (64 << 20, 300, path.clone()))
@@ -320,7 +328,7 @@ fn a_dead_worker_s_answer_still_unread_is_not_blamed_on_its_death() {
         assert!(started.elapsed() < BOUND, "workers started");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (blocker, release) = hold_results_thread(&executor, 100);
+    let (blocker, release) = hold_results_thread(&executor, "unread-answer-gate");
     // One on each worker: the one that did not run the blocker has
     // nothing of its own being passed on.
     let answered = [

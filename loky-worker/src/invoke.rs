@@ -65,7 +65,7 @@ fn stages<A, R, T>(
         Err(match at.get() {
             Some(stage) => Failure::Serde {
                 stage,
-                message: format!("panicked: {panic}"),
+                message: protocol::bound_text(format!("panicked: {panic}")),
             },
             None => Failure::Panicked(panic),
         })
@@ -86,7 +86,7 @@ pub fn serde_stage<T>(
         }),
         Err(panic) => Err(Failure::Serde {
             stage,
-            message: format!("panicked: {panic}"),
+            message: protocol::bound_text(format!("panicked: {panic}")),
         }),
     }
 }

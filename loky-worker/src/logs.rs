@@ -100,7 +100,7 @@ fn forward(level: u8, target: &str, message: String) {
     let task = TASK.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let record = LogRecord {
         level,
-        target: target.to_owned(),
+        target: crate::protocol::bound_text(target.to_owned()),
         message: crate::protocol::bound_text(message),
         task,
     };

@@ -552,10 +552,14 @@ pub enum ChunkItem<'a> {
     Failed(Failure),
 }
 
-/// The most bytes of any text a worker sends (a panic's message or
-/// backtrace, a serde error, a log record's message): with it every report
-/// fits in one fragment of the result channel, which the parent reads in
-/// one receive, never waiting on a sender that stopped halfway.
+/// The most bytes of any text a worker sends (a panic's message, location
+/// or backtrace, a serde error, a log record's target and message): with it
+/// every report but a large result fits in one fragment of the result
+/// channel, which the parent reads in one receive, never waiting on a
+/// sender that stopped halfway. That holds while a unix socket's send
+/// buffer (ipc-channel's fragment size) is at least about 130 KiB, as
+/// Linux's default (`net.core.wmem_default`, 208 KiB) is: a panic's three
+/// texts are the largest report.
 pub const MAX_TEXT: usize = 32 << 10;
 
 /// `text`, cut to at most [`MAX_TEXT`] bytes at a character boundary, with

@@ -39,11 +39,12 @@ pub(crate) trait WorkerHandle: Send + 'static {
     fn signal(&self, signal: i32);
     /// Stops waiting for a handshake that will not come.
     fn abort_handshake(&self);
-    /// Whether everything the backend read from its workers has been
-    /// passed on and it has waited for more a while: nothing a worker that
-    /// exited sent is left unread. A backend that reads each worker apart
-    /// says so through that worker's own quiet (`Direct::quiet`): true.
-    fn drained(&self) -> bool;
+    /// It has exited and its link is not closed yet: makes sure what
+    /// closes it is on its way. The backend reports `Closed` once what the
+    /// worker sent before dying is read, behind a report of its own; if
+    /// sending that report failed, this sends it again, and otherwise does
+    /// nothing. The manager calls it now and then until `Closed` comes.
+    fn retell_exit(&self);
     /// Whether it has exited already, so that [`reap`](Self::reap) would
     /// not block; reaps nothing. Lets the manager reap at `Closed` without
     /// waiting for the `Exited` that is on its way.

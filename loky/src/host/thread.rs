@@ -40,6 +40,25 @@ pub(crate) struct Fake {
     /// Its board, once it got it: a thread worker that died, or whose
     /// link lags, must not answer through its reply box either.
     board: std::sync::OnceLock<Board>,
+    /// Where the report that closes its link stands.
+    closing: Mutex<Closing>,
+}
+
+/// How a thread worker's link closes after its exit, as the process
+/// backend's does: behind a report sent once the exit is seen, which may be
+/// lost and is then sent again when the manager asks.
+#[derive(Default)]
+struct Closing {
+    /// `Exited` was told.
+    exited: bool,
+    /// The report that closes the link is sent (behind held messages).
+    sent: bool,
+    /// `Closed` was told.
+    closed: bool,
+    /// How many of the next reports are lost.
+    lose: usize,
+    /// How many times the manager asked for it again.
+    retold: usize,
 }
 
 /// The manager's handle on a thread worker.
@@ -88,8 +107,53 @@ impl Fake {
         self.close_box();
         // As a process backend reports it: its exit, then its link closed
         // once what it sent is passed on.
-        (self.notify)(WorkerEvent::Exited);
-        (self.notify)(WorkerEvent::Closed);
+        self.report_exit();
+    }
+
+    fn closing(&self) -> std::sync::MutexGuard<'_, Closing> {
+        self.closing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next `count` reports that close its link after its exit are
+    /// lost, as a send that fails.
+    pub(crate) fn lose_exit_reports(&self, count: usize) {
+        self.closing().lose = count;
+    }
+
+    /// How many times the manager asked for its exit report again.
+    pub(crate) fn exit_retold(&self) -> usize {
+        self.closing().retold
+    }
+
+    /// Sends the report that closes its link (unless it is lost), then
+    /// catches up.
+    fn send_exit_report(&self) {
+        {
+            let mut closing = self.closing();
+            if closing.lose > 0 {
+                closing.lose -= 1;
+                return;
+            }
+            closing.sent = true;
+        }
+        self.catch_up();
+    }
+
+    /// Tells `Closed` once its exit report is sent and no message is held
+    /// in front of it.
+    fn catch_up(&self) {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        self.catch_up_behind(&held);
+    }
+
+    /// As [`Fake::catch_up`], `held` locked: nothing is released meanwhile.
+    fn catch_up_behind(&self, held: &Option<Vec<FromWorker>>) {
+        let mut closing = self.closing();
+        if closing.sent && !closing.closed && held.is_none() {
+            closing.closed = true;
+            drop(closing);
+            (self.notify)(WorkerEvent::Closed);
+        }
     }
 
     /// From now on its messages are held back, as by a results thread that
@@ -114,23 +178,27 @@ impl Fake {
         self.close_box();
     }
 
-    /// Its exits thread speaks: `Exited`.
+    /// Its exits thread speaks: `Exited`, then the report that closes its
+    /// link once what it sent is passed on.
     pub(crate) fn report_exit(&self) {
+        {
+            let mut closing = self.closing();
+            if std::mem::replace(&mut closing.exited, true) {
+                return;
+            }
+        }
         (self.notify)(WorkerEvent::Exited);
+        self.send_exit_report();
     }
 
-    /// Its link catches up: the held messages, then `Closed`.
+    /// Its link catches up: the held messages, then `Closed` if its exit
+    /// report is sent.
     pub(crate) fn release(&self) {
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .unwrap_or_default();
-        for message in held {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for message in held.take().unwrap_or_default() {
             (self.notify)(WorkerEvent::Message(message));
         }
-        (self.notify)(WorkerEvent::Closed);
+        self.catch_up_behind(&held);
     }
 
     /// Whether it has ended.
@@ -164,6 +232,7 @@ impl Backend for ThreadBackend {
             death: Mutex::new(None),
             held: Mutex::new(None),
             board: std::sync::OnceLock::new(),
+            closing: Mutex::new(Closing::default()),
         });
         let (calls_tx, calls_rx) = crossbeam_channel::unbounded::<ToWorker>();
         let inbox = ThreadInbox {
@@ -217,8 +286,16 @@ impl WorkerHandle for ThreadWorker {
         self.fake.dead()
     }
 
-    fn drained(&self) -> bool {
-        true
+    fn retell_exit(&self) {
+        let again = {
+            let mut closing = self.fake.closing();
+            let again = closing.exited && !closing.sent;
+            closing.retold += usize::from(again);
+            again
+        };
+        if again {
+            self.fake.send_exit_report();
+        }
     }
 
     fn reap(self) -> ExitReason {

@@ -21,12 +21,9 @@ use loky_worker::protocol::{self, Board, Failure, FromWorker, Outcome, Stage};
 use loky_worker::spin;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
-
-/// How long a link must have been idle to count as drained.
-const QUIET: Duration = Duration::from_millis(10);
+use std::time::Duration;
 
 thread_local! {
     /// Set while this thread settles futures for a worker's link: their
@@ -52,13 +49,6 @@ pub(crate) struct Direct {
     /// Each expected call's completion, and whether the manager may hear
     /// of its delivery at its next step (its `Lent` waited there too).
     expected: Mutex<HashMap<u64, Expected>>,
-    /// Messages the link is passing on (settling futures, running their
-    /// callbacks): the worker's outcomes are not all with the manager yet.
-    busy: AtomicUsize,
-    /// When the link last finished passing a message on, in nanoseconds
-    /// since `epoch`.
-    last_done: AtomicU64,
-    epoch: OnceLock<Instant>,
     /// The worker's board, once it has one: callers pick outcomes up from
     /// its reply box.
     board: OnceLock<Arc<Board>>,
@@ -115,9 +105,6 @@ impl Direct {
         Direct {
             pid: OnceLock::new(),
             expected: Mutex::default(),
-            busy: AtomicUsize::new(0),
-            last_done: AtomicU64::new(0),
-            epoch: OnceLock::new(),
             board: OnceLock::new(),
             pass_on: Box::new(pass_on),
             encore: Mutex::new(None),
@@ -161,8 +148,7 @@ impl Direct {
     /// On the results thread: passes a worker's event on, settling the
     /// futures of expected calls; false once the manager is gone.
     pub(super) fn deliver(&self, event: WorkerEvent) -> bool {
-        let message = matches!(event, WorkerEvent::Message(_));
-        self.passing_on(message, || self.route(event, &self.pass_on))
+        self.route(event, &self.pass_on)
     }
 
     pub(super) fn set_pid(&self, pid: u32) {
@@ -194,41 +180,6 @@ impl Direct {
     /// Every outcome still to come goes to the manager.
     pub(super) fn clear(&self) {
         self.table().clear();
-    }
-
-    fn nanos(&self, at: Instant) -> u64 {
-        let epoch = *self.epoch.get_or_init(Instant::now);
-        u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Runs `pass_on`, counted as busy if it passes a worker's `message`
-    /// on (the exits thread's events are not: it runs beside the link). A
-    /// panic ends the count too.
-    pub(super) fn passing_on<R>(&self, message: bool, pass_on: impl FnOnce() -> R) -> R {
-        struct Done<'a>(&'a Direct);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                let now = self.0.nanos(Instant::now());
-                self.0.last_done.store(now, Ordering::Release);
-                self.0.busy.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        if !message {
-            return pass_on();
-        }
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        let _done = Done(self);
-        pass_on()
-    }
-
-    /// Whether nothing of this worker is being passed on, and nothing has
-    /// been for a while. With one reader for every worker, it says nothing
-    /// of what is still unread: `WorkerHandle::drained` does.
-    pub(super) fn quiet(&self, now: Instant) -> bool {
-        let idle_for = self
-            .nanos(now)
-            .saturating_sub(self.last_done.load(Ordering::Acquire));
-        self.busy.load(Ordering::Acquire) == 0 && idle_for >= QUIET.as_nanos() as u64
     }
 
     /// On the results thread: settles expected calls' futures with their
@@ -408,7 +359,7 @@ impl Pickup for Direct {
         let Some(record) = board.take_reply(seq) else {
             return;
         };
-        let emptied = self.passing_on(true, || {
+        let emptied = {
             let outcome = match protocol::settled_outcomes(&record) {
                 (mut outcomes, _) if outcomes.len() == 1 => outcomes.remove(0).1,
                 (_, error) => Outcome::Failed(Failure::Serde {
@@ -420,7 +371,7 @@ impl Pickup for Direct {
                 }),
             };
             self.settle_picked_up(seq, outcome)
-        });
+        };
         let Some(emptied) = emptied else {
             // The box stays taken: the manager reads it when it reaps the
             // worker, and before that gets the outcome from here.
@@ -432,5 +383,142 @@ impl Pickup for Direct {
             // unless it runs a chunk.
             super::lend::offer_coming(self.executor);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::job::Piece;
+    use loky_worker::protocol::Payload;
+
+    /// What the manager and the futures saw, in order.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A future that logs its settling.
+    struct Probe {
+        seq: u64,
+        log: Log,
+    }
+
+    impl Completion for Probe {
+        fn task(&self) -> &'static str {
+            "probe"
+        }
+        fn attach(&self, _claim: crate::job::Claim) -> bool {
+            true
+        }
+        fn detach(&self) {}
+        fn cancel(&self) -> bool {
+            false
+        }
+        fn cancelled(&self) -> bool {
+            false
+        }
+        fn settled(&self) -> bool {
+            false
+        }
+        fn fail(&self, error: Error) {
+            self.log.lock().unwrap().push(format!("failed {error}"));
+        }
+        fn finish_remote(&self, pid: u32, _outcome: Outcome) {
+            assert!(settling(), "settled as the link's");
+            let seq = self.seq;
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("settled {seq} of {pid}"));
+        }
+        fn finish_chunk(&self, _pieces: Vec<Piece>) {
+            unreachable!("single calls only");
+        }
+    }
+
+    /// A worker's `Direct` whose routed events are logged.
+    fn direct(log: &Log) -> Direct {
+        let heard = Arc::clone(log);
+        let direct = Direct::new(0, move |routed| {
+            let said = match routed {
+                Routed::DeliveredAll(seqs) => format!("delivered {seqs:?}"),
+                Routed::Delivered { seq, .. } => format!("delivered {seq}"),
+                Routed::Event(WorkerEvent::Message(FromWorker::Done { seq, .. })) => {
+                    format!("unexpected {seq}")
+                }
+                Routed::Event(_) => "event".to_owned(),
+            };
+            heard.lock().unwrap().push(said);
+            true
+        });
+        direct.set_pid(7);
+        direct
+    }
+
+    fn settled(seqs: &[u64]) -> WorkerEvent {
+        let mut records = Vec::new();
+        for &seq in seqs {
+            let outcome = Outcome::Returned(Payload::Inline(vec![1, 2, 3]));
+            records = protocol::encode_settled(seq, &outcome, records).unwrap();
+        }
+        WorkerEvent::Message(FromWorker::Settled {
+            records: Payload::Inline(records),
+        })
+    }
+
+    #[test]
+    fn expected_outcomes_in_a_row_are_delivered_together_then_settled_in_their_place() {
+        let log = Log::default();
+        let direct = direct(&log);
+        for seq in [1, 2, 4] {
+            let probe = Probe {
+                seq,
+                log: Arc::clone(&log),
+            };
+            direct.expect(seq, Arc::new(probe));
+        }
+        assert!(direct.deliver(settled(&[1, 2, 3, 4])));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "delivered [1, 2]",
+                "settled 1 of 7",
+                "settled 2 of 7",
+                "unexpected 3",
+                "delivered [4]",
+                "settled 4 of 7",
+            ]
+        );
+        assert!(!settling(), "restored after settling");
+    }
+
+    #[test]
+    fn an_outcome_the_manager_took_back_goes_to_it_and_a_single_one_is_delivered_first() {
+        let log = Log::default();
+        let direct = direct(&log);
+        for seq in [1, 2] {
+            let probe = Probe {
+                seq,
+                log: Arc::clone(&log),
+            };
+            direct.expect(seq, Arc::new(probe));
+        }
+        // The manager decided about call 1 itself (say, timed out).
+        direct.forget(1);
+        for seq in [1, 2] {
+            let outcome = Outcome::Returned(Payload::Inline(vec![9]));
+            assert!(direct.deliver(WorkerEvent::Message(FromWorker::Done { seq, outcome })));
+        }
+        // Told once: a second outcome for call 2 is the manager's.
+        let outcome = Outcome::Returned(Payload::Inline(vec![9]));
+        direct.deliver(WorkerEvent::Message(FromWorker::Done { seq: 2, outcome }));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "unexpected 1",
+                "delivered 2",
+                "settled 2 of 7",
+                "unexpected 2"
+            ]
+        );
     }
 }

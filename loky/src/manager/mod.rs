@@ -85,17 +85,13 @@ impl ShutdownRequest {
 /// How long a worker whose link closed may take to exit before it is
 /// killed; also how long SIGTERM has before SIGKILL.
 const CLOSED_GRACE: Duration = Duration::from_secs(1);
-/// How long a worker that exited may wait for its link to close before it
-/// is reaped anyway, once what was read from it is passed on and the
-/// backend has nothing unread (`WorkerHandle::drained`): a link whose
-/// closing was lost.
-const DRAIN_GRACE: Duration = Duration::from_millis(200);
+/// How long a worker that exited waits for its link to close before the
+/// backend is asked to report its exit again (`WorkerHandle::retell_exit`:
+/// a report whose sending failed), and again as often while it waits. It
+/// is reaped only once its link closed: then what it sent is all read.
+const RETELL_AFTER: Duration = Duration::from_millis(200);
 /// How long to wait before trying again after a worker failed to start.
 const SPAWN_BACKOFF: Duration = Duration::from_millis(50);
-
-/// How often a dead worker whose link is still busy passing on its last
-/// outcomes is looked at again, once its drain grace is over.
-const BUSY_LINK_POLL: Duration = Duration::from_millis(10);
 
 /// `at + after`, or `None` (never) when that overflows.
 fn deadline(at: Instant, after: Duration) -> Option<Instant> {
@@ -249,7 +245,7 @@ impl<B: Backend> Manager<B> {
             self.check_timers(now);
             // Before dispatching: a reaped worker's unstarted calls go back
             // to the queue.
-            self.reap_ready(now);
+            self.reap_ready();
             self.dispatch();
             self.lend();
             // Events may wait for the next step only while callers may
@@ -510,20 +506,11 @@ impl<B: Backend> Manager<B> {
                     exited,
                     since,
                     forced,
+                    retell_at,
                     ..
                 } => match (closed, exited) {
                     (true, false) if !forced => earliest(deadline(*since, CLOSED_GRACE)),
-                    (false, true) => match deadline(*since, DRAIN_GRACE) {
-                        // Past the grace with its link still busy: look
-                        // again shortly rather than spin.
-                        Some(at)
-                            if at <= now
-                                && !(worker.direct.quiet(now) && worker.handle.drained()) =>
-                        {
-                            earliest(now.checked_add(BUSY_LINK_POLL));
-                        }
-                        at => earliest(at),
-                    },
+                    (false, true) => earliest(*retell_at),
                     _ => {}
                 },
                 Life::Initializing { .. } | Life::Told { .. } => {}
@@ -885,15 +872,15 @@ impl<B: Backend> Manager<B> {
                 worker.retire(Retire::Memory);
             }
             WorkerEvent::Closed => {
-                worker.gone(true, now);
+                worker.gone(true, now, None);
                 // It usually has exited by now: reap in this step rather
                 // than wake again for its `Exited`.
                 if worker.handle.exited() {
-                    worker.gone(false, now);
+                    worker.gone(false, now, None);
                 }
             }
             WorkerEvent::Exited => {
-                worker.gone(false, now);
+                worker.gone(false, now, deadline(now, RETELL_AFTER));
                 // Dead but not reaped: its group is still ours. Kill what
                 // it left behind, so that nothing keeps its channel open.
                 worker.handle.signal(libc::SIGKILL);
@@ -1053,9 +1040,9 @@ impl<B: Backend> Manager<B> {
         }
     }
 
-    /// Reaps the workers that are gone: exited with their channel drained
-    /// (or its grace over).
-    fn reap_ready(&mut self, now: Instant) {
+    /// Reaps the workers that are gone: exited with their link closed
+    /// (everything they sent is read), or that never connected.
+    fn reap_ready(&mut self) {
         let ready: Vec<u64> = self
             .workers
             .iter()
@@ -1064,19 +1051,8 @@ impl<B: Backend> Manager<B> {
                 Life::Gone {
                     exited: true,
                     closed,
-                    since,
                     ..
-                } => {
-                    // Past the grace, the channel is taken as held by
-                    // another process; unless the link is still passing on
-                    // what it read (a slow done-callback), so that no
-                    // finished call is blamed for the death.
-                    *closed
-                        || w.board.is_none()
-                        || (deadline(*since, DRAIN_GRACE).is_none_or(|at| now >= at)
-                            && w.direct.quiet(now)
-                            && w.handle.drained())
-                }
+                } => *closed || w.board.is_none(),
                 _ => false,
             })
             .map(|(&id, _)| id)
@@ -1090,9 +1066,11 @@ impl<B: Backend> Manager<B> {
     /// Collects a dead worker's status (its group killed first), settles
     /// the calls it held by their claims, and counts its exit.
     fn reap(&mut self, worker: Worker<B::Worker>) {
-        // A late outcome (its channel was not drained) goes to nobody: the
-        // calls are settled here.
+        // An outcome a caller picks up from the reply box meanwhile goes to
+        // nobody (the calls are settled here, the box read too), and puts
+        // the worker on offer no more.
         worker.direct.clear();
+        worker.direct.disarm();
         let Worker {
             handle,
             pid,
@@ -1343,6 +1321,17 @@ impl<B: Backend> Manager<B> {
                     // Its link closed but it lives on: make sure.
                     worker.handle.signal(libc::SIGKILL);
                     *forced = true;
+                }
+                Life::Gone {
+                    closed: false,
+                    exited: true,
+                    retell_at,
+                    ..
+                } if retell_at.is_some_and(|at| now >= at) => {
+                    // Exited, and its link still open: what closes it may
+                    // have been lost on its way.
+                    worker.handle.retell_exit();
+                    *retell_at = deadline(now, RETELL_AFTER);
                 }
                 _ => {}
             }

@@ -490,6 +490,38 @@ fn an_outcome_still_in_the_link_is_never_lost_to_a_failed_send() {
     assert_eq!(next.result_timeout(BOUND).unwrap(), 971);
 }
 
+/// A worker is reaped only once its link closed, which the backend tells
+/// behind a report it sends at the exit. If sending that report fails, the
+/// manager asks for it again until it gets through: the worker is reaped,
+/// its running call fails with its death and the calls behind it run on
+/// its replacement.
+#[test]
+fn a_lost_exit_report_is_sent_again_until_the_link_closes() {
+    let (executor, control) = executor(Config::new().max_workers(1).prefetch(1));
+    let running = executor.submit(wait_gate, 1200).unwrap();
+    let queued = executor.submit(record, 1201).unwrap();
+    assert!(eventually(|| running.running()));
+    let fake = Arc::clone(&control.workers()[0]);
+    fake.lose_exit_reports(2);
+    fake.die(ExitReason::Signal {
+        signal: libc::SIGBUS,
+        core_dumped: false,
+    });
+    match running.result_timeout(BOUND) {
+        Err(Error::WorkerDied {
+            pid,
+            reason: ExitReason::Signal { signal, .. },
+            ..
+        }) => assert_eq!((pid, signal), (fake.pid, libc::SIGBUS)),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(fake.exit_retold(), 2, "asked until it got through");
+    assert_eq!(queued.result_timeout(BOUND).unwrap(), 1201);
+    assert_eq!(control.workers().len(), 2, "it ran on the replacement");
+    assert_eq!(executor.stats().exits.crashed, 1);
+    open(1200);
+}
+
 /// A call submitted while a worker is idle goes straight to it. If that
 /// worker died meanwhile (its death not yet seen), the send fails and the
 /// call, still queued on its board, runs on the worker that replaces it.

@@ -76,7 +76,9 @@ pub(super) enum Life {
         escalate_at: Option<Instant>,
     },
     /// Its link closed or its process exited (or both): reaped once
-    /// both are seen, or when the grace for the other runs out.
+    /// both are seen. Killed if it lives on with its link closed; if it
+    /// exited with its link open, the backend is asked now and then to
+    /// report its exit again (`WorkerHandle::retell_exit`).
     Gone {
         cause: Cause,
         closed: bool,
@@ -84,6 +86,9 @@ pub(super) enum Life {
         since: Instant,
         /// Killed because it lived on with its link closed.
         forced: bool,
+        /// When to ask again for the report that closes its link, while it
+        /// has exited with its link open.
+        retell_at: Option<Instant>,
     },
 }
 
@@ -245,8 +250,10 @@ impl<W> Worker<W> {
         };
     }
 
-    /// Its link closed (`closed`) or its process exited.
-    pub(super) fn gone(&mut self, closed: bool, now: Instant) {
+    /// Its link closed (`closed`) or its process exited; `retell_at`:
+    /// when to ask again for its exit report if its link stays open.
+    pub(super) fn gone(&mut self, closed: bool, now: Instant, retell_at: Option<Instant>) {
+        let exited = !closed;
         self.life = match &self.life {
             Life::Gone {
                 cause,
@@ -254,19 +261,26 @@ impl<W> Worker<W> {
                 exited: was_exited,
                 since,
                 forced,
+                retell_at: was,
             } => Life::Gone {
                 cause: cause.clone(),
                 closed: *was_closed || closed,
-                exited: *was_exited || !closed,
+                exited: *was_exited || exited,
                 since: *since,
                 forced: *forced,
+                retell_at: if exited && !was_exited {
+                    retell_at
+                } else {
+                    *was
+                },
             },
             other => Life::Gone {
                 cause: other.cause(),
                 closed,
-                exited: !closed,
+                exited,
                 since: now,
                 forced: false,
+                retell_at: if exited { retell_at } else { None },
             },
         };
     }

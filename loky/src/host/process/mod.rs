@@ -291,10 +291,10 @@ impl WorkerHandle for Process {
         let _ = rustix::net::connect(&socket, &address);
     }
 
-    fn drained(&self) -> bool {
-        self.registration
-            .as_ref()
-            .is_none_or(results::Registration::drained)
+    fn retell_exit(&self) {
+        if let Some(registration) = &self.registration {
+            registration.exited();
+        }
     }
 
     fn exited(&self) -> bool {

@@ -31,7 +31,7 @@ use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use loky_worker::protocol::{FromWorker, Link as Place, Outcome, Readable, Report, ToWorker};
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -65,11 +65,6 @@ struct Links {
     /// worker (or what it started) cannot stop the thread or close
     /// another worker's link.
     key: u64,
-    /// Whether the thread is passing a report on, and when it last
-    /// finished one (nanoseconds since `epoch`).
-    busy: AtomicBool,
-    last_done: AtomicU64,
-    epoch: Instant,
 }
 
 struct Table {
@@ -83,24 +78,7 @@ impl Links {
     fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn nanos(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Whether the thread has passed on all it read and waited for more
-    /// for [`QUIET`] (or is gone): nothing a dead worker sent is unread.
-    fn drained(&self) -> bool {
-        let idle_for = self
-            .nanos()
-            .saturating_sub(self.last_done.load(Ordering::Acquire));
-        !self.table().alive
-            || (!self.busy.load(Ordering::Acquire) && idle_for >= QUIET.as_nanos() as u64)
-    }
 }
-
-/// How long the thread must have waited in vain to count as drained.
-const QUIET: Duration = Duration::from_millis(10);
 
 /// The results thread of one backend; dropping this stops it and waits a
 /// moment for it to end.
@@ -125,9 +103,6 @@ impl Results {
                 &std::collections::hash_map::RandomState::new(),
                 Instant::now(),
             ),
-            busy: AtomicBool::new(false),
-            last_done: AtomicU64::new(0),
-            epoch: Instant::now(),
         });
         let thread_links = Arc::clone(&links);
         let (done, finished) = mpsc::channel::<()>();
@@ -164,6 +139,7 @@ impl Results {
             tag,
             links: Arc::clone(&self.links),
             sender: self.sender.clone(),
+            exit: Arc::new(AtomicU8::new(UNSENT)),
         }
     }
 }
@@ -184,7 +160,20 @@ pub(super) struct Registration {
     tag: u64,
     links: Arc<Links>,
     sender: IpcSender<Report>,
+    /// Where the report of its exit stands: [`UNSENT`], [`SENDING`] or
+    /// [`SENT`].
+    exit: Arc<AtomicU8>,
 }
+
+/// The exit report is not on the channel: never sent, or its sending
+/// failed (no thread to send it, or the send itself).
+const UNSENT: u8 = 0;
+/// A thread is sending it (the channel may be full for a while).
+const SENDING: u8 = 1;
+/// It is on the channel: the results thread reads it, and closes the link,
+/// once it has read what the worker sent before it; or, if the thread
+/// ends first, closes every link then.
+const SENT: u8 = 2;
 
 impl Registration {
     /// The handshake succeeded: tells the listener `Ready` with `calls`,
@@ -236,12 +225,6 @@ impl Registration {
         }
     }
 
-    /// Whether the results thread has nothing unread (see
-    /// `WorkerHandle::drained`).
-    pub(super) fn drained(&self) -> bool {
-        self.links.drained()
-    }
-
     /// The handshake failed: tells the listener why; nothing follows.
     pub(super) fn failed(&self, error: SpawnError, notify: &Notify) {
         self.forget();
@@ -254,24 +237,38 @@ impl Registration {
     }
 
     /// The worker has exited: once what it sent is read, its link closes.
-    /// Sent from a thread of its own: the channel may be full while the
-    /// results thread runs a slow done-callback, and the exits thread must
-    /// go on reporting deaths meanwhile.
+    /// Sends `Report::Exited` behind the worker's last message, from a
+    /// thread of its own: the channel may be full while the results thread
+    /// runs a slow done-callback, and neither the exits thread nor the
+    /// manager may wait on it.
+    ///
+    /// Idempotent: once the report is on its way or on the channel, a
+    /// later call does nothing. If it could not be sent (no thread to be
+    /// had, or the send failed), a later call sends it again: the manager
+    /// calls this again while the link stays open (`WorkerHandle::retell_exit`).
     pub(super) fn exited(&self) {
-        let report = || Report::Exited {
+        if self
+            .exit
+            .compare_exchange(UNSENT, SENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let report = Report::Exited {
             key: self.links.key,
             tag: self.tag,
         };
-        // If the results thread is gone, it closed the link already.
         let sender = self.sender.clone();
-        let late = report();
+        let exit = Arc::clone(&self.exit);
         let spawned = std::thread::Builder::new()
             .name("loky-exited".to_owned())
             .stack_size(64 * 1024)
-            .spawn(move || drop(sender.send(late)));
+            .spawn(move || {
+                let sent = sender.send(report).is_ok();
+                exit.store(if sent { SENT } else { UNSENT }, Ordering::Release);
+            });
         if spawned.is_err() {
-            // No thread to be had: sent from here, as a last resort.
-            let _ = self.sender.send(report());
+            self.exit.store(UNSENT, Ordering::Release);
         }
     }
 }
@@ -319,14 +316,10 @@ fn read(receiver: &IpcReceiver<Report>, links: &Links) {
     let mut cut_short = 0;
     loop {
         let report = receiver.recv();
-        links.busy.store(true, Ordering::Release);
         if report.is_ok() {
             cut_short = 0;
         }
-        let go_on = pass(report, links, &mut cut_short);
-        links.last_done.store(links.nanos(), Ordering::Release);
-        links.busy.store(false, Ordering::Release);
-        if !go_on {
+        if !pass(report, links, &mut cut_short) {
             return;
         }
     }
@@ -559,6 +552,73 @@ mod tests {
         b.registration.exited();
         assert_eq!(b.heard.next(), "closed");
         a.heard.nothing_more();
+    }
+
+    /// Waits until the exit report of `registration` is no longer being
+    /// sent, and says where it stands.
+    fn exit_settled(registration: &Registration) -> u8 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = registration.exit.load(Ordering::Acquire);
+            if state != SENDING {
+                return state;
+            }
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn an_exit_report_whose_sending_failed_is_sent_again_and_only_then() {
+        let results = Results::start().unwrap();
+        let (a, b) = two_ready(&results);
+        // The same registration, reporting on a channel nobody reads: the
+        // send fails.
+        let (dead_end, gone) = ipc_channel::ipc::channel::<Report>().unwrap();
+        drop(gone);
+        let failing = Registration {
+            sender: dead_end,
+            ..a.registration.clone()
+        };
+        failing.exited();
+        assert_eq!(exit_settled(&failing), UNSENT);
+        a.heard.nothing_more();
+        // Asked again (`WorkerHandle::retell_exit`): sent, and the link
+        // closes.
+        a.registration.exited();
+        assert_eq!(a.heard.next(), "closed");
+        assert_eq!(exit_settled(&a.registration), SENT);
+        // Once sent, asking again sends nothing: b's report is never sent
+        // twice either.
+        b.registration.exited();
+        assert_eq!(b.heard.next(), "closed");
+        b.registration.exited();
+        assert_eq!(exit_settled(&b.registration), SENT);
+        a.heard.nothing_more();
+        b.heard.nothing_more();
+    }
+
+    #[test]
+    fn reports_only_the_parent_may_send_are_ignored_from_anyone_else() {
+        let results = Results::start().unwrap();
+        let (a, b) = two_ready(&results);
+        let wrong = results.links.key.wrapping_add(1);
+        a.place
+            .results
+            .send(Report::Exited {
+                key: wrong,
+                tag: b.place.tag,
+            })
+            .unwrap();
+        a.place.results.send(Report::Stop { key: wrong }).unwrap();
+        // Read after both, and the thread still reads: nothing closed.
+        b.retire(3);
+        assert_eq!(b.heard.next(), "retire 3");
+        a.retire(4);
+        assert_eq!(a.heard.next(), "retire 4");
+        assert!(results.alive());
+        a.heard.nothing_more();
+        b.heard.nothing_more();
     }
 
     #[test]
