@@ -61,6 +61,16 @@ struct Closing {
     retold: usize,
 }
 
+impl Closing {
+    /// Sends the report that closes the link, unless it is lost.
+    fn send_report(&mut self) {
+        match self.lose.checked_sub(1) {
+            Some(left) => self.lose = left,
+            None => self.sent = true,
+        }
+    }
+}
+
 /// The manager's handle on a thread worker.
 pub(crate) struct ThreadWorker {
     fake: Arc<Fake>,
@@ -125,18 +135,17 @@ impl Fake {
         self.closing().retold
     }
 
-    /// Sends the report that closes its link (unless it is lost), then
-    /// catches up.
-    fn send_exit_report(&self) {
-        {
-            let mut closing = self.closing();
-            if closing.lose > 0 {
-                closing.lose -= 1;
-                return;
-            }
-            closing.sent = true;
+    /// Its link closes while it lives on, as when the results thread
+    /// cannot read what it sent: nothing it sends arrives any more.
+    pub(crate) fn close_link(&self) {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut closing = self.closing();
+        if !std::mem::replace(&mut closing.closed, true) {
+            drop(closing);
+            drop(held);
+            self.close_box();
+            (self.notify)(WorkerEvent::Closed);
         }
-        self.catch_up();
     }
 
     /// Tells `Closed` once its exit report is sent and no message is held
@@ -179,26 +188,41 @@ impl Fake {
     }
 
     /// Its exits thread speaks: `Exited`, then the report that closes its
-    /// link once what it sent is passed on.
+    /// link once what it sent is passed on (unless that report is lost).
     pub(crate) fn report_exit(&self) {
         {
             let mut closing = self.closing();
             if std::mem::replace(&mut closing.exited, true) {
                 return;
             }
+            // Decided here, as a process backend's sending state is: the
+            // manager asks again only once this one was lost.
+            closing.send_report();
         }
         (self.notify)(WorkerEvent::Exited);
-        self.send_exit_report();
+        self.catch_up();
     }
 
     /// Its link catches up: the held messages, then `Closed` if its exit
-    /// report is sent.
+    /// report is sent. Passed on without the lock (a done-callback may
+    /// reach the worker); what it sends meanwhile is held behind them.
     pub(crate) fn release(&self) {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        for message in held.take().unwrap_or_default() {
-            (self.notify)(WorkerEvent::Message(message));
+        loop {
+            let batch = {
+                let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+                match held.as_mut() {
+                    Some(batch) if !batch.is_empty() => std::mem::take(batch),
+                    _ => {
+                        *held = None;
+                        self.catch_up_behind(&held);
+                        return;
+                    }
+                }
+            };
+            for message in batch {
+                (self.notify)(WorkerEvent::Message(message));
+            }
         }
-        self.catch_up_behind(&held);
     }
 
     /// Whether it has ended.
@@ -287,15 +311,15 @@ impl WorkerHandle for ThreadWorker {
     }
 
     fn retell_exit(&self) {
-        let again = {
+        {
             let mut closing = self.fake.closing();
-            let again = closing.exited && !closing.sent;
-            closing.retold += usize::from(again);
-            again
-        };
-        if again {
-            self.fake.send_exit_report();
+            if !closing.exited || closing.sent {
+                return;
+            }
+            closing.retold += 1;
+            closing.send_report();
         }
+        self.fake.catch_up();
     }
 
     fn reap(self) -> ExitReason {
@@ -351,7 +375,7 @@ impl Outbox for ThreadOutbox {
             .death
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if death.is_some() {
+        if death.is_some() || self.fake.closing().closed {
             return false;
         }
         let mut held = self

@@ -186,8 +186,8 @@ impl Direct {
     /// outcomes (held-back outcomes arrive several to a message), and
     /// passes the rest on, one event per call. An expected call's
     /// `Delivered` goes before its future is settled, so that the manager
-    /// can lend its worker again while the caller wakes; the link counts as
-    /// busy until both are done. False once `pass_on` is.
+    /// can lend its worker again while the caller wakes. False once
+    /// `pass_on` is.
     fn route(&self, event: WorkerEvent, mut pass_on: impl FnMut(Routed) -> bool) -> bool {
         match event {
             WorkerEvent::Message(FromWorker::Settled { records }) => {

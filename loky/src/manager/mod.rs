@@ -90,6 +90,8 @@ const CLOSED_GRACE: Duration = Duration::from_secs(1);
 /// a report whose sending failed), and again as often while it waits. It
 /// is reaped only once its link closed: then what it sent is all read.
 const RETELL_AFTER: Duration = Duration::from_millis(200);
+/// After how many such requests in vain (5 s) the wait is logged.
+const RETELLS_BEFORE_WARNING: u32 = 25;
 /// How long to wait before trying again after a worker failed to start.
 const SPAWN_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -535,12 +537,19 @@ impl<B: Backend> Manager<B> {
             }
             Event::Delivered(id, seq, encore) => {
                 self.call_done(id, seq, None);
-                if let (Some(encore), Some(worker)) = (encore, self.workers.get_mut(&id)) {
-                    // On offer until reclaimed or taken, unless reclaimed
-                    // already.
-                    if worker.reclaimed_encore.take() != Some(encore) {
-                        worker.lent = Some(encore);
+                match (encore, self.workers.get_mut(&id)) {
+                    (Some(encore), Some(worker)) => {
+                        // On offer until reclaimed or taken, unless
+                        // reclaimed already.
+                        if worker.reclaimed_encore.take() != Some(encore) {
+                            worker.lent = Some(encore);
+                        }
                     }
+                    // Offered by a caller as its worker was reaped: taken
+                    // back at once, rather than left on offer through quiet
+                    // steps (a call sent under it would run elsewhere).
+                    (Some(_), None) => self.reclaim_tickets(),
+                    (None, _) => {}
                 }
             }
             Event::Lent {
@@ -1326,12 +1335,24 @@ impl<B: Backend> Manager<B> {
                     closed: false,
                     exited: true,
                     retell_at,
+                    retold,
+                    since,
                     ..
                 } if retell_at.is_some_and(|at| now >= at) => {
                     // Exited, and its link still open: what closes it may
                     // have been lost on its way.
                     worker.handle.retell_exit();
                     *retell_at = deadline(now, RETELL_AFTER);
+                    *retold += 1;
+                    if *retold == RETELLS_BEFORE_WARNING {
+                        tracing::warn!(
+                            pid = worker.pid,
+                            waited = ?now.saturating_duration_since(*since),
+                            "a worker exited and what it sent is still not all read: the \
+                             results thread is held (a done-callback that does not return, \
+                             or a message whose rest never comes); it is reaped once read"
+                        );
+                    }
                 }
                 _ => {}
             }
@@ -1423,9 +1444,9 @@ impl<B: Backend> Manager<B> {
 
     /// Sends each worker the calls given to it in this step, in one
     /// message. If that fails the worker is dead or dying: it is killed to
-    /// be sure, and its watchers say when it is gone. Until its channel is
-    /// drained it is not reaped (outcomes it sent before dying may still be
-    /// in there); then the calls still queued on its board run elsewhere.
+    /// be sure, and its watchers say when it is gone. Until its link
+    /// closed it is not reaped (outcomes it sent before dying may still be
+    /// unread); then the calls still queued on its board run elsewhere.
     fn send_given(&mut self) {
         for worker in self.workers.values_mut() {
             if worker.unsent.is_empty() {

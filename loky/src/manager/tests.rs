@@ -522,6 +522,31 @@ fn a_lost_exit_report_is_sent_again_until_the_link_closes() {
     open(1200);
 }
 
+/// A worker whose link closed while it lives on (what it sent could not be
+/// read) is killed after a grace and replaced: its running call fails with
+/// its death, the calls behind it run elsewhere.
+#[test]
+fn a_worker_whose_link_closed_alive_is_killed_and_replaced() {
+    let (executor, control) = executor(Config::new().max_workers(1).prefetch(1));
+    let running = executor.submit(wait_gate, 1210).unwrap();
+    let queued = executor.submit(record, 1211).unwrap();
+    assert!(eventually(|| running.running()));
+    let fake = Arc::clone(&control.workers()[0]);
+    fake.close_link();
+    match running.result_timeout(BOUND) {
+        Err(Error::WorkerDied {
+            pid,
+            reason: ExitReason::Signal { signal, .. },
+            ..
+        }) => assert_eq!((pid, signal), (fake.pid, libc::SIGKILL)),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(fake.dead(), "killed");
+    assert_eq!(queued.result_timeout(BOUND).unwrap(), 1211);
+    assert_eq!(control.workers().len(), 2, "it ran on the replacement");
+    open(1210);
+}
+
 /// A call submitted while a worker is idle goes straight to it. If that
 /// worker died meanwhile (its death not yet seen), the send fails and the
 /// call, still queued on its board, runs on the worker that replaces it.

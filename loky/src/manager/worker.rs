@@ -57,7 +57,7 @@ pub(super) struct InFlight {
 ///     │                    │ init failed ────────────────────────────> Leaving(InitFailed)
 ///     │ timeout, Ready(Err), retire                    │ timeout, cancel, kill
 ///     └──────────────────────────> Killed <────────────┘
-///  any state ──Closed or Exited──> Gone ──both seen (or grace over)──> reaped
+///  any state ──Closed or Exited──> Gone ──both seen, or exited never connected──> reaped
 /// ```
 pub(super) enum Life {
     /// The process exists; its handshake is not done. `None`: no deadline.
@@ -89,6 +89,8 @@ pub(super) enum Life {
         /// When to ask again for the report that closes its link, while it
         /// has exited with its link open.
         retell_at: Option<Instant>,
+        /// How many times it was asked for.
+        retold: u32,
     },
 }
 
@@ -262,6 +264,7 @@ impl<W> Worker<W> {
                 since,
                 forced,
                 retell_at: was,
+                retold,
             } => Life::Gone {
                 cause: cause.clone(),
                 closed: *was_closed || closed,
@@ -273,6 +276,7 @@ impl<W> Worker<W> {
                 } else {
                     *was
                 },
+                retold: *retold,
             },
             other => Life::Gone {
                 cause: other.cause(),
@@ -281,6 +285,7 @@ impl<W> Worker<W> {
                 since: now,
                 forced: false,
                 retell_at: if exited { retell_at } else { None },
+                retold: 0,
             },
         };
     }

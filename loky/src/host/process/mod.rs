@@ -293,7 +293,7 @@ impl WorkerHandle for Process {
 
     fn retell_exit(&self) {
         if let Some(registration) = &self.registration {
-            registration.exited();
+            registration.retell_exit();
         }
     }
 

@@ -239,44 +239,86 @@ impl Registration {
     /// The worker has exited: once what it sent is read, its link closes.
     /// Sends `Report::Exited` behind the worker's last message, from a
     /// thread of its own: the channel may be full while the results thread
-    /// runs a slow done-callback, and neither the exits thread nor the
-    /// manager may wait on it.
-    ///
-    /// Idempotent: once the report is on its way or on the channel, a
-    /// later call does nothing. If it could not be sent (no thread to be
-    /// had, or the send failed), a later call sends it again: the manager
-    /// calls this again while the link stays open (`WorkerHandle::retell_exit`).
+    /// runs a slow done-callback, and the exits thread must go on reporting
+    /// deaths meanwhile. With no thread to be had, sent from here: late
+    /// rather than never.
     pub(super) fn exited(&self) {
-        if self
-            .exit
-            .compare_exchange(UNSENT, SENDING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        self.tell_exit(true);
+    }
+
+    /// The worker exited a while ago and its link is still open: sends the
+    /// exit report again if sending it failed, else does nothing (see
+    /// `WorkerHandle::retell_exit`). Never blocks: with no thread to be
+    /// had, it is left for the next time.
+    pub(super) fn retell_exit(&self) {
+        self.tell_exit(false);
+    }
+
+    /// Sends the exit report unless it is sent or being sent; `inline`:
+    /// from this thread if no other can be started.
+    fn tell_exit(&self, inline: bool) {
+        if !self.start_telling() {
             return;
         }
+        let spawned = std::thread::Builder::new()
+            .name("loky-exited".to_owned())
+            .stack_size(64 * 1024)
+            .spawn(self.sending());
+        // If it failed, the sending was dropped unrun: unsent again.
+        if spawned.is_err() && inline && self.start_telling() {
+            (self.sending())();
+        }
+    }
+
+    /// Whether this caller is the one to send the exit report now.
+    fn start_telling(&self) -> bool {
+        self.exit
+            .compare_exchange(UNSENT, SENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Sends the exit report when run; leaves it sent, or unsent if that
+    /// failed, panicked or never ran.
+    fn sending(&self) -> impl FnOnce() + Send + 'static {
         let report = Report::Exited {
             key: self.links.key,
             tag: self.tag,
         };
         let sender = self.sender.clone();
-        let exit = Arc::clone(&self.exit);
-        let spawned = std::thread::Builder::new()
-            .name("loky-exited".to_owned())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                let sent = sender.send(report).is_ok();
-                exit.store(if sent { SENT } else { UNSENT }, Ordering::Release);
-            });
-        if spawned.is_err() {
-            self.exit.store(UNSENT, Ordering::Release);
+        let tell = Tell(Arc::clone(&self.exit), UNSENT);
+        move || {
+            // The whole guard, not just its field, moves in.
+            let mut tell = tell;
+            if sender.send(report).is_ok() {
+                tell.1 = SENT;
+            }
         }
     }
 }
 
-/// Reports `link` closed, if it is not yet.
+/// Where the exit report stands, stored when this drops: whatever ends its
+/// sending (a panic too) leaves it sent or to be sent again, never sending.
+struct Tell(Arc<AtomicU8>, u8);
+
+impl Drop for Tell {
+    fn drop(&mut self) {
+        self.0.store(self.1, Ordering::Release);
+    }
+}
+
+/// Reports `link` closed, if it is not yet. Taken out of the table
+/// already, it is told nowhere else: a panic telling it is contained here.
 fn close(mut link: Link) {
     if std::mem::replace(&mut link.open, false) {
-        let _ = (link.notify)(WorkerEvent::Closed);
+        let told = panic::catch_unwind(AssertUnwindSafe(|| (link.notify)(WorkerEvent::Closed)));
+        if let Err(payload) = told {
+            let message = loky_worker::panic::payload_message(&*payload);
+            tracing::error!(
+                pid = link.pid,
+                message,
+                "telling a worker's link closed panicked"
+            );
+        }
     }
 }
 
@@ -307,7 +349,7 @@ fn run(receiver: IpcReceiver<Report>, links: &Links) {
     };
     for link in ready {
         // The manager kills the worker if it does not exit by itself.
-        let _ = panic::catch_unwind(AssertUnwindSafe(|| close(link)));
+        close(link);
     }
 }
 
@@ -585,17 +627,39 @@ mod tests {
         a.heard.nothing_more();
         // Asked again (`WorkerHandle::retell_exit`): sent, and the link
         // closes.
-        a.registration.exited();
+        a.registration.retell_exit();
         assert_eq!(a.heard.next(), "closed");
         assert_eq!(exit_settled(&a.registration), SENT);
         // Once sent, asking again sends nothing: b's report is never sent
         // twice either.
         b.registration.exited();
         assert_eq!(b.heard.next(), "closed");
-        b.registration.exited();
+        b.registration.retell_exit();
         assert_eq!(exit_settled(&b.registration), SENT);
         a.heard.nothing_more();
         b.heard.nothing_more();
+    }
+
+    #[test]
+    fn a_sending_that_never_ran_or_panicked_leaves_the_report_to_send_again() {
+        let results = Results::start().unwrap();
+        let (a, _b) = two_ready(&results);
+        // As when no thread could be started: the sending is dropped unrun.
+        assert!(a.registration.start_telling());
+        drop(a.registration.sending());
+        assert_eq!(a.registration.exit.load(Ordering::Acquire), UNSENT);
+        // As when the send panics.
+        assert!(a.registration.start_telling());
+        let tell = Tell(Arc::clone(&a.registration.exit), UNSENT);
+        let panicked = panic::catch_unwind(AssertUnwindSafe(move || {
+            let _tell = tell;
+            panic!("in the send");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(a.registration.exit.load(Ordering::Acquire), UNSENT);
+        a.heard.nothing_more();
+        a.registration.retell_exit();
+        assert_eq!(a.heard.next(), "closed");
     }
 
     #[test]
