@@ -154,16 +154,27 @@ fn start() -> std::io::Result<(Arc<Set>, OwnedFd, mpsc::Receiver<()>)> {
         .name("loky-exits".to_owned())
         .stack_size(64 * 1024)
         .spawn(move || {
-            run(&thread_set);
+            let ran = panic::catch_unwind(AssertUnwindSafe(|| run(&thread_set)));
+            let why = match ran {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(format!("its epoll failed: {error}")),
+                Err(payload) => Some(format!(
+                    "it panicked: {}",
+                    contained(|| loky_worker::panic::payload_message(&*payload))
+                        .unwrap_or_default()
+                )),
+            };
+            if let Some(why) = why {
+                hand_over(&thread_set, &why);
+            }
             drop(thread_set);
             drop(done);
         })?;
     Ok((set, stop, finished))
 }
 
-/// Reports each exit until told to stop; if the set fails, hands every
-/// process still watched to a thread of its own.
-fn run(set: &Set) {
+/// Reports each exit until told to stop; `Err` if the set fails.
+fn run(set: &Set) -> rustix::io::Result<()> {
     let mut events: Vec<epoll::Event> = Vec::with_capacity(32);
     loop {
         events.clear();
@@ -175,26 +186,12 @@ fn run(set: &Set) {
         match waited {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
-            Err(error) => {
-                tracing::error!(%error, "the exits thread's epoll failed: a waitid thread per worker instead");
-                let left: Vec<Watched> = {
-                    let mut watched = set.watched();
-                    watched.ended = true;
-                    watched.processes.drain().map(|(_, w)| w).collect()
-                };
-                for Watched { pid, notify, .. } in left {
-                    if let Err(error) = wait_alone(pid, Arc::clone(&notify)) {
-                        tracing::error!(pid, %error, "nothing can watch this worker: reported exited");
-                        report(pid, &notify);
-                    }
-                }
-                return;
-            }
+            Err(error) => return Err(error),
         }
         for event in &events {
             let key = event.data.u64();
             if key == STOP {
-                return;
+                return Ok(());
             }
             let Some(exited) = set.watched().processes.remove(&key) else {
                 continue;
@@ -205,13 +202,49 @@ fn run(set: &Set) {
     }
 }
 
-/// Tells `notify` its process exited; a panic there is the listener's,
-/// and must not stop the watch of the others.
+/// The exits thread ended (`why`) with processes still watched: each gets
+/// a thread of its own, and later ones too (`Watching::ended`), so that no
+/// death goes unreported.
+fn hand_over(set: &Set, why: &str) {
+    contained(|| {
+        tracing::error!(
+            why,
+            "the exits thread ended: a waitid thread per worker instead"
+        )
+    });
+    let left: Vec<Watched> = {
+        let mut watched = set.watched();
+        watched.ended = true;
+        watched.processes.drain().map(|(_, w)| w).collect()
+    };
+    for Watched { pid, notify, .. } in left {
+        if let Err(error) = wait_alone(pid, Arc::clone(&notify)) {
+            contained(
+                || tracing::error!(pid, %error, "nothing can watch this worker: reported exited"),
+            );
+            report(pid, &notify);
+        }
+    }
+}
+
+/// Tells `notify` its process exited; a panic there (or in logging it, or
+/// in dropping its payload) is the listener's, and must not stop the watch
+/// of the others.
 fn report(pid: u32, notify: &Notify) {
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| notify(WorkerEvent::Exited))) {
-        let message = loky_worker::panic::payload_message(&*payload);
-        tracing::error!(pid, message, "reporting a worker's exit panicked");
+        contained(move || {
+            let message = loky_worker::panic::payload_message(&*payload);
+            tracing::error!(pid, message, "reporting a worker's exit panicked");
+        });
     }
+}
+
+/// Runs `f`, a panic in it contained (its payload leaked, should dropping
+/// it panic again).
+fn contained<R>(f: impl FnOnce() -> R) -> Option<R> {
+    panic::catch_unwind(AssertUnwindSafe(f))
+        .map_err(std::mem::forget)
+        .ok()
 }
 
 /// Watches `pid` from a thread of its own.
@@ -283,6 +316,33 @@ mod tests {
             assert!(rx.try_recv().is_err(), "reported twice");
         }
         assert!(exits.set.as_ref().unwrap().watched().processes.is_empty());
+    }
+
+    /// A panic payload whose drop panics too.
+    struct Bomb;
+
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("dropping the payload");
+        }
+    }
+
+    #[test]
+    fn a_listener_s_panic_even_one_that_panics_again_stops_no_other_watch() {
+        let exits = Exits::start();
+        let first = Command::new("sleep").arg("0.2").spawn().unwrap();
+        let panicking: Notify = Box::new(|_| std::panic::panic_any(Bomb));
+        exits.watch(first.id(), Arc::new(panicking)).unwrap();
+        let mut second = Command::new("sleep").arg("1").spawn().unwrap();
+        let (notify, rx) = listener();
+        exits.watch(second.id(), notify).unwrap();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the other exit reported");
+        assert!(second.wait().unwrap().success());
+        // Still the one thread over pidfds.
+        assert!(!exits.set.as_ref().unwrap().watched().ended);
+        let mut first = first;
+        assert!(first.wait().unwrap().success());
     }
 
     #[test]

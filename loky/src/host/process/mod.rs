@@ -226,17 +226,11 @@ fn spawn(
         let _ = process.reap();
         return Err(SpawnError::io("could not start a handshake thread", error));
     }
-    // `Exited` first, then the report that closes its link once all it
-    // sent is read (even if telling `Exited` panicked).
+    // The report that closes its link once all it sent is read goes
+    // first, so that its sending overlaps telling `Exited`.
     let exit_registration = registration.clone();
     let on_exit: Notify = Box::new(move |event| {
-        struct Report<'a>(&'a results::Registration);
-        impl Drop for Report<'_> {
-            fn drop(&mut self) {
-                self.0.exited();
-            }
-        }
-        let _report = Report(&exit_registration);
+        exit_registration.exited();
         notify(event)
     });
     if let Err(error) = exits.watch(pid, Arc::new(on_exit)) {

@@ -31,7 +31,7 @@ use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use loky_worker::protocol::{FromWorker, Link as Place, Outcome, Readable, Report, ToWorker};
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,9 @@ struct Links {
     /// worker (or what it started) cannot stop the thread or close
     /// another worker's link.
     key: u64,
+    /// The thread waits for the next report: nothing is queued but what
+    /// it is about to read.
+    waiting: AtomicBool,
 }
 
 struct Table {
@@ -103,6 +106,7 @@ impl Results {
                 &std::collections::hash_map::RandomState::new(),
                 Instant::now(),
             ),
+            waiting: AtomicBool::new(false),
         });
         let thread_links = Arc::clone(&links);
         let (done, finished) = mpsc::channel::<()>();
@@ -237,11 +241,13 @@ impl Registration {
     }
 
     /// The worker has exited: once what it sent is read, its link closes.
-    /// Sends `Report::Exited` behind the worker's last message, from a
-    /// thread of its own: the channel may be full while the results thread
-    /// runs a slow done-callback, and the exits thread must go on reporting
-    /// deaths meanwhile. With no thread to be had, sent from here: late
-    /// rather than never.
+    /// Sends `Report::Exited` behind the worker's last message: from here
+    /// while the results thread waits for reports (it reads what is queued,
+    /// so the send does not wait on a done-callback), else from a thread of
+    /// its own: the channel may be full while the results thread runs a
+    /// slow done-callback, and the exits thread must go on reporting deaths
+    /// meanwhile. With no thread to be had, sent from here: late rather
+    /// than never.
     pub(super) fn exited(&self) {
         self.tell_exit(true);
     }
@@ -258,6 +264,10 @@ impl Registration {
     /// from this thread if no other can be started.
     fn tell_exit(&self, inline: bool) {
         if !self.start_telling() {
+            return;
+        }
+        if inline && self.links.waiting.load(Ordering::Acquire) {
+            (self.sending())();
             return;
         }
         let spawned = std::thread::Builder::new()
@@ -357,7 +367,9 @@ fn read(receiver: &IpcReceiver<Report>, links: &Links) {
     // Reads that found the channel closed, in a row.
     let mut cut_short = 0;
     loop {
+        links.waiting.store(true, Ordering::Release);
         let report = receiver.recv();
+        links.waiting.store(false, Ordering::Release);
         if report.is_ok() {
             cut_short = 0;
         }
