@@ -4,7 +4,7 @@
 //! in `tests/`.
 
 use crate::error::{Error, ExitReason};
-use crate::host::thread::{Control, ThreadBackend};
+use crate::host::thread::{Control, Fake, ThreadBackend};
 use crate::{Config, Executor, Shutdown};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -67,6 +67,19 @@ fn sleep_ms(ms: u64) -> u64 {
 fn executor(config: Config) -> (Executor, Arc<Control>) {
     let (backend, control) = ThreadBackend::new();
     (Executor::start(config, backend).unwrap(), control)
+}
+
+/// Asserts that `future` failed with the death of worker `pid` by
+/// `signal`.
+fn assert_died<R: std::fmt::Debug>(future: crate::Future<R>, pid: u32, signal: i32) {
+    match future.result_timeout(BOUND) {
+        Err(Error::WorkerDied {
+            pid: died,
+            reason: ExitReason::Signal { signal: by, .. },
+            ..
+        }) => assert_eq!((died, by), (pid, signal)),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
 }
 
 fn eventually(mut condition: impl FnMut() -> bool) -> bool {
@@ -176,16 +189,7 @@ fn a_death_fails_the_running_task_and_requeues_the_rest() {
         signal: libc::SIGSEGV,
         core_dumped: false,
     });
-    match running.result_timeout(BOUND) {
-        Err(Error::WorkerDied {
-            pid: died,
-            reason: ExitReason::Signal { signal, .. },
-            ..
-        }) => {
-            assert_eq!((died, signal), (pid, libc::SIGSEGV));
-        }
-        other => panic!("expected WorkerDied, got {other:?}"),
-    }
+    assert_died(running, pid, libc::SIGSEGV);
     for (future, key) in queued.into_iter().zip(401..) {
         assert_eq!(future.result_timeout(BOUND).unwrap(), key);
     }
@@ -490,61 +494,46 @@ fn an_outcome_still_in_the_link_is_never_lost_to_a_failed_send() {
     assert_eq!(next.result_timeout(BOUND).unwrap(), 971);
 }
 
-/// A worker is reaped only once its link closed, which the backend tells
-/// behind a report it sends at the exit. If sending that report fails, the
-/// manager asks for it again until it gets through: the worker is reaped,
-/// its running call fails with its death and the calls behind it run on
-/// its replacement.
-#[test]
-fn a_lost_exit_report_is_sent_again_until_the_link_closes() {
+/// A worker running call `key` (gated) with call `key + 1` queued behind
+/// it ends by `end`: the running call fails with its death by `signal`, the
+/// queued one runs on its replacement.
+fn a_death_under_a_call(key: u64, end: impl FnOnce(&Fake), signal: i32) -> (Executor, Arc<Fake>) {
     let (executor, control) = executor(Config::new().max_workers(1).prefetch(1));
-    let running = executor.submit(wait_gate, 1200).unwrap();
-    let queued = executor.submit(record, 1201).unwrap();
+    let running = executor.submit(wait_gate, key).unwrap();
+    let queued = executor.submit(record, key + 1).unwrap();
     assert!(eventually(|| running.running()));
     let fake = Arc::clone(&control.workers()[0]);
-    fake.lose_exit_reports(2);
-    fake.die(ExitReason::Signal {
-        signal: libc::SIGBUS,
-        core_dumped: false,
-    });
-    match running.result_timeout(BOUND) {
-        Err(Error::WorkerDied {
-            pid,
-            reason: ExitReason::Signal { signal, .. },
-            ..
-        }) => assert_eq!((pid, signal), (fake.pid, libc::SIGBUS)),
-        other => panic!("expected WorkerDied, got {other:?}"),
-    }
-    assert_eq!(fake.exit_retold(), 2, "asked until it got through");
-    assert_eq!(queued.result_timeout(BOUND).unwrap(), 1201);
+    end(&fake);
+    assert_died(running, fake.pid, signal);
+    assert_eq!(queued.result_timeout(BOUND).unwrap(), key + 1);
     assert_eq!(control.workers().len(), 2, "it ran on the replacement");
+    open(key);
+    (executor, fake)
+}
+
+/// A worker is reaped only once its link closed, which the backend tells
+/// behind a report it sends at the exit. If sending that report fails, the
+/// manager asks for it again until it gets through.
+#[test]
+fn a_lost_exit_report_is_sent_again_until_the_link_closes() {
+    let bus = |fake: &Fake| {
+        fake.lose_exit_reports(2);
+        fake.die(ExitReason::Signal {
+            signal: libc::SIGBUS,
+            core_dumped: false,
+        });
+    };
+    let (executor, fake) = a_death_under_a_call(1200, bus, libc::SIGBUS);
+    assert_eq!(fake.exit_retold(), 2, "asked until it got through");
     assert_eq!(executor.stats().exits.crashed, 1);
-    open(1200);
 }
 
 /// A worker whose link closed while it lives on (what it sent could not be
-/// read) is killed after a grace and replaced: its running call fails with
-/// its death, the calls behind it run elsewhere.
+/// read) is killed after a grace and replaced.
 #[test]
 fn a_worker_whose_link_closed_alive_is_killed_and_replaced() {
-    let (executor, control) = executor(Config::new().max_workers(1).prefetch(1));
-    let running = executor.submit(wait_gate, 1210).unwrap();
-    let queued = executor.submit(record, 1211).unwrap();
-    assert!(eventually(|| running.running()));
-    let fake = Arc::clone(&control.workers()[0]);
-    fake.close_link();
-    match running.result_timeout(BOUND) {
-        Err(Error::WorkerDied {
-            pid,
-            reason: ExitReason::Signal { signal, .. },
-            ..
-        }) => assert_eq!((pid, signal), (fake.pid, libc::SIGKILL)),
-        other => panic!("expected WorkerDied, got {other:?}"),
-    }
+    let (_executor, fake) = a_death_under_a_call(1210, Fake::close_link, libc::SIGKILL);
     assert!(fake.dead(), "killed");
-    assert_eq!(queued.result_timeout(BOUND).unwrap(), 1211);
-    assert_eq!(control.workers().len(), 2, "it ran on the replacement");
-    open(1210);
 }
 
 /// A call submitted while a worker is idle goes straight to it. If that
