@@ -110,11 +110,6 @@ fn abort_now() {
     std::process::abort();
 }
 
-/// A worker holds the outcomes of short calls back to send several in one
-/// message, on its board meanwhile. Dying with some held back, it loses
-/// none: the parent reads them from the board, and only the call that was
-/// running is blamed. (The hold is stretched to a minute, so that the
-/// outcomes are still held when the worker dies.)
 /// A caller waiting for a single call watches for its outcome on the
 /// worker's board, and the worker puts it there instead of sending it.
 /// A worker that dies just after (here it exits at once) loses nothing:
@@ -167,6 +162,11 @@ fn a_panic_in_the_worker_s_own_loop_is_a_death_not_a_hang() {
     assert_eq!((stats.done, stats.failed), (5, 0));
 }
 
+/// A worker holds the outcomes of short calls back to send several in one
+/// message, on its board meanwhile. Dying with some held back, it loses
+/// none: the parent reads them from the board, and only the call that was
+/// running is blamed. (The hold is stretched to a minute, so that the
+/// outcomes are still held when the worker dies.)
 #[test]
 fn outcomes_held_back_by_a_worker_that_dies_are_not_lost() {
     let config = Config::new()

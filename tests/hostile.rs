@@ -11,6 +11,8 @@
 //! output, and its workers', is captured and shown only when its scenario
 //! fails, as libtest does; `-- --nocapture` shows it always.
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -65,7 +67,9 @@ fn append_line(path: &Path, line: &str) {
         .append(true)
         .open(path)
         .unwrap();
-    writeln!(file, "{line}").unwrap();
+    // One write: lines other processes append meanwhile never interleave
+    // with it (`writeln!` writes the line and its newline apart).
+    file.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
 fn main() {
@@ -274,7 +278,7 @@ fn kill_parent_and_watch(parent: &mut Child, path: &Path) -> Result<(), String> 
     let creator = parent.id();
     // Before: the parent and the worker holding its buffer are found, so
     // that the check after the kill cannot pass for a wrong pattern.
-    let before = regions_of(creator);
+    let before = common::regions_of(creator);
     if before.len() < 2 {
         let _ = parent.kill();
         let _ = parent.wait();
@@ -301,37 +305,11 @@ fn kill_parent_and_watch(parent: &mut Child, path: &Path) -> Result<(), String> 
     // No process maps or holds a shared memory region the parent made (its
     // name carries the creator's pid): a region lives no longer than its
     // last user, and its users are gone.
-    let left = regions_of(creator);
+    let left = common::regions_of(creator);
     if !left.is_empty() {
         return Err(format!("regions of the dead parent still held: {left:?}"));
     }
     Ok(())
-}
-
-/// The processes that map or hold a shared memory region made by process
-/// `creator` (ipc-channel names them `...-shared-memory.N.PID.TIME`).
-fn regions_of(creator: u32) -> Vec<String> {
-    let mark = format!(".{creator}.");
-    let made_by = |text: &str| text.contains("ipc-channel-shared-memory.") && text.contains(&mark);
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let dir = entry.path();
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
-        let fds = std::fs::read_dir(dir.join("fd"))
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-            .map(|target| target.to_string_lossy().into_owned());
-        if maps.lines().any(made_by) || fds.into_iter().any(|target| made_by(&target)) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// The parent that gets killed: two workers blocked in tasks that started
@@ -536,13 +514,16 @@ fn vm_size() -> u64 {
 /// Large arguments need a shared-memory region. With the address space
 /// too short for one, the submission fails with an error that says so;
 /// small calls go on meanwhile, and once memory is back the same executor
-/// takes large arguments again.
+/// takes large arguments again. Short of memory again, the warm region
+/// that call left in the pool gives its room back to a larger one.
 fn memory_role() {
     const LARGE: usize = 256 << 20;
+    const LARGER: usize = 288 << 20;
     let executor = loky::Executor::new(loky::Config::new().max_workers(1)).unwrap();
     let small = || executor.submit(add, (2, 3)).unwrap().result_timeout(BOUND);
     assert_eq!(small().unwrap(), 5);
     let (first, second) = (vec![1u8; LARGE], vec![2u8; LARGE]);
+    let third = vec![3u8; LARGER];
     set_limit(libc::RLIMIT_AS, vm_size() + (64 << 20));
     let refused = executor
         .submit(byte_len, first)
@@ -568,4 +549,14 @@ fn memory_role() {
         .unwrap()
         .result_timeout(BOUND);
     assert_eq!(taken.unwrap(), LARGE);
+    // The pool keeps that region warm, and too little room is left for a
+    // larger one beside it (it needs twice its size: a send maps it again):
+    // the warm one gives way.
+    set_limit(libc::RLIMIT_AS, vm_size() + (400 << 20));
+    let taken = executor
+        .submit(byte_len, third)
+        .unwrap()
+        .result_timeout(BOUND);
+    set_limit(libc::RLIMIT_AS, libc::RLIM_INFINITY);
+    assert_eq!(taken.unwrap(), LARGER);
 }

@@ -10,7 +10,9 @@ use loky::Error;
 /// Held by each test: they count this process's regions.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// From this size on results travel in shared memory, arguments from 64 KiB.
+/// Past this size a result is held in its region until taken (smaller
+/// ones are copied out on arrival: `RESULT_HELD_IN_PLACE`, 32 MiB); results
+/// travel in shared memory from 128 KiB, arguments from 64 KiB.
 const LARGE: usize = 33 << 20;
 
 #[loky::task]

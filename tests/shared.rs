@@ -96,6 +96,42 @@ fn a_worker_reads_the_same_pages_not_a_copy() {
     }
 }
 
+/// The permissions of the mapping `address` lies in, in this process.
+fn mapping_permissions(address: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next().unwrap().split_once('-').unwrap();
+            let start = usize::from_str_radix(start, 16).unwrap();
+            let end = usize::from_str_radix(end, 16).unwrap();
+            (start..end)
+                .contains(&address)
+                .then(|| fields.next().unwrap().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// How the worker maps `data`.
+#[loky::task]
+fn mapped_as(data: SharedBytes) -> String {
+    mapping_permissions(data.as_ptr() as usize)
+}
+
+#[test]
+fn shared_bytes_are_mapped_read_only_by_creator_and_workers() {
+    let shared = SharedBytes::new(&pattern(1 << 20)).unwrap();
+    assert_eq!(mapping_permissions(shared.as_ptr() as usize), "r--s");
+    let executor = Executor::new(Config::new().max_workers(1)).unwrap();
+    assert_eq!(run(&executor, mapped_as, shared.clone()), "r--s");
+    // Still read as it was, there and here.
+    assert_eq!(
+        run(&executor, inspect, shared.clone()).0,
+        sum(&pattern(1 << 20))
+    );
+    assert_eq!(shared.as_slice(), &pattern(1 << 20)[..]);
+}
+
 #[test]
 fn empty_bytes_travel_too() {
     let executor = Executor::new(Config::new().max_workers(1)).unwrap();
@@ -165,6 +201,60 @@ fn no_region_outlives_its_users() {
         0,
         "the worker kept regions"
     );
+}
+
+/// Reads `data`, then aborts with it still mapped.
+#[loky::task]
+fn read_then_abort(data: SharedBytes) {
+    std::hint::black_box(data.iter().map(|&b| u64::from(b)).sum::<u64>());
+    std::process::abort();
+}
+
+/// A worker that crashes holding a shared buffer leaks nothing: once the
+/// buffer's last handle here is dropped and the executor is gone, no
+/// process maps or holds a region this process made. Run alone, so that
+/// no other test's regions are about.
+#[test]
+fn a_worker_crashing_with_a_shared_buffer_leaves_no_region_behind() {
+    if !common::alone("a_worker_crashing_with_a_shared_buffer_leaves_no_region_behind") {
+        return;
+    }
+    let me = std::process::id();
+    let executor = Executor::new(Config::new().max_workers(2)).unwrap();
+    let shared = SharedBytes::new(&pattern(4 << 20)).unwrap();
+    // Held by a worker that lives on, and by one that crashes.
+    assert_eq!(
+        run(&executor, inspect, shared.clone()).0,
+        sum(&pattern(4 << 20))
+    );
+    let crashed = executor
+        .submit(read_then_abort, shared.clone())
+        .unwrap()
+        .result_timeout(BOUND);
+    assert!(
+        matches!(crashed, Err(loky::Error::WorkerDied { .. })),
+        "{crashed:?}"
+    );
+    let holders = common::regions_of(me);
+    assert!(
+        holders.contains(&me.to_string()),
+        "the region is found here while held: {holders:?}"
+    );
+    drop(shared);
+    executor.shutdown(loky::Shutdown::default());
+    drop(executor);
+    let none = common::eventually(BOUND, || common::regions_of(me).is_empty());
+    assert!(none, "regions left: {:?}", common::regions_of(me));
+    // Nor a file: regions are memfds, never in /dev/shm.
+    let mark = format!(".{me}.");
+    let files: Vec<_> = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(&mark))
+        .collect();
+    assert!(files.is_empty(), "{files:?}");
 }
 
 /// The sum of all bytes of several buffers.

@@ -36,9 +36,12 @@ pub fn fill(parts: &[&[u8]]) -> Result<Region, String> {
 /// that shuts down keeps no shared memory alive. Regions still read
 /// elsewhere go too (their readers keep their own mappings), among them
 /// one whose reader died before it let go.
-pub fn trim() {
+/// Returns how many it let go of.
+pub fn trim() -> usize {
     let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let before = pool.len();
     pool.retain(|memory| Arc::strong_count(memory) > 1);
+    before - pool.len()
 }
 
 /// How many regions the pool holds, and how many of them are free.
@@ -70,9 +73,17 @@ fn lease(len: usize) -> Result<Arc<Memory>, String> {
     let capacity = len
         .checked_next_multiple_of(GRAIN)
         .ok_or_else(|| format!("no region holds {len} bytes"))?;
-    let memory = Arc::new(Memory::new(capacity).map_err(|reason| {
+    let memory = match Memory::new(capacity) {
+        Ok(memory) => Ok(memory),
+        // Short of memory or address space: the warm regions nobody holds
+        // give theirs back, and the region is tried once more.
+        Err(_) if trim() > 0 => Memory::new(capacity),
+        Err(reason) => Err(reason),
+    }
+    .map_err(|reason| {
         format!("could not create a shared memory region of {capacity} bytes: {reason}")
-    })?);
+    })?;
+    let memory = Arc::new(memory);
     let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     pool.push(Arc::clone(&memory));
     loop {

@@ -45,7 +45,7 @@ impl SharedBytes {
         crate::protocol::region::probe(bytes.len()).map_err(std::io::Error::other)?;
         std::panic::catch_unwind(|| IpcSharedMemory::from_bytes(bytes))
             .map(|region| SharedBytes {
-                region: Some(Arc::new(region)),
+                region: Some(Arc::new(read_only(region))),
             })
             .map_err(|_| std::io::Error::other("could not create a shared memory region"))
     }
@@ -224,8 +224,32 @@ pub fn provide<R>(regions: Vec<IpcSharedMemory>, decode: impl FnOnce() -> R) -> 
     if regions.is_empty() {
         return decode();
     }
-    let scope = Restore::set(&RECEIVING, regions.into_iter().map(Arc::new).collect());
+    let regions = regions
+        .into_iter()
+        .map(|region| Arc::new(read_only(region)))
+        .collect();
+    let scope = Restore::set(&RECEIVING, regions);
     let result = decode();
     drop(scope);
     result
+}
+
+/// `region`, its mapping here made read-only: written once by its creator,
+/// it is only read, and a stray write through a pointer faults here rather
+/// than changing what every other process reads. (The mapping ipc-channel
+/// makes of it to send it is its own.)
+fn read_only(region: IpcSharedMemory) -> IpcSharedMemory {
+    if !region.is_empty() {
+        // SAFETY: the whole mapping of this region, which nothing here
+        // writes again (`SharedBytes` hands out `&[u8]` only); a failure
+        // leaves it writable, as it was.
+        let _ = unsafe {
+            rustix::mm::mprotect(
+                region.as_ptr().cast_mut().cast(),
+                region.len(),
+                rustix::mm::MprotectFlags::READ,
+            )
+        };
+    }
+    region
 }

@@ -131,3 +131,29 @@ pub(crate) fn thread_names() -> Vec<String> {
         .map(|name| name.trim_end().to_owned())
         .collect()
 }
+
+/// The processes that map or hold a shared memory region made by process
+/// `creator` (ipc-channel names them `...-shared-memory.N.PID.TIME`).
+pub(crate) fn regions_of(creator: u32) -> Vec<String> {
+    let mark = format!(".{creator}.");
+    let made_by = |text: &str| text.contains("ipc-channel-shared-memory.") && text.contains(&mark);
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let dir = entry.path();
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
+        let fds = std::fs::read_dir(dir.join("fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned());
+        if maps.lines().any(made_by) || fds.into_iter().any(|target| made_by(&target)) {
+            found.push(pid);
+        }
+    }
+    found
+}

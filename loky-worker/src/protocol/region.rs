@@ -106,11 +106,14 @@ impl Memory {
     }
 }
 
-/// Whether the address space has room for a mapping of `len` bytes.
-/// ipc-channel panics when a mapping fails, and the panic's backtrace then
-/// needs memory that is not there: asked first, the answer is an error.
+/// Whether the address space has room for a region of `len` bytes: its
+/// mapping, and the second one ipc-channel makes of it while sending it
+/// (its `Serialize` maps the file again). ipc-channel panics when a mapping
+/// fails, and the panic's backtrace then needs memory that is not there:
+/// asked first, the answer is an error.
 pub(crate) fn probe(len: usize) -> Result<(), String> {
     use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+    let len = len.saturating_mul(2);
     let flags = MapFlags::PRIVATE | MapFlags::NORESERVE;
     // SAFETY: a fresh mapping that nothing else knows of, unmapped at once.
     unsafe {

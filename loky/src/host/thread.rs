@@ -42,6 +42,8 @@ pub(crate) struct Fake {
     board: std::sync::OnceLock<Board>,
     /// Where the report that closes its link stands.
     closing: Mutex<Closing>,
+    /// Sends to it fail while it lives.
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 /// How a thread worker's link closes after its exit, as the process
@@ -128,6 +130,11 @@ impl Fake {
     /// lost, as a send that fails.
     pub(crate) fn lose_exit_reports(&self, count: usize) {
         self.closing().lose = count;
+    }
+
+    /// From now on sends to it fail, though it lives.
+    pub(crate) fn refuse_calls(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
     }
 
     /// How many times the manager asked for its exit report again.
@@ -257,6 +264,7 @@ impl Backend for ThreadBackend {
             held: Mutex::new(None),
             board: std::sync::OnceLock::new(),
             closing: Mutex::new(Closing::default()),
+            refusing: std::sync::atomic::AtomicBool::new(false),
         });
         let (calls_tx, calls_rx) = crossbeam_channel::unbounded::<ToWorker>();
         let inbox = ThreadInbox {
@@ -279,6 +287,11 @@ impl Backend for ThreadBackend {
             if reachable.dead() {
                 // As a dead process's socket: the send fails.
                 return Err("the worker is gone".to_owned());
+            }
+            if reachable.refusing.load(Ordering::SeqCst) {
+                // As a send ipc-channel cannot make (it could not map a
+                // region again), the worker alive.
+                return Err("sending failed".to_owned());
             }
             calls_tx.send(message).map_err(|e| e.to_string())
         });

@@ -568,6 +568,36 @@ fn a_call_sent_straight_to_a_worker_that_just_died_runs_elsewhere() {
     assert_eq!(executor.stats().exits.crashed, 1);
 }
 
+/// A call sent straight to a live worker whose send fails (`LentUnsent`):
+/// the worker, which cannot be reached, is killed and replaced, and the
+/// call runs on its replacement, once.
+#[test]
+fn a_call_whose_straight_send_fails_to_a_live_worker_runs_elsewhere() {
+    let (executor, control) = executor(Config::new().max_workers(1));
+    assert_eq!(
+        executor
+            .submit(record, 985)
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap(),
+        985
+    );
+    let lending = executor.lending();
+    assert!(
+        eventually(|| lending.offered() == 1),
+        "the idle worker is lent"
+    );
+    let fake = Arc::clone(&control.workers()[0]);
+    fake.refuse_calls();
+    let sent = executor.submit(record, 986).unwrap();
+    assert_eq!(lending.offered(), 0, "sent straight to the lent worker");
+    assert_eq!(sent.result_timeout(BOUND).unwrap(), 986);
+    assert!(fake.dead(), "the unreachable worker is killed");
+    assert_eq!(control.workers().len(), 2, "it ran on the replacement");
+    let exits = executor.stats().exits;
+    assert_eq!(exits.crashed + exits.killed, 1, "{exits:?}");
+}
+
 /// The outcome of a call sent straight to a worker settles its future on
 /// the worker's link, and the manager still counts the worker idle again:
 /// the next calls go straight to it too, and it retires when idle.

@@ -200,7 +200,17 @@ impl Registration {
                 }
                 other => other,
             };
-            calls.send(message).map_err(|e| e.to_string())
+            // ipc-channel panics when it cannot map a region again to send
+            // it (out of address space): a failed send, never a panic in
+            // the submitter or the manager.
+            panic::catch_unwind(AssertUnwindSafe(|| calls.send(message)))
+                .map_err(|payload| {
+                    format!(
+                        "sending panicked: {}",
+                        loky_worker::panic::payload_message(&*payload)
+                    )
+                })?
+                .map_err(|e| e.to_string())
         });
         let open = notify(WorkerEvent::Ready(Ok(calls)));
         self.told_ready(open);
