@@ -549,6 +549,12 @@ fn memory_role() {
         .unwrap()
         .result_timeout(BOUND);
     assert_eq!(taken.unwrap(), LARGE);
+    // The manager lets go of the call (and its region) just after its
+    // result: wait for that, so that only the pool holds the region.
+    let deadline = Instant::now() + BOUND;
+    while executor.stats().running > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // The pool keeps that region warm, and too little room is left for a
     // larger one beside it (it needs twice its size: a send maps it again):
     // the warm one gives way.

@@ -75,17 +75,38 @@ pub(crate) type Notify = Box<dyn Fn(WorkerEvent) -> bool + Send + Sync>;
 /// The sending end of a worker's call channel; clones send on the same
 /// channel (a submitter holding a lent worker's, the manager its own).
 #[derive(Clone)]
-pub(crate) struct Calls(Arc<dyn Fn(ToWorker) -> Result<(), String> + Send + Sync>);
+pub(crate) struct Calls(Arc<dyn Fn(ToWorker) -> Result<(), SendError> + Send + Sync>);
+
+/// Why a message did not reach its worker.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The worker is gone (or cannot be reached): it is killed to be sure,
+    /// and the calls queued on its board run elsewhere.
+    Gone(String),
+    /// The message could not be made here (ipc-channel could not map one
+    /// of its regions again: out of address space): the worker is fine,
+    /// the message's calls fail, lest each new try kill another worker.
+    Unsendable(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Gone(why) => write!(f, "the worker is gone: {why}"),
+            SendError::Unsendable(why) => write!(f, "the message could not be sent: {why}"),
+        }
+    }
+}
 
 impl Calls {
     pub(crate) fn new(
-        send: impl Fn(ToWorker) -> Result<(), String> + Send + Sync + 'static,
+        send: impl Fn(ToWorker) -> Result<(), SendError> + Send + Sync + 'static,
     ) -> Calls {
         Calls(Arc::new(send))
     }
 
-    /// Sends a message; `Err` if the worker is gone.
-    pub(crate) fn send(&self, message: ToWorker) -> Result<(), String> {
+    /// Sends a message.
+    pub(crate) fn send(&self, message: ToWorker) -> Result<(), SendError> {
         (self.0)(message)
     }
 
@@ -95,7 +116,7 @@ impl Calls {
         &self,
         board: &loky_worker::protocol::Board,
         calls: Vec<loky_worker::protocol::Call>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendError> {
         self.send(ToWorker::Calls(calls))?;
         board.ring();
         Ok(())

@@ -7,7 +7,7 @@
 //! messages back (a lagging results thread) and say when each of its
 //! watchers speaks (`Fake::vanish`, `report_exit`, `release`).
 
-use super::{Backend, Calls, Notify, WorkerEvent, WorkerHandle};
+use super::{Backend, Calls, Notify, SendError, WorkerEvent, WorkerHandle};
 use crate::config::Config;
 use crate::error::{ExitReason, SpawnError};
 use loky_worker::main_loop::{self, Inbox, Outbox};
@@ -132,9 +132,10 @@ impl Fake {
         self.closing().lose = count;
     }
 
-    /// From now on sends to it fail, though it lives.
-    pub(crate) fn refuse_calls(&self) {
-        self.refusing.store(true, Ordering::SeqCst);
+    /// From now on sends to it fail (`refuse`), though it lives, as when
+    /// its messages cannot be made; or succeed again.
+    pub(crate) fn refuse_calls(&self, refuse: bool) {
+        self.refusing.store(refuse, Ordering::SeqCst);
     }
 
     /// How many times the manager asked for its exit report again.
@@ -286,14 +287,16 @@ impl Backend for ThreadBackend {
         let calls = Calls::new(move |message| {
             if reachable.dead() {
                 // As a dead process's socket: the send fails.
-                return Err("the worker is gone".to_owned());
+                return Err(SendError::Gone("the worker is gone".to_owned()));
             }
             if reachable.refusing.load(Ordering::SeqCst) {
                 // As a send ipc-channel cannot make (it could not map a
                 // region again), the worker alive.
-                return Err("sending failed".to_owned());
+                return Err(SendError::Unsendable("out of address space".to_owned()));
             }
-            calls_tx.send(message).map_err(|e| e.to_string())
+            calls_tx
+                .send(message)
+                .map_err(|e| SendError::Gone(e.to_string()))
         });
         (fake.notify)(WorkerEvent::Ready(Ok(calls)));
         self.control

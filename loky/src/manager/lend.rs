@@ -275,9 +275,23 @@ impl Lending {
         }
         // If the worker is gone, the call stays queued on its board and
         // runs elsewhere once the manager has reaped it; if the send failed
-        // otherwise, the manager kills it, to the same end.
-        if calls.send_calls(&board, vec![call]).is_err() {
-            let _ = events.send(Event::LentUnsent { worker });
+        // otherwise, the manager kills it, to the same end. A call that
+        // could not be made into a message fails instead.
+        let seq = call.seq;
+        match calls.send_calls(&board, vec![call]) {
+            Ok(()) => {}
+            Err(crate::host::SendError::Gone(_)) => {
+                let _ = events.send(Event::LentUnsent {
+                    worker,
+                    unsendable: None,
+                });
+            }
+            Err(crate::host::SendError::Unsendable(why)) => {
+                let _ = events.send(Event::LentUnsent {
+                    worker,
+                    unsendable: Some((seq, why)),
+                });
+            }
         }
         None
     }

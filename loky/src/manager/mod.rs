@@ -10,7 +10,7 @@ mod worker;
 
 use crate::config::Config;
 use crate::error::{Attempt, Error, SpawnError};
-use crate::host::{Backend, Notify, WorkerEvent, WorkerHandle};
+use crate::host::{Backend, Notify, SendError, WorkerEvent, WorkerHandle};
 use crate::job::{Claim, Job, Piece};
 use crate::shared::Shared;
 use crate::stats::{Stats, WorkerExits};
@@ -45,8 +45,15 @@ pub(crate) enum Event {
     /// for the message.
     DeliveredAll(u64, Vec<u64>),
     /// A submitter could not send a call to worker `worker`, lent to it:
-    /// the worker is killed (its death requeues the call).
-    LentUnsent { worker: u64 },
+    /// the worker is killed (its death requeues the call), unless the call
+    /// itself could not be sent (then it fails).
+    LentUnsent {
+        worker: u64,
+        /// The call and why, if it could not be sent though the worker
+        /// may be fine (`SendError::Unsendable`): it fails, the worker
+        /// stays.
+        unsendable: Option<(u64, String)>,
+    },
     /// A submitter took worker `worker`'s ticket: `job` is call `seq`,
     /// queued on `board` and sent (or about to be).
     Lent {
@@ -558,10 +565,23 @@ impl<B: Backend> Manager<B> {
                 board,
                 job,
             } => self.lent(worker, seq, &board, job),
-            Event::LentUnsent { worker } => {
+            Event::LentUnsent {
+                worker,
+                unsendable: None,
+            } => {
                 if let Some(worker) = self.workers.get(&worker) {
                     tracing::debug!(pid = worker.pid, "send to a lent worker failed");
                     worker.handle.signal(libc::SIGKILL);
+                }
+            }
+            Event::LentUnsent {
+                worker,
+                unsendable: Some((seq, why)),
+            } => {
+                if let Some(worker) = self.workers.get_mut(&worker)
+                    && let Some(board) = worker.board.clone()
+                {
+                    fail_unsendable(worker, &board, &[seq], &why);
                 }
             }
             Event::Cancel(job) => self.cancelled(job),
@@ -939,8 +959,9 @@ impl<B: Backend> Manager<B> {
                 }))
             }));
             match shared {
-                // If the send fails the worker is gone: its watchers say so.
-                Ok(_) => Ok(Arc::new(board)),
+                // If the worker is gone, its watchers say so.
+                Ok(Ok(()) | Err(SendError::Gone(_))) => Ok(Arc::new(board)),
+                Ok(Err(SendError::Unsendable(why))) => Err(why),
                 Err(payload) => Err(loky_worker::panic::payload_message(&*payload)),
             }
         });
@@ -1384,7 +1405,11 @@ impl<B: Backend> Manager<B> {
     /// leaving workers to exit once they are done.
     fn dispatch(&mut self) {
         loop {
-            self.send_queued();
+            // Calls that could not be sent failed, and left their worker
+            // free: it takes the next ones now.
+            if self.send_queued() {
+                continue;
+            }
             if !self.queue.is_empty() || !self.steal() {
                 break;
             }
@@ -1408,7 +1433,9 @@ impl<B: Backend> Manager<B> {
         }
     }
 
-    fn send_queued(&mut self) {
+    /// Gives queued jobs to workers and sends them; true if some could not
+    /// be sent (they failed).
+    fn send_queued(&mut self) -> bool {
         let max_tasks = self.config.max_tasks_per_child;
         let starting = self.workers.values().filter(|w| w.is_starting()).count();
         // Workers that may still be started take jobs before anyone
@@ -1439,7 +1466,7 @@ impl<B: Backend> Manager<B> {
             let worker = self.workers.get_mut(&target).expect("picked above");
             give(worker, job, max_tasks);
         }
-        self.send_given();
+        self.send_given()
     }
 
     /// Sends each worker the calls given to it in this step, in one
@@ -1447,24 +1474,44 @@ impl<B: Backend> Manager<B> {
     /// be sure, and its watchers say when it is gone. Until its link
     /// closed it is not reaped (outcomes it sent before dying may still be
     /// unread); then the calls still queued on its board run elsewhere.
-    fn send_given(&mut self) {
+    fn send_given(&mut self) -> bool {
+        let mut failed_some = false;
         for worker in self.workers.values_mut() {
             if worker.unsent.is_empty() {
                 continue;
             }
             let batch = std::mem::take(&mut worker.unsent);
-            // Few messages, each within the descriptors one may carry.
-            let sent = match (worker.calls(), &worker.board) {
-                (Some(calls), Some(board)) => protocol::split_by_descriptors(batch)
-                    .into_iter()
-                    .try_for_each(|message| calls.send_calls(board, message)),
-                _ => Err("it takes no calls".to_owned()),
-            };
-            if let Err(error) = sent {
-                tracing::debug!(pid = worker.pid, %error, "send to worker failed");
+            let (Some(calls), Some(board)) = (worker.calls().cloned(), worker.board.clone()) else {
+                tracing::debug!(
+                    pid = worker.pid,
+                    "a worker that takes no calls was given some"
+                );
                 worker.handle.signal(libc::SIGKILL);
+                continue;
+            };
+            // Few messages, each within the descriptors one may carry.
+            let mut messages = protocol::split_by_descriptors(batch).into_iter();
+            let failed = messages.by_ref().find_map(|message| {
+                let seqs: Vec<u64> = message.iter().map(|call| call.seq).collect();
+                calls
+                    .send_calls(&board, message)
+                    .err()
+                    .map(|error| (error, seqs))
+            });
+            match failed {
+                None => {}
+                Some((SendError::Gone(error), _)) => {
+                    tracing::debug!(pid = worker.pid, %error, "send to worker failed");
+                    worker.handle.signal(libc::SIGKILL);
+                }
+                Some((SendError::Unsendable(why), mut seqs)) => {
+                    seqs.extend(messages.flatten().map(|call| call.seq));
+                    fail_unsendable(worker, &board, &seqs, &why);
+                    failed_some = true;
+                }
             }
         }
+        failed_some
     }
 
     /// When a worker is idle and nothing is queued, takes back the newest
@@ -1667,6 +1714,28 @@ fn held_back(board: Option<&Board>, dead: bool) -> std::collections::HashMap<u64
         records.extend(board.dead_reply().unwrap_or_default());
     }
     protocol::settled_outcomes(&records).0.into_iter().collect()
+}
+
+/// Fails worker's calls `seqs`, which could not be sent (`why`): taken
+/// back from its board and its queue, their futures failed, the worker
+/// left as it is.
+fn fail_unsendable<W>(worker: &mut Worker<W>, board: &Board, seqs: &[u64], why: &str) {
+    tracing::warn!(pid = worker.pid, why, "calls that could not be sent fail");
+    for &seq in seqs {
+        board.revoke(seq);
+        worker.direct.forget(seq);
+        let Some(at) = worker.inflight.iter().position(|held| held.seq == seq) else {
+            continue;
+        };
+        let held = worker.inflight.remove(at).expect("found above");
+        let task = held.job.task();
+        held.job.completion.fail(Error::Serialization {
+            task,
+            stage: loky_worker::protocol::Stage::EncodeArgs,
+            message: format!("the call could not be sent to its worker: {why}"),
+        });
+    }
+    worker.advance(Instant::now());
 }
 
 /// Completes a call its worker finished.

@@ -230,7 +230,10 @@ fn spawn(
     // first, so that its sending overlaps telling `Exited`.
     let exit_registration = registration.clone();
     let on_exit: Notify = Box::new(move |event| {
-        exit_registration.exited();
+        // A panic there must not keep `Exited` from being told.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            exit_registration.exited();
+        }));
         notify(event)
     });
     if let Err(error) = exits.watch(pid, Arc::new(on_exit)) {

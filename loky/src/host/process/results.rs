@@ -25,7 +25,7 @@
 //! (the manager kills and replaces those workers), and the backend starts
 //! a new one for the next spawn.
 
-use super::super::{Calls, Notify, WorkerEvent};
+use super::super::{Calls, Notify, SendError, WorkerEvent};
 use crate::error::SpawnError;
 use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use loky_worker::protocol::{FromWorker, Link as Place, Outcome, Readable, Report, ToWorker};
@@ -205,12 +205,9 @@ impl Registration {
             // the submitter or the manager.
             panic::catch_unwind(AssertUnwindSafe(|| calls.send(message)))
                 .map_err(|payload| {
-                    format!(
-                        "sending panicked: {}",
-                        loky_worker::panic::payload_message(&*payload)
-                    )
+                    SendError::Unsendable(loky_worker::panic::payload_message(&*payload))
                 })?
-                .map_err(|e| e.to_string())
+                .map_err(|e| SendError::Gone(e.to_string()))
         });
         let open = notify(WorkerEvent::Ready(Ok(calls)));
         self.told_ready(open);
