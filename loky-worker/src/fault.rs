@@ -167,3 +167,25 @@ fn agent_fault(prefix: &str) -> Option<String> {
 fn agent_fault(_prefix: &str) -> Option<String> {
     None
 }
+
+/// The variable naming a fault of the parent (the executor's process),
+/// one of:
+/// - `send-panics-once`: the first message of calls it sends panics in
+///   ipc-channel's stead (as when a region cannot be mapped again).
+///
+/// A variable of its own, so that workers do not commit it.
+pub const ENV_PARENT_FAULT: &str = "LOKY_PARENT_FAULT";
+
+/// Whether this send of calls is to panic (once per process).
+#[cfg(feature = "test-hooks")]
+pub fn parent_send_panics() -> bool {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    std::env::var(ENV_PARENT_FAULT).is_ok_and(|fault| fault == "send-panics-once")
+        && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Whether this send of calls is to panic: never without `test-hooks`.
+#[cfg(not(feature = "test-hooks"))]
+pub fn parent_send_panics() -> bool {
+    false
+}

@@ -203,11 +203,18 @@ impl Registration {
             // ipc-channel panics when it cannot map a region again to send
             // it (out of address space): a failed send, never a panic in
             // the submitter or the manager.
-            panic::catch_unwind(AssertUnwindSafe(|| calls.send(message)))
-                .map_err(|payload| {
-                    SendError::Unsendable(loky_worker::panic::payload_message(&*payload))
-                })?
-                .map_err(|e| SendError::Gone(e.to_string()))
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                if matches!(message, ToWorker::Calls(_)) && loky_worker::fault::parent_send_panics()
+                {
+                    panic!("fault: the send panics");
+                }
+                calls.send(message)
+            }))
+            .map_err(|payload| {
+                flush_serialization_state();
+                SendError::Unsendable(loky_worker::panic::payload_message(&*payload))
+            })?
+            .map_err(|e| SendError::Gone(e.to_string()))
         });
         let open = notify(WorkerEvent::Ready(Ok(calls)));
         self.told_ready(open);
@@ -321,6 +328,19 @@ impl Drop for Tell {
     fn drop(&mut self) {
         self.0.store(self.1, Ordering::Release);
     }
+}
+
+/// After a send that panicked halfway through encoding: ipc-channel keeps
+/// the regions and channels it had collected for that message in this
+/// thread, and would send them with the thread's next message. A message
+/// of nothing on a channel nobody reads takes them, and drops them.
+fn flush_serialization_state() {
+    let _ = panic::catch_unwind(|| {
+        if let Ok((sender, receiver)) = ipc_channel::ipc::channel::<()>() {
+            let _ = sender.send(());
+            drop(receiver);
+        }
+    });
 }
 
 /// Reports `link` closed, if it is not yet. Taken out of the table
