@@ -179,9 +179,12 @@ pub const ENV_PARENT_FAULT: &str = "LOKY_PARENT_FAULT";
 /// Whether this send of calls is to panic (once per process).
 #[cfg(feature = "test-hooks")]
 pub fn parent_send_panics() -> bool {
+    // Read once: this is asked on every send.
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    std::env::var(ENV_PARENT_FAULT).is_ok_and(|fault| fault == "send-panics-once")
-        && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst)
+    *ARMED.get_or_init(|| {
+        std::env::var(ENV_PARENT_FAULT).is_ok_and(|fault| fault == "send-panics-once")
+    }) && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Whether this send of calls is to panic: never without `test-hooks`.
