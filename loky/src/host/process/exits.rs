@@ -10,6 +10,7 @@
 //! set itself fails.
 
 use super::super::{Notify, WorkerEvent};
+use super::contained;
 use rustix::event::epoll;
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
@@ -237,14 +238,6 @@ fn report(pid: u32, notify: &Notify) {
             tracing::error!(pid, message, "reporting a worker's exit panicked");
         });
     }
-}
-
-/// Runs `f`, a panic in it contained (its payload leaked, should dropping
-/// it panic again).
-fn contained<R>(f: impl FnOnce() -> R) -> Option<R> {
-    panic::catch_unwind(AssertUnwindSafe(f))
-        .map_err(std::mem::forget)
-        .ok()
 }
 
 /// Watches `pid` from a thread of its own.

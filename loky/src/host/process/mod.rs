@@ -96,6 +96,14 @@ pub(crate) struct Process {
 const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The program a worker runs: this very binary.
+/// Runs `f` on one of the backend's threads, a panic in it contained (its
+/// payload leaked, should dropping it panic again): what follows must run.
+fn contained<R>(f: impl FnOnce() -> R) -> Option<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(std::mem::forget)
+        .ok()
+}
+
 fn worker_program() -> std::path::PathBuf {
     if cfg!(target_os = "linux") {
         // Still this binary's inode even if the file was replaced on disk.
@@ -231,9 +239,7 @@ fn spawn(
     let exit_registration = registration.clone();
     let on_exit: Notify = Box::new(move |event| {
         // A panic there must not keep `Exited` from being told.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            exit_registration.exited();
-        }));
+        contained(|| exit_registration.exited());
         notify(event)
     });
     if let Err(error) = exits.watch(pid, Arc::new(on_exit)) {

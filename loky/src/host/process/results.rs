@@ -6,10 +6,10 @@
 //!
 //! A blocking read of one channel: no readiness set, and one receive
 //! buffer at a time. Whose message it is travels in the message; when it
-//! was the last one is told by the parent itself: once the exits thread has
-//! reported a worker's exit, a short-lived thread sends `Report::Exited` on
-//! the same channel,
-//! which is therefore read after everything the worker sent before dying.
+//! was the last one is told by the parent itself: once a worker has exited,
+//! `Report::Exited` is sent on the same channel (by the exits thread while
+//! this thread waits for reports, else by a short-lived thread), and is
+//! therefore read after everything the worker sent before dying.
 //! So `Closed` is exact, even while something the worker started still
 //! holds the channel.
 //!
@@ -26,6 +26,7 @@
 //! a new one for the next spawn.
 
 use super::super::{Calls, Notify, SendError, WorkerEvent};
+use super::contained;
 use crate::error::SpawnError;
 use ipc_channel::ipc::{IpcReceiver, IpcSender};
 use loky_worker::protocol::{FromWorker, Link as Place, Outcome, Readable, Report, ToWorker};
@@ -335,7 +336,7 @@ impl Drop for Tell {
 /// thread, and would send them with the thread's next message. A message
 /// of nothing on a channel nobody reads takes them, and drops them.
 fn flush_serialization_state() {
-    let _ = panic::catch_unwind(|| {
+    contained(|| {
         if let Ok((sender, receiver)) = ipc_channel::ipc::channel::<()>() {
             let _ = sender.send(());
             drop(receiver);
@@ -489,7 +490,7 @@ fn from(links: &Links, tag: u64, message: Readable<FromWorker>) {
             std::mem::replace(&mut link.open, false)
         });
         if closed == Some(true) {
-            let _ = panic::catch_unwind(AssertUnwindSafe(|| notify(WorkerEvent::Closed)));
+            contained(|| notify(WorkerEvent::Closed));
         }
     }
 }
